@@ -1,0 +1,242 @@
+"""Lightning data modules for images: MNIST, CIFAR-10 and a generic ``.npz`` file.
+
+Every module yields batches ``(x, y)``: ``x`` float32 ``[B, C, H, W]`` in ``data_range`` and ``y`` long
+labels (``-1`` for an ``.npz`` without labels). They expose ``sample_shape`` ``(C, H, W)``, ``data_range``
+and ``num_classes`` (None when unlabelled) before ``setup`` is called, for building the model.
+
+Splits: MNIST and CIFAR-10 use the official train/test sets; validation is a seeded hold-out of the
+training set (``val_size`` images, or a fraction if in (0, 1); 0 disables validation). An ``.npz`` is split
+the same way; its test set is ``test_path`` (none if unset). The random flip applies to training only;
+dequantisation applies to every split (as in the score SDE reference, so likelihoods are on dequantised data).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from scorelab.data.images import (
+    DatasetNotFoundError,
+    ImageTransform,
+    UInt8ImageDataset,
+    check_data_range,
+    ensure_cifar10,
+    ensure_mnist,
+    load_cifar10,
+    load_mnist,
+    load_npz,
+)
+
+
+def split_indices(n: int, val_size: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``range(n)`` into seeded train and validation indices (each sorted).
+
+    Args:
+        n: Number of items.
+        val_size: Number of validation items (int >= 0), or a fraction in (0, 1).
+        seed: Seed of the permutation.
+
+    Returns:
+        ``(train_indices, val_indices)`` as long tensors.
+    """
+    if isinstance(val_size, float) and 0.0 < val_size < 1.0:
+        count = round(val_size * n)
+    elif float(val_size) == int(val_size) and 0 <= int(val_size) < n:
+        count = int(val_size)
+    else:
+        raise ValueError(f"val_size must be an integer in [0, {n}) or a fraction in (0, 1), got {val_size!r}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return perm[count:].sort().values, perm[:count].sort().values
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Shared logic of the image data modules; subclasses say how to fetch and load a split.
+
+    Args:
+        data_dir: Root data folder (torchvision layout).
+        batch_size: Batch size of every split.
+        num_workers: DataLoader worker processes (persistent when > 0).
+        pin_memory: Pin host memory for faster transfers to the GPU.
+        data_range: Pixel range ``(low, high)``: ``(-1, 1)`` for VP/sub-VP, ``(0, 1)`` for VE.
+        random_flip: Random horizontal flip of training images.
+        dequantize: Uniform dequantisation ``(x + U[0, 1)) / 256`` before scaling.
+        val_size: Validation hold-out taken from the training set (count, or fraction in (0, 1); 0: none).
+        seed: Seed of the train/validation split.
+        download: Download missing files in ``prepare_data`` (MNIST, CIFAR-10).
+    """
+
+    sample_shape: tuple[int, int, int]
+    num_classes: int | None
+
+    def __init__(self, data_dir: str | os.PathLike, batch_size: int = 128, num_workers: int = 0,
+                 pin_memory: bool = False, data_range: Sequence[float] = (-1.0, 1.0),
+                 random_flip: bool = False, dequantize: bool = False, val_size: float = 5000,
+                 seed: int = 0, download: bool = False):
+        super().__init__()
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        self.data_dir = Path(data_dir).expanduser()
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.data_range = check_data_range(data_range)
+        self.random_flip = bool(random_flip)
+        self.dequantize = bool(dequantize)
+        self.val_size = val_size
+        self.seed = int(seed)
+        self.download = bool(download)
+        self.train_set: UInt8ImageDataset | None = None
+        self.val_set: UInt8ImageDataset | None = None
+        self.test_set: UInt8ImageDataset | None = None
+
+    # --- what a subclass provides -----------------------------------------------------------------
+    def _fetch(self, download: bool) -> None:
+        """Check that the files are there; download missing ones if asked. Default: nothing."""
+
+    def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Return ``(images uint8 [N, C, H, W], labels long [N] or None)`` of ``"train"`` or ``"test"``,
+        or None when the split does not exist."""
+        raise NotImplementedError
+
+    # --- Lightning hooks --------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Check the files once per node; download missing ones when ``download`` is set."""
+        self._fetch(self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits needed by ``stage`` ("fit", "validate", "test", "predict" or None for all)."""
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            loaded = self._load_or_fetch("train")
+            train_idx, val_idx = split_indices(loaded[0].shape[0], self.val_size, self.seed)
+            full = UInt8ImageDataset(*loaded, transform=self._transform(train=True))
+            self.train_set = full.subset(train_idx)
+            self.val_set = full.subset(val_idx, self._transform(train=False)) if len(val_idx) else None
+        if stage in (None, "test") and self.test_set is None:
+            loaded = self._load_or_fetch("test")
+            if loaded is not None:
+                self.test_set = UInt8ImageDataset(*loaded, transform=self._transform(train=False))
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches; the last incomplete batch is dropped."""
+        if self.train_set is None:
+            self.setup("fit")
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches in a fixed order, or an empty list when ``val_size`` is 0."""
+        if self.train_set is None:
+            self.setup("validate")
+        return self._loader(self.val_set, train=False) if self.val_set is not None else []
+
+    def test_dataloader(self) -> DataLoader | list:
+        """Test batches in a fixed order, or an empty list when there is no test set."""
+        if self.test_set is None:
+            self.setup("test")
+        return self._loader(self.test_set, train=False) if self.test_set is not None else []
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def _load_or_fetch(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Load a split; used on its own (no Trainer, so no ``prepare_data``), fetch first when allowed."""
+        try:
+            return self._load(split)
+        except DatasetNotFoundError:
+            if not self.download or self.trainer is not None:
+                raise
+        self.prepare_data()
+        return self._load(split)
+
+    def _transform(self, train: bool) -> ImageTransform:
+        return ImageTransform(self.data_range, self.random_flip and train, self.dequantize)
+
+    def _loader(self, dataset: UInt8ImageDataset, train: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, drop_last=train,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+
+class MNISTDataModule(ImageDataModule):
+    """MNIST (60000 train / 10000 test, ``1 x 28 x 28``, 10 classes) from ``<data_dir>/MNIST/raw``.
+
+    Arguments as :class:`ImageDataModule`; the flip is off by default (digits are not mirror-symmetric).
+    """
+
+    sample_shape = (1, 28, 28)
+    num_classes = 10
+
+    def _fetch(self, download: bool) -> None:
+        ensure_mnist(self.data_dir, download)
+
+    def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return load_mnist(self.data_dir, split, download=False)
+
+
+class CIFAR10DataModule(ImageDataModule):
+    """CIFAR-10 (50000 train / 10000 test, 3 x 32 x 32, 10 classes) from ``<data_dir>/cifar-10-batches-py``.
+
+    Arguments as :class:`ImageDataModule`; the random flip is on by default.
+    """
+
+    sample_shape = (3, 32, 32)
+    num_classes = 10
+
+    def __init__(self, data_dir: str | os.PathLike, random_flip: bool = True, **kwargs):
+        super().__init__(data_dir, random_flip=random_flip, **kwargs)
+
+    def _fetch(self, download: bool) -> None:
+        ensure_cifar10(self.data_dir, download)
+
+    def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return load_cifar10(self.data_dir, split, download=False)
+
+
+class NpzDataModule(ImageDataModule):
+    """Images from ``.npz`` files (``x`` uint8 ``[N, H, W, C]`` or ``[N, H, W]``, optional labels ``y``).
+
+    Without ``y`` every label is ``-1`` and ``num_classes`` is None. ``sample_shape`` and ``num_classes``
+    read the training file on first access (it is then kept for ``setup``).
+
+    Args:
+        data_dir: Folder that relative paths are resolved against.
+        path: Training file (split into train/validation by ``val_size`` and ``seed``).
+        test_path: Optional test file; None: no test set.
+        num_classes: Number of classes; None: ``max(y) + 1`` (or None without labels).
+        val_size: As :class:`ImageDataModule`; default 10% of the file.
+        **kwargs: The other arguments of :class:`ImageDataModule` (``download`` is ignored).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, path: str | os.PathLike = "train.npz",
+                 test_path: str | os.PathLike | None = None, num_classes: int | None = None,
+                 val_size: float = 0.1, **kwargs):
+        super().__init__(data_dir, val_size=val_size, **kwargs)
+        self.path = self.data_dir / Path(path).expanduser()
+        self.test_path = self.data_dir / Path(test_path).expanduser() if test_path is not None else None
+        self._num_classes = num_classes
+        self._train_arrays: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def _train(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._train_arrays is None:
+            self._train_arrays = load_npz(self.path)
+        return self._train_arrays
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """Shape ``(C, H, W)`` of one image of the training file."""
+        return tuple(self._train()[0].shape[1:])
+
+    @property
+    def num_classes(self) -> int | None:
+        """Configured number of classes, else ``max(y) + 1`` of the training file, or None if unlabelled."""
+        if self._num_classes is not None:
+            return int(self._num_classes)
+        labels = self._train()[1]
+        return int(labels.max()) + 1 if labels is not None and len(labels) else None
+
+    def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if split == "train":
+            return self._train()
+        return load_npz(self.test_path) if self.test_path is not None else None

@@ -1,0 +1,111 @@
+"""Training objectives: continuous-time denoising score matching and DDPM's discrete L_simple."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .sde import SDE
+from .utils import append_dims, batch_mean, batch_sum
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+WEIGHTINGS = ("sigma2", "g2", "none")
+
+
+class DSMLoss:
+    """Denoising score matching (Vincent 2011; Song et al. 2021, Eq. 7; MATH.md Sec. 3).
+
+    ``L = E_t lambda(t) E_{x0, z} || s_theta(a(t) x0 + s(t) z, t) + z / s(t) ||^2`` with ``t ~ U(eps, T)``.
+
+    Args:
+        sde: the forward SDE.
+        weighting: ``lambda(t)``: ``"sigma2"`` (``s(t)^2``, noise prediction, default), ``"g2"``
+            (``g(t)^2``, likelihood weighting, Song et al. 2021b) or ``"none"`` (1).
+        reduce_mean: average over data dimensions (``True``) or sum them.
+        eps: smallest training time (1e-5 in the paper) avoiding the singularity of ``z / s(t)`` at 0.
+    """
+
+    def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if not 0.0 < eps < sde.T:
+            raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+        self.sde, self.weighting, self.reduce_mean, self.eps = sde, weighting, reduce_mean, eps
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        """``lambda(t)``, shape ``[B]``."""
+        if self.weighting == "sigma2":
+            return self.sde.marginal_std(t) ** 2
+        if self.weighting == "g2":
+            return self.sde.sde(torch.zeros_like(t)[:, None], t)[1] ** 2
+        return torch.ones_like(t)
+
+    def per_example(self, score_fn: ScoreFn, x0: torch.Tensor, generator: torch.Generator | None = None,
+                    t: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example loss ``[B]`` for data ``x0 [B, ...]``; ``t [B]`` is drawn from ``U(eps, T)`` unless given."""
+        b = x0.shape[0]
+        if t is None:
+            u = torch.rand(b, generator=generator, dtype=x0.dtype, device=generator.device if generator else None)
+            t = (u.to(x0.device) * (self.sde.T - self.eps) + self.eps)
+        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
+                        device=generator.device if generator else None).to(x0.device)
+        mean, std = self.sde.marginal_prob(x0, t)
+        std_b = append_dims(std, x0.ndim)
+        score = score_fn(mean + std_b * z, t)
+        reduce = batch_mean if self.reduce_mean else batch_sum
+        if self.weighting == "sigma2":  # || s score + z ||^2 avoids dividing by a tiny s(t)
+            return reduce((std_b * score + z) ** 2)
+        return self.weight(t) * reduce((score + z / std_b) ** 2)
+
+    def __call__(self, score_fn: ScoreFn, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scalar loss: the batch mean of :meth:`per_example`."""
+        return self.per_example(score_fn, x0, generator).mean()
+
+
+def ddpm_alphas_cumprod(num_steps: int, beta_min: float = 0.1, beta_max: float = 20.0) -> torch.Tensor:
+    """DDPM's ``alpha_bar_i = prod_{j<=i} (1 - beta_j)``, ``beta_j = linspace(beta_min/N, beta_max/N, N)``.
+
+    With the defaults this is Ho et al. 2020's schedule (``beta`` from 1e-4 to 0.02 for N = 1000); as
+    ``N -> inf``, ``alpha_bar_i -> a(t_i)^2`` of the VP SDE at ``t_i = (i + 1) / N`` (Song et al. 2021, App. B).
+
+    Returns:
+        ``[N]`` float64 tensor.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    betas = torch.linspace(beta_min / num_steps, beta_max / num_steps, num_steps, dtype=torch.float64)
+    if (betas >= 1).any():
+        raise ValueError(f"discrete beta_i exceed 1 for num_steps={num_steps} < beta_max={beta_max}; use more steps")
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+class DDPMLoss:
+    """DDPM's discrete ``L_simple = E_i E || eps - eps_theta(x_i, i) ||^2`` (Ho et al. 2020, Eq. 14; MATH.md Sec. 6).
+
+    The model is queried at ``t_i = (i + 1) / N`` and its score turned into a noise estimate with the discrete
+    ``sqrt(1 - alpha_bar_i)``, so the loss reads ``|| sqrt(1 - alpha_bar_i) s_theta + eps ||^2``.
+
+    Args:
+        num_steps: N, the number of discrete noise levels (1000 in DDPM).
+        beta_min, beta_max: the VP schedule end points (``N * beta_1`` and ``N * beta_N``).
+        reduce_mean: average (``True``) or sum over data dimensions.
+    """
+
+    def __init__(self, num_steps: int = 1000, beta_min: float = 0.1, beta_max: float = 20.0, reduce_mean: bool = True):
+        self.num_steps, self.reduce_mean = num_steps, reduce_mean
+        self.alphas_cumprod = ddpm_alphas_cumprod(num_steps, beta_min, beta_max)
+
+    def per_example(self, score_fn: ScoreFn, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-example loss ``[B]``."""
+        gen_device = generator.device if generator else None
+        i = torch.randint(0, self.num_steps, (x0.shape[0],), generator=generator, device=gen_device).to(x0.device)
+        abar = append_dims(self.alphas_cumprod.to(x0.device, x0.dtype)[i], x0.ndim)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=gen_device).to(x0.device)
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+        t = (i + 1).to(x0.dtype) / self.num_steps
+        score = score_fn(x_t, t)
+        reduce = batch_mean if self.reduce_mean else batch_sum
+        return reduce(((1 - abar).sqrt() * score + eps) ** 2)
+
+    def __call__(self, score_fn: ScoreFn, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.per_example(score_fn, x0, generator).mean()

@@ -1,0 +1,55 @@
+"""A time-conditioned residual MLP score network for low-dimensional (toy) data."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .embeddings import make_embedding
+
+
+class _ResidualBlock(nn.Module):
+    """``h + Linear(act(Linear(norm(h)) + emb))``: a pre-norm residual block with the time added inside."""
+
+    def __init__(self, width: int, emb_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width)
+        self.emb = nn.Linear(emb_dim, width)
+        self.fc2 = nn.Linear(width, width)
+        self.act = nn.SiLU()
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return h + self.fc2(self.act(self.fc1(self.norm(h)) + self.emb(emb)))
+
+
+class ScoreMLP(nn.Module):
+    """Residual MLP ``(x [B, D], noise_label [B]) -> [B, D]`` for 2-D (or any low-D) data.
+
+    Args:
+        dim: data dimension D.
+        width: hidden width.
+        depth: number of residual blocks.
+        embed_dim: size of the time embedding.
+        embedding: ``"sinusoidal"`` or ``"fourier"``.
+        fourier_scale: frequency scale of the Fourier embedding.
+    """
+
+    def __init__(self, dim: int = 2, width: int = 256, depth: int = 4, embed_dim: int = 128,
+                 embedding: str = "sinusoidal", fourier_scale: float = 16.0):
+        super().__init__()
+        self.dim = dim
+        self.embed = nn.Sequential(
+            make_embedding(embedding, embed_dim, fourier_scale),
+            nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim),
+        )
+        self.inp = nn.Linear(dim, width)
+        self.blocks = nn.ModuleList(_ResidualBlock(width, embed_dim) for _ in range(depth))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+
+    def forward(self, x: torch.Tensor, noise_label: torch.Tensor) -> torch.Tensor:
+        """``x [B, D]``, ``noise_label [B]`` -> ``[B, D]``."""
+        emb = self.embed(noise_label)
+        h = self.inp(x.flatten(1))
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(h).view_as(x)

@@ -1,0 +1,65 @@
+"""Turn a raw network output into a score for a given SDE: the only place parameterisations live."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..sde import SDE
+from ..utils import append_dims
+
+OUTPUTS = ("score", "eps", "x0")
+NOISE_LABELS = ("sde", "t", "log_std")
+
+
+class ScoreModel(nn.Module):
+    """Wrap a backbone ``net(x, noise_label)`` into a score model ``s_theta(x, t)``.
+
+    Output parameterisations (MATH.md Sec. 3; Song et al. 2021, Appendix C; Karras et al. 2022, Table 1):
+
+    * ``"eps"``: the network predicts the noise, ``s = -net / s(t)`` (reference's ``scale_by_sigma`` and
+      DDPM's epsilon-prediction are this, up to the sign the network learns);
+    * ``"score"``: the network output is the score;
+    * ``"x0"``: the network predicts clean data, ``s = -(x - a(t) net) / s(t)^2``.
+
+    Noise labels the network is conditioned on: ``"sde"`` (the SDE's own convention: ``999 t`` for
+    VP/sub-VP, ``log sigma(t)`` for VE), ``"t"`` or ``"log_std"`` (``log s(t)``).
+
+    Args:
+        net: backbone ``(x [B, ...], noise_label [B]) -> [B, ...]``.
+        sde: the forward SDE.
+        output: the output parameterisation.
+        noise_label: what the network is conditioned on.
+        scale_input: divide the input by ``sqrt(a^2 sigma_data^2 + s^2)`` (EDM's ``c_in``), which keeps
+            VE inputs at unit scale.
+        sigma_data: data standard deviation used by ``scale_input``.
+    """
+
+    def __init__(self, net: nn.Module, sde: SDE, output: str = "eps", noise_label: str = "sde",
+                 scale_input: bool = False, sigma_data: float = 0.5):
+        super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if noise_label not in NOISE_LABELS:
+            raise ValueError(f"noise_label must be one of {NOISE_LABELS}, got {noise_label!r}")
+        self.net, self.sde = net, sde
+        self.output, self.noise_label, self.scale_input, self.sigma_data = output, noise_label, scale_input, sigma_data
+
+    def label(self, t: torch.Tensor) -> torch.Tensor:
+        """The network's conditioning scalar for time ``t [B]``."""
+        if self.noise_label == "t":
+            return t
+        if self.noise_label == "log_std":
+            return self.sde.marginal_std(t).log()
+        return self.sde.noise_label(t)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Score estimate; ``x [B, ...]``, ``t [B]`` -> ``[B, ...]``."""
+        a = append_dims(self.sde.mean_coeff(t), x.ndim)
+        std = append_dims(self.sde.marginal_std(t), x.ndim)
+        x_in = x / torch.sqrt(a**2 * self.sigma_data**2 + std**2) if self.scale_input else x
+        out = self.net(x_in, self.label(t))
+        if self.output == "eps":
+            return -out / std
+        if self.output == "x0":
+            return -(x - a * out) / std**2
+        return out

@@ -1,0 +1,352 @@
+"""Forward SDEs of score-based generative modelling (Song et al. 2021, arXiv 2011.13456, Sec. 3.4).
+
+Every SDE here is linear in ``x``, so its transition kernel is Gaussian,
+``p_0t(x | x0) = N(x; a(t) x0, s(t)^2 I)`` (MATH.md Sec. 2). ``t`` is always a tensor of shape ``[B]``;
+``x`` may have any shape ``[B, ...]`` (2-D points and images alike).
+
+Sampler-specific behaviour lives here as methods (``discretize``, ``ancestral_step``, ``langevin_alpha``,
+``noise_label``) so that samplers never need ``isinstance`` checks.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from typing import Callable
+
+import torch
+
+from .utils import append_dims, batch_sum
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class SDE(abc.ABC):
+    """Abstract forward SDE ``dx = f(x, t) dt + g(t) dw`` on ``t in [0, T]`` with ``T = 1``."""
+
+    T: float = 1.0
+
+    # --- the process -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift and diffusion of the forward SDE (Song et al. 2021, Eq. 5).
+
+        Args:
+            x: state ``[B, ...]``.
+            t: time ``[B]``.
+
+        Returns:
+            ``(drift [B, ...], diffusion [B])``.
+        """
+
+    @abc.abstractmethod
+    def mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        """The kernel's mean coefficient ``a(t)`` of shape ``[B]`` (MATH.md Sec. 2)."""
+
+    @abc.abstractmethod
+    def marginal_std(self, t: torch.Tensor) -> torch.Tensor:
+        """The kernel's standard deviation ``s(t)`` of shape ``[B]`` (MATH.md Sec. 2)."""
+
+    @property
+    @abc.abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation ``c`` of the prior ``p_T = N(0, c^2 I)``."""
+
+    def marginal_prob(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of the perturbation kernel ``p_0t(x(t) | x(0))`` (Song et al. 2021, Eq. 29, 33).
+
+        Args:
+            x0: clean data ``[B, ...]``.
+            t: time ``[B]``.
+
+        Returns:
+            ``(mean [B, ...], std [B])``.
+        """
+        return append_dims(self.mean_coeff(t), x0.ndim) * x0, self.marginal_std(t)
+
+    def prior_sampling(
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Draw ``x(T) ~ N(0, c^2 I)`` of the given shape ``[B, ...]``."""
+        return self.prior_std * torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
+        """Log-density of the prior: ``-D/2 ln(2 pi c^2) - ||z||^2 / (2 c^2)`` (MATH.md Sec. 2).
+
+        Args:
+            z: latent ``[B, ...]``.
+
+        Returns:
+            log p_T(z) of shape ``[B]``.
+        """
+        d = z[0].numel()
+        c2 = self.prior_std**2
+        return -0.5 * d * math.log(2 * math.pi * c2) - batch_sum(z**2) / (2 * c2)
+
+    # --- sampler support ---------------------------------------------------------------------
+    def discretize(
+        self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward step ``x_{i+1} = x_i + f_i(x_i) + G_i z`` between two grid times.
+
+        The default is Euler–Maruyama: ``f_i = f(x, t) dt``, ``G_i = g(t) sqrt(dt)`` with
+        ``dt = t - t_next > 0`` (Song et al. 2021, Appendix E). Subclasses override it with their exact
+        discretisation (DDPM / SMLD chains).
+
+        Args:
+            x: state ``[B, ...]``.
+            t: current (larger) time ``[B]``.
+            t_next: next (smaller) time on the reverse grid ``[B]``.
+
+        Returns:
+            ``(f [B, ...], G [B])``.
+        """
+        dt = t - t_next
+        drift, diffusion = self.sde(x, t)
+        return drift * append_dims(dt, x.ndim), diffusion * dt.sqrt()
+
+    def ancestral_step(
+        self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, score: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ancestral-sampling step from ``t`` to ``t_next``; only defined for DDPM/SMLD chains.
+
+        Returns:
+            ``(x, x_mean)`` each ``[B, ...]``.
+        """
+        raise ValueError(
+            f"ancestral sampling is not defined for {type(self).__name__}: it needs a discrete Markov chain "
+            "(VPSDE = DDPM or VESDE = SMLD); use the reverse_diffusion or euler_maruyama predictor instead"
+        )
+
+    def langevin_alpha(self, t: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """The ``alpha_i`` scaling the Langevin corrector step (Song et al. 2021, Algorithm 5); ``[B]``."""
+        return torch.ones_like(t)
+
+    def noise_label(self, t: torch.Tensor) -> torch.Tensor:
+        """The scalar a network is conditioned on, per the reference implementation's conventions."""
+        return 999.0 * t
+
+    # --- the reverse process -----------------------------------------------------------------
+    def reverse_drift(
+        self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor, probability_flow: bool = False
+    ) -> torch.Tensor:
+        """Drift of the reverse SDE ``f - g^2 score`` or of the probability-flow ODE ``f - g^2 score / 2``.
+
+        Implements Song et al. 2021, Eq. 6 and Eq. 13 (note the 1/2 for the ODE, MATH.md Sec. 1).
+
+        Args:
+            x: state ``[B, ...]``.
+            t: time ``[B]``.
+            score: ``grad_x log p_t(x)`` or its estimate, ``[B, ...]``.
+            probability_flow: use the ODE drift instead of the reverse-SDE drift.
+
+        Returns:
+            drift ``[B, ...]`` in forward-time convention (integrate with ``dt < 0``).
+        """
+        drift, diffusion = self.sde(x, t)
+        weight = 0.5 if probability_flow else 1.0
+        return drift - weight * append_dims(diffusion**2, x.ndim) * score
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+        """The reverse-time SDE (or probability-flow ODE) driven by ``score_fn(x, t)``."""
+        return ReverseSDE(self, score_fn, probability_flow)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class ReverseSDE:
+    """Reverse-time SDE ``dx = [f - g^2 score] dt + g dw_bar`` (or the ODE) for a given score function."""
+
+    def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False):
+        self.forward, self.score_fn, self.probability_flow = forward, score_fn, probability_flow
+
+    def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reverse drift ``[B, ...]`` and diffusion ``[B]`` (zero for the probability-flow ODE)."""
+        score = self.score_fn(x, t)
+        drift = self.forward.reverse_drift(x, t, score, self.probability_flow)
+        _, diffusion = self.forward.sde(x, t)
+        return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion
+
+    def discretize(
+        self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reverse of ``SDE.discretize``: ``f_rev = f_i - G_i^2 score`` (Song et al. 2021, Eq. 46)."""
+        f, G = self.forward.discretize(x, t, t_next)
+        weight = 0.5 if self.probability_flow else 1.0
+        rev_f = f - weight * append_dims(G**2, x.ndim) * self.score_fn(x, t)
+        return rev_f, torch.zeros_like(G) if self.probability_flow else G
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+class _BetaSchedule:
+    """Linear ``beta(t) = beta_min + t (beta_max - beta_min)`` shared by VP and sub-VP."""
+
+    def __init__(self, beta_min: float, beta_max: float):
+        _check_positive(beta_min=beta_min, beta_max=beta_max)
+        if beta_min >= beta_max:
+            raise ValueError(f"beta_min must be smaller than beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        """``beta(t)``, shape ``[B]``."""
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def integral(self, t: torch.Tensor) -> torch.Tensor:
+        """``B(t) = int_0^t beta(u) du = beta_min t + t^2 (beta_max - beta_min) / 2``, shape ``[B]``."""
+        return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
+
+    def mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        """``a(t) = exp(-B(t) / 2)``."""
+        return torch.exp(-0.5 * self.integral(t))
+
+    def step_alpha(self, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+        """``alpha_i = a(t)^2 / a(t_next)^2 = exp(-(B(t) - B(t_next)))``, in (0, 1) on any grid (MATH.md Sec. 4)."""
+        return torch.exp(-(self.integral(t) - self.integral(t_next)))
+
+    def step_beta(self, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+        """``beta_i = 1 - alpha_i``, computed with ``expm1`` so fine grids keep full precision."""
+        return -torch.expm1(-(self.integral(t) - self.integral(t_next)))
+
+    def langevin_alpha(self, t: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """``alpha_i = exp(-beta(t) dt)``, the continuous version of DDPM's ``1 - beta_i``."""
+        return torch.exp(-self.beta(t) * dt)
+
+
+class VPSDE(_BetaSchedule, SDE):
+    """Variance-preserving SDE ``dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw`` (Song et al. 2021, Eq. 11).
+
+    The continuous limit of DDPM (Ho et al. 2020). Prior ``N(0, I)``.
+
+    Args:
+        beta_min: ``beta(0) > 0`` (0.1 in the paper).
+        beta_max: ``beta(1) > beta_min`` (20 in the paper).
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        super().__init__(beta_min, beta_max)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def sde(self, x, t):
+        beta = self.beta(t)
+        return -0.5 * append_dims(beta, x.ndim) * x, beta.sqrt()
+
+    def marginal_std(self, t):
+        # sqrt(1 - exp(-B)) with expm1 so that small t keeps full relative precision.
+        return torch.sqrt(-torch.expm1(-self.integral(t)))
+
+    def discretize(self, x, t, t_next):
+        """DDPM chain on an arbitrary grid: ``f_i = (sqrt(alpha_i) - 1) x``, ``G_i = sqrt(1 - alpha_i)``.
+
+        ``alpha_i`` comes from the continuous schedule (MATH.md Sec. 4), so ``beta_i = 1 - alpha_i`` stays in
+        (0, 1) at any step count, unlike the reference's ``linspace(beta_min/N, beta_max/N, N)``.
+        """
+        alpha = self.step_alpha(t, t_next)
+        return append_dims(alpha.sqrt() - 1.0, x.ndim) * x, self.step_beta(t, t_next).sqrt()
+
+    def ancestral_step(self, x, t, t_next, score, z):
+        """DDPM ancestral step ``x' = (x + beta_i score) / sqrt(alpha_i) + sqrt(beta_i) z`` (Ho et al. 2020, Alg. 2)."""
+        alpha = append_dims(self.step_alpha(t, t_next), x.ndim)
+        beta = append_dims(self.step_beta(t, t_next), x.ndim)
+        x_mean = (x + beta * score) / alpha.sqrt()
+        return x_mean + beta.sqrt() * z, x_mean
+
+    def langevin_alpha(self, t, dt):
+        return _BetaSchedule.langevin_alpha(self, t, dt)
+
+
+class SubVPSDE(_BetaSchedule, SDE):
+    """Sub-VP SDE ``dx = -beta x / 2 dt + sqrt(beta (1 - exp(-2 B(t)))) dw`` (Song et al. 2021, Eq. 12).
+
+    Its kernel variance ``(1 - exp(-B))^2`` is below the VP one at every t. Prior ``N(0, I)``.
+
+    Args:
+        beta_min: ``beta(0) > 0``.
+        beta_max: ``beta(1) > beta_min``.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        super().__init__(beta_min, beta_max)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def sde(self, x, t):
+        beta = self.beta(t)
+        discount = -torch.expm1(-2.0 * self.integral(t))
+        return -0.5 * append_dims(beta, x.ndim) * x, torch.sqrt(beta * discount)
+
+    def marginal_std(self, t):
+        return -torch.expm1(-self.integral(t))
+
+    def langevin_alpha(self, t, dt):
+        # Same beta schedule as VP; the reference implementation crashes here (no sub-VP branch).
+        return _BetaSchedule.langevin_alpha(self, t, dt)
+
+
+class VESDE(SDE):
+    """Variance-exploding SDE ``dx = sqrt(d[sigma^2(t)]/dt) dw`` (Song et al. 2021, Eq. 9; SMLD/NCSN).
+
+    ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``. ``marginal_std`` follows the paper's convention
+    ``s(t) = sigma(t)`` (the data are taken to carry ``sigma_min`` noise already); the exact kernel std from
+    clean data is ``sqrt(sigma(t)^2 - sigma_min^2)`` (MATH.md Sec. 2). Prior ``N(0, sigma_max^2 I)``.
+
+    Args:
+        sigma_min: smallest noise level ``> 0`` (0.01 in the paper).
+        sigma_max: largest noise level ``> sigma_min``; about the largest pairwise data distance (50 for CIFAR-10).
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        _check_positive(sigma_min=sigma_min, sigma_max=sigma_max)
+        if sigma_min >= sigma_max:
+            raise ValueError(
+                f"sigma_min must be smaller than sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+            )
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """``sigma(t) = sigma_min (sigma_max / sigma_min)^t``, shape ``[B]``."""
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def sde(self, x, t):
+        diffusion = self.sigma(t) * math.sqrt(2.0 * math.log(self.sigma_max / self.sigma_min))
+        return torch.zeros_like(x), diffusion
+
+    def mean_coeff(self, t):
+        return torch.ones_like(t)
+
+    def marginal_std(self, t):
+        return self.sigma(t)
+
+    def discretize(self, x, t, t_next):
+        """SMLD chain: ``f_i = 0``, ``G_i = sqrt(sigma(t)^2 - sigma(t_next)^2)`` (Song et al. 2021, Eq. 44)."""
+        return torch.zeros_like(x), torch.sqrt(self.sigma(t) ** 2 - self.sigma(t_next) ** 2)
+
+    def ancestral_step(self, x, t, t_next, score, z):
+        """SMLD ancestral step (Song et al. 2021, Eq. 47):
+        ``x' = x + (s_i^2 - s_{i-1}^2) score + sqrt(s_{i-1}^2 (s_i^2 - s_{i-1}^2) / s_i^2) z``."""
+        s2, s2_next = self.sigma(t) ** 2, self.sigma(t_next) ** 2
+        x_mean = x + append_dims(s2 - s2_next, x.ndim) * score
+        std = torch.sqrt(s2_next * (s2 - s2_next) / s2)
+        return x_mean + append_dims(std, x.ndim) * z, x_mean
+
+    def noise_label(self, t):
+        """``log sigma(t)``: what NCSN++'s Fourier embedding is conditioned on in the reference."""
+        return torch.log(self.sigma(t))

@@ -1,0 +1,20 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from scorelab.sde import SubVPSDE, VESDE, VPSDE  # noqa: E402
+
+
+@pytest.fixture
+def gen():
+    """A seeded CPU generator: every random draw in a test is reproducible."""
+    return torch.Generator().manual_seed(0)
+
+
+ALL_SDES = [VPSDE(), SubVPSDE(), VESDE()]
+SDE_IDS = ["vp", "subvp", "ve"]

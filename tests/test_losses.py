@@ -1,0 +1,101 @@
+"""DSM loss against exact answers: the excess loss of a wrong score is E lambda(t) ||s - s*||^2 (Vincent 2011)."""
+import pytest
+import torch
+
+from scorelab.data import two_modes
+from scorelab.losses import DDPMLoss, DSMLoss
+from scorelab.models import ScoreMLP, ScoreModel
+from scorelab.sde import VESDE, VPSDE
+
+from .conftest import ALL_SDES, SDE_IDS
+
+
+@pytest.mark.parametrize("sde", ALL_SDES, ids=SDE_IDS)
+@pytest.mark.parametrize("weighting", ["sigma2", "g2", "none"])
+def test_oracle_has_lowest_loss_and_excess_is_exact(sde, weighting):
+    mixture = two_modes()
+    oracle = mixture.oracle(sde)
+    delta = torch.tensor([0.3, -0.2], dtype=torch.float64)
+
+    def perturbed(x, t):
+        return oracle(x, t) + delta
+
+    loss = DSMLoss(sde, weighting=weighting, eps=1e-3)
+    n = 200_000
+    x0 = mixture.sample(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    good = loss.per_example(oracle, x0, generator=torch.Generator().manual_seed(2))
+    bad = loss.per_example(perturbed, x0, generator=torch.Generator().manual_seed(2))  # same t and z
+    diff = bad - good
+    # E[diff] = E_t lambda(t) ||delta||^2 / D exactly (cross term vanishes); estimate lambda's mean on the same t.
+    t = torch.rand(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * (1 - 1e-3) + 1e-3
+    expected = (loss.weight(t) * (delta**2).mean()).mean()
+    se = diff.std() / n**0.5
+    assert diff.mean() > 0
+    assert abs(diff.mean() - expected) < 5 * se + 1e-3 * expected
+
+
+def test_loss_trains_an_mlp_towards_the_oracle():
+    torch.manual_seed(0)
+    sde = VPSDE()
+    mixture = two_modes()
+    model = ScoreModel(ScoreMLP(dim=2, width=64, depth=2, embed_dim=32), sde, output="eps")
+    loss = DSMLoss(sde)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    data = mixture.sample(20_000, generator=gen)
+    for step in range(300):
+        batch = data[torch.randint(0, len(data), (512,), generator=gen)]
+        opt.zero_grad()
+        value = loss(model, batch, generator=gen)
+        value.backward()
+        opt.step()
+    x = mixture.sample(4000, generator=gen)
+    t = torch.full((4000,), 0.3)
+    err = ((model(x, t) - mixture.oracle(sde)(x, t).float()) ** 2).mean()
+    ref = (mixture.oracle(sde)(x, t) ** 2).mean()
+    assert err < 0.1 * ref
+
+
+def test_reduce_sum_is_dim_times_mean():
+    sde = VESDE()
+    x0 = torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def score(x, t):
+        return -x / 4.0
+
+    mean_loss = DSMLoss(sde, reduce_mean=True).per_example(score, x0, torch.Generator().manual_seed(5))
+    sum_loss = DSMLoss(sde, reduce_mean=False).per_example(score, x0, torch.Generator().manual_seed(5))
+    assert torch.allclose(sum_loss, 48 * mean_loss, rtol=1e-5)
+
+
+def test_ddpm_loss_of_exact_eps_is_zero_for_point_mass():
+    # Data = a single point m: the exact score of x_t is -(x_t - sqrt(abar) m) / (1 - abar), so L_simple = 0.
+    loss = DDPMLoss(num_steps=1000)
+    m = torch.tensor([[0.7, -1.2]], dtype=torch.float64).expand(256, 2)
+    abar = loss.alphas_cumprod
+
+    def exact(x, t):
+        i = (t * 1000).round().long() - 1
+        a = abar[i][:, None]
+        return -(x - a.sqrt() * m) / (1 - a)
+
+    assert float(loss(exact, m, generator=torch.Generator().manual_seed(0))) < 1e-20
+
+    def wrong(x, t):
+        return exact(x, t) * 0.9
+
+    assert float(loss(wrong, m, generator=torch.Generator().manual_seed(0))) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: DSMLoss(VPSDE(), weighting="sigma"), "weighting"),
+        (lambda: DSMLoss(VPSDE(), eps=0.0), "eps"),
+        (lambda: DDPMLoss(num_steps=10, beta_max=20.0), "exceed 1"),
+        (lambda: ScoreModel(ScoreMLP(), VPSDE(), output="velocity"), "output"),
+    ],
+)
+def test_invalid_loss_arguments_raise(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
