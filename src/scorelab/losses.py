@@ -86,12 +86,18 @@ class DDPMLoss:
     ``sqrt(1 - alpha_bar_i)``, so the loss reads ``|| sqrt(1 - alpha_bar_i) s_theta + eps ||^2``.
 
     Args:
+        sde: optional VP SDE whose ``beta_min``/``beta_max`` override the two arguments below.
         num_steps: N, the number of discrete noise levels (1000 in DDPM).
         beta_min, beta_max: the VP schedule end points (``N * beta_1`` and ``N * beta_N``).
         reduce_mean: average (``True``) or sum over data dimensions.
     """
 
-    def __init__(self, num_steps: int = 1000, beta_min: float = 0.1, beta_max: float = 20.0, reduce_mean: bool = True):
+    def __init__(self, sde: SDE | None = None, num_steps: int = 1000, beta_min: float = 0.1, beta_max: float = 20.0,
+                 reduce_mean: bool = True):
+        if sde is not None:
+            if not hasattr(sde, "beta_min"):
+                raise ValueError(f"the DDPM loss needs a VP SDE (a beta schedule), got {type(sde).__name__}")
+            beta_min, beta_max = sde.beta_min, sde.beta_max
         self.num_steps, self.reduce_mean = num_steps, reduce_mean
         self.alphas_cumprod = ddpm_alphas_cumprod(num_steps, beta_min, beta_max)
 

@@ -8,18 +8,17 @@ from .embeddings import make_embedding
 
 
 class _ResidualBlock(nn.Module):
-    """``h + Linear(act(Linear(norm(h)) + emb))``: a pre-norm residual block with the time added inside."""
+    """``h + Linear(act(Linear(act(h)) + emb))``: a residual block with the time embedding added inside."""
 
     def __init__(self, width: int, emb_dim: int):
         super().__init__()
-        self.norm = nn.LayerNorm(width)
         self.fc1 = nn.Linear(width, width)
         self.emb = nn.Linear(emb_dim, width)
         self.fc2 = nn.Linear(width, width)
         self.act = nn.SiLU()
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return h + self.fc2(self.act(self.fc1(self.norm(h)) + self.emb(emb)))
+        return h + self.fc2(self.act(self.fc1(self.act(h)) + self.emb(emb)))
 
 
 class ScoreMLP(nn.Module):
@@ -44,7 +43,7 @@ class ScoreMLP(nn.Module):
         )
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_ResidualBlock(width, embed_dim) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, dim))
 
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor) -> torch.Tensor:
         """``x [B, D]``, ``noise_label [B]`` -> ``[B, D]``."""

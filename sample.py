@@ -1,0 +1,19 @@
+"""Sample from a trained checkpoint or the exact toy oracle: `python sample.py --help` lists the options."""
+import hydra
+from omegaconf import DictConfig
+
+from scorelab.cli.common import register_resolvers
+from scorelab.cli.errors import run_or_exit
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    from scorelab.cli.sample import sample
+
+    run_or_exit(sample, cfg)
+
+
+if __name__ == "__main__":
+    main()

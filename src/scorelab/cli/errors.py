@@ -1,0 +1,42 @@
+"""Turn configuration and input mistakes into one clear line instead of a traceback."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, TypeVar
+
+from hydra.errors import HydraException, InstantiationException
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for (config value, path, checkpoint): the message says what to do."""
+
+
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, InstantiationException, OmegaConfBaseException,
+               HydraException)
+
+
+def root_message(exc: BaseException) -> str:
+    """The innermost cause's message, prefixed by the config key Hydra reports when it has one."""
+    key = None
+    while True:
+        text = str(exc)
+        if "full_key:" in text and key is None:
+            key = text.rsplit("full_key:", 1)[1].strip().split()[0]
+        cause = exc.__cause__ or exc.__context__
+        if cause is None or not isinstance(exc, (InstantiationException, HydraException)):
+            break
+        exc = cause
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{key}: {message}" if key and not message.startswith(key) else message
+
+
+def run_or_exit(fn: Callable[..., T], *args, **kwargs) -> T:
+    """Call ``fn``; on a user error print ``error: <one line>`` to stderr and exit with status 2."""
+    try:
+        return fn(*args, **kwargs)
+    except USER_ERRORS as exc:
+        print(f"error: {root_message(exc)}", file=sys.stderr)
+        sys.exit(2)

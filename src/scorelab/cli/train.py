@@ -1,0 +1,72 @@
+"""``train(cfg)``: the whole training job, callable from ``train.py`` and from tests with a composed config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from ..lit.module import ScoreModule
+from .common import build_core, check_checkpoint
+
+
+def _instantiate_group(cfg: DictConfig | None, **kwargs) -> list:
+    """Instantiate every entry of a dict-of-configs group (callbacks, loggers); ``null`` entries are skipped."""
+    if not cfg:
+        return []
+    if "_target_" in cfg:
+        return [instantiate(cfg, **kwargs)]
+    return [instantiate(c, **kwargs) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train a score model as configured; return ``cfg.optimized_metric`` (for Hydra sweepers) if set.
+
+    Writes into the run folder ``cfg.paths.output_dir``: ``checkpoints/`` (last and best), logs, sample
+    pictures and, for toy data, ``metrics.json``.
+    """
+    ckpt_path = check_checkpoint(cfg.get("ckpt_path"))
+    L.seed_everything(cfg.seed, workers=True)
+    parts = build_core(cfg)
+    module = ScoreModule(parts["score_model"], parts["sde"], loss=parts["loss"],
+                         optimizer=instantiate(cfg.optimizer),
+                         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+                         **OmegaConf.to_container(cfg.module, resolve=True))
+    loggers = _instantiate_group(cfg.get("logger"))
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)  # saved in checkpoints for sample.py
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    rank_zero_info(f"run folder: {cfg.paths.output_dir}")
+    try:
+        trainer.fit(module, datamodule=parts["datamodule"], ckpt_path=ckpt_path)
+        metrics = _final_metrics(trainer, callbacks)
+        if trainer.is_global_zero:
+            out = Path(cfg.paths.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+    finally:
+        if any(isinstance(lg, WandbLogger) for lg in loggers):
+            import wandb
+
+            wandb.finish()  # one W&B run per job: Lightning never finishes it (ECOSYSTEM.md)
+    name = cfg.get("optimized_metric")
+    return metrics.get(name) if name else None
+
+
+def _final_metrics(trainer: L.Trainer, callbacks: list) -> dict[str, Any]:
+    """Scalars at the end of training: the Trainer's last logged values plus the toy metrics."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics["global_step"] = trainer.global_step
+    for cb in callbacks:
+        toy = getattr(cb, "metrics", None)
+        if toy:
+            metrics.update({f"toy/{k}": v for k, v in toy.items() if isinstance(v, (int, float))})
+    return metrics

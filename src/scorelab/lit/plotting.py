@@ -1,0 +1,43 @@
+"""Pictures of samples: a scatter plot for 2-D points, an image grid for images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def save_samples_picture(x: torch.Tensor, path: str | Path, data_range: tuple[float, float] | None = None,
+                         reference: torch.Tensor | None = None, title: str | None = None) -> Path:
+    """Write ``x`` as a PNG: a scatter plot for ``[N, 2]`` points (over ``reference`` points in grey if given),
+    an image grid for ``[N, C, H, W]`` images in ``data_range``. Returns the path written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = x.detach().float().cpu()
+    if x.ndim == 4:
+        from torchvision.utils import save_image
+
+        lo, hi = data_range if data_range is not None else (-1.0, 1.0)
+        images = ((x - lo) / (hi - lo)).clamp(0, 1)
+        save_image(images[:64], path, nrow=min(8, len(images)), padding=2)
+        return path
+    if x.ndim != 2 or x.shape[1] < 2:
+        raise ValueError(f"can only picture [N, >=2] points or [N, C, H, W] images, got shape {tuple(x.shape)}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    if reference is not None:
+        ref = reference.detach().float().cpu()
+        ax.scatter(ref[:, 0], ref[:, 1], s=1, c="0.75", alpha=0.5, label="data", rasterized=True)
+    ax.scatter(x[:, 0], x[:, 1], s=1, c="tab:blue", alpha=0.5, label="samples", rasterized=True)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title, fontsize=9)
+    if reference is not None:
+        ax.legend(loc="upper right", markerscale=8, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,48 @@
+"""Helpers for platform tests: compose configs the way train.py does, with fast settings."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Small, fast settings shared by platform tests (tiny step counts, few samples).
+FAST = [
+    "trainer.max_steps=8",  # one epoch of 4096 / 512
+    "trainer.check_val_every_n_epoch=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "data.n_train=4096",
+    "data.n_val=512",
+    "data.batch_size=512",
+    "sampler.steps=10",
+    "callbacks.samples.n_samples=200",
+    "callbacks.toy_metrics.n_samples=500",
+    "model.net.width=32",
+    "model.net.depth=1",
+]
+
+
+def make_cfg(tmp_path: Path, overrides: list[str], config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` and point every path into ``tmp_path``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(ROOT)
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.paths.output_dir = str(tmp_path / "run")
+    return cfg
+
+
+def run_script(script: str, args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python <script> args`` as a user would, offline W&B, with a timeout."""
+    env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"), HYDRA_FULL_ERROR="0")
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
