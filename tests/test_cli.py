@@ -1,0 +1,91 @@
+"""The command line as a user runs it: --help, multirun sweeps with a summary, W&B offline, one-line errors."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from .platform_utils import FAST, run_script
+
+FAST_CLI = [o for o in FAST] + ["callbacks.samples.n_samples=100", "callbacks.toy_metrics.n_samples=300"]
+
+
+def test_help_lists_the_config_groups(tmp_path):
+    res = run_script("train.py", ["--help"], cwd=tmp_path, timeout=120)
+    assert res.returncode == 0
+    for group in ("data", "sde", "model", "loss", "sampler", "optimizer", "scheduler", "trainer", "logger",
+                  "callbacks", "experiment", "paths", "hparams_search"):
+        assert f"{group}:" in res.stdout, group
+
+
+def test_multirun_2x2_writes_one_folder_per_job_and_a_summary(tmp_path):
+    args = ["-m"] + FAST_CLI + [f"paths.log_dir={tmp_path}/logs", "sde.beta_min=0.05,0.1", "sde.beta_max=10,20"]
+    res = run_script("train.py", args, cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (sweep,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra").is_dir())
+    assert len(jobs) == 4 and all((job / "metrics.json").is_file() for job in jobs)
+    with (sweep / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["sde.beta_min"], r["sde.beta_max"]) for r in rows} == {("0.05", "10"), ("0.05", "20"),
+                                                                      ("0.1", "10"), ("0.1", "20")}
+    assert all(float(r["toy/mode_weight_error"]) >= 0 for r in rows)
+    assert "| sde.beta_min |" in (sweep / "summary.md").read_text().replace("| job | ", "| ")
+
+
+def test_wandb_offline_run_writes_files_without_network(tmp_path):
+    args = FAST_CLI + ["logger=wandb", f"paths.log_dir={tmp_path}/logs"]
+    res = run_script("train.py", args, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run,) = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    (offline,) = list((run / "wandb").glob("offline-run-*"))
+    assert list(offline.glob("*.wandb")), "no W&B event file"
+    assert "wandb sync" in res.stdout + res.stderr
+    assert (run / "metrics.json").is_file()
+
+
+def test_optuna_search_returns_the_metric(tmp_path):
+    args = FAST_CLI + [f"paths.log_dir={tmp_path}/logs", "hparams_search=toy_optuna", "hydra.sweeper.n_trials=2"]
+    res = run_script("train.py", args, cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (sweep,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_value" in best and "sde.beta_max" in best
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["sde.beta_min=-1"], "beta_min must be a positive finite number"),
+        (["sde.beta_min=30"], "beta_min must be smaller than beta_max"),
+        (["sde=cosine"], "Could not find 'sde/cosine'"),
+        (["ckpt_path=/nonexistent/last.ckpt"], "checkpoint not found: /nonexistent/last.ckpt"),
+        (["data.batch_size=0"], "batch_size must be a positive integer"),
+        (["sampler.steps=0"], "steps must be a positive integer"),
+    ],
+)
+def test_bad_input_ends_in_one_clear_line(tmp_path, args, expected):
+    res = run_script("train.py", args + [f"paths.log_dir={tmp_path}/logs"], cwd=tmp_path, timeout=120)
+    assert res.returncode != 0
+    assert expected in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):
+    bad = tmp_path / "last.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    res = run_script("sample.py", [f"ckpt_path={bad}", f"paths.log_dir={tmp_path}/logs"], cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and "cannot be read" in res.stderr and "Traceback" not in res.stderr
+    assert bad.read_bytes() == b"not a checkpoint"
+
+
+def test_sample_cli_with_oracle(tmp_path):
+    args = ["model=oracle", "sampler=ode", "sampler.steps=10", "n_samples=2000", f"paths.log_dir={tmp_path}/logs"]
+    res = run_script("sample.py", args, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = list((tmp_path / "logs" / "sample" / "runs").iterdir())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["mode_weights"] == pytest.approx([0.8, 0.2], abs=0.03)
+    assert (run / "samples.png").is_file() and (run / "samples.npz").is_file()
