@@ -7,7 +7,8 @@ For each SDE (VP by default) and each mixture (``two_modes`` with weights 0.8/0.
 it prints one Markdown pipe table with a row per sampler and step count:
 
 * **NFE**: batched score evaluations (the oracle is called once per NFE on the whole batch).
-* **time [s]**: wall time of the sampler call (``time.perf_counter``; 2 CPU threads).
+* **time [s]**: wall time of the sampler call (``time.perf_counter``; one torch thread by default:
+  the tensors are tiny, and with 2 threads on a loaded 2-core machine OpenMP waits made runs up to 70x slower).
 * **mode err**: max over components of |sampled mode weight - true weight|, samples assigned to their
   most probable component. Monte Carlo noise alone is about ``sqrt(w (1 - w) / n)`` (0.006 for 0.8/0.2 at 5000).
 * **energy dist**: energy distance (Szekely & Rizzo) to a fresh set of true samples; 0 iff same law,
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base random seed (default: 0)")
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer rows and step counts")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown tables to this file")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default: 1; more only slows these tiny batches down)")
     args = parser.parse_args(argv)
     n = args.n_samples or (2000 if args.quick else 5000)
     if n < 2:

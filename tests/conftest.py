@@ -7,7 +7,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-from scorelab.sde import SubVPSDE, VESDE, VPSDE  # noqa: E402
+from scorelab.sde import VESDE, VPSDE, SubVPSDE  # noqa: E402
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def test_loss_trains_an_mlp_towards_the_oracle():
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(0)
     data = mixture.sample(20_000, generator=gen)
-    for step in range(300):
+    for _ in range(300):
         batch = data[torch.randint(0, len(data), (512,), generator=gen)]
         opt.zero_grad()
         value = loss(model, batch, generator=gen)

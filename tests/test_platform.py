@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from scorelab.cli import sample, train
 from scorelab.cli.common import build_core
 
-from .platform_utils import CONF, FAST, make_cfg, run_script
+from .platform_utils import CONF, FAST, make_cfg
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
@@ -106,7 +106,7 @@ def test_sample_from_checkpoint_and_oracle(tmp_path):
                                       "batch_size=128"], config_name="sample")
     path = sample(scfg)
     data = np.load(path)
-    assert data["x"].shape == (300, 2) and int(data["nfe"]) == 10
+    assert data["x"].shape == (300, 2) and int(data["nfe"]) == 5 + 4  # 5 predictor + 4 corrector steps
     assert (path.parent / "samples.png").is_file()
 
     ocfg = make_cfg(tmp_path / "s2", ["model=oracle", "data=toy_eight_gaussians", "sampler=ode", "sampler.steps=20",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from scorelab.losses import ddpm_alphas_cumprod
-from scorelab.sde import SubVPSDE, VESDE, VPSDE
+from scorelab.sde import VESDE, VPSDE, SubVPSDE
 
 from .conftest import ALL_SDES, SDE_IDS
 

@@ -34,7 +34,7 @@ def exact_divergence(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def hutchinson_divergence(f: torch.Tensor, x: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
-    """Hutchinson's unbiased estimate ``v^T (df/dx) v`` with ``E[v v^T] = I`` (Hutchinson 1989; Grathwohl et al. 2019)."""
+    """Hutchinson's unbiased estimate ``v^T (df/dx) v`` with ``E[v v^T] = I`` (Hutchinson 1989; FFJORD 2019)."""
     (grad,) = torch.autograd.grad((f * probe).sum(), x)
     return batch_sum(grad * probe)
 

@@ -1,7 +1,7 @@
 """Training objectives: continuous-time denoising score matching and DDPM's discrete L_simple."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -80,7 +80,7 @@ def ddpm_alphas_cumprod(num_steps: int, beta_min: float = 0.1, beta_max: float =
 
 
 class DDPMLoss:
-    """DDPM's discrete ``L_simple = E_i E || eps - eps_theta(x_i, i) ||^2`` (Ho et al. 2020, Eq. 14; MATH.md Sec. 6).
+    """DDPM's discrete ``L_simple = E_i E || eps - eps_theta(x_i, i) ||^2`` (Ho et al. 2020, Eq. 14).
 
     The model is queried at ``t_i = (i + 1) / N`` and its score turned into a noise estimate with the discrete
     ``sqrt(1 - alpha_bar_i)``, so the loss reads ``|| sqrt(1 - alpha_bar_i) s_theta + eps ||^2``.
@@ -101,7 +101,8 @@ class DDPMLoss:
         self.num_steps, self.reduce_mean = num_steps, reduce_mean
         self.alphas_cumprod = ddpm_alphas_cumprod(num_steps, beta_min, beta_max)
 
-    def per_example(self, score_fn: ScoreFn, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def per_example(self, score_fn: ScoreFn, x0: torch.Tensor,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-example loss ``[B]``."""
         gen_device = generator.device if generator else None
         i = torch.randint(0, self.num_steps, (x0.shape[0],), generator=generator, device=gen_device).to(x0.device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -150,7 +150,7 @@ class SDE(abc.ABC):
         weight = 0.5 if probability_flow else 1.0
         return drift - weight * append_dims(diffusion**2, x.ndim) * score
 
-    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (or probability-flow ODE) driven by ``score_fn(x, t)``."""
         return ReverseSDE(self, score_fn, probability_flow)
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from hydra.errors import HydraException, InstantiationException
 from omegaconf.errors import OmegaConfBaseException

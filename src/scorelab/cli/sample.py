@@ -34,7 +34,8 @@ def load_score_model(ckpt_path: str, use_ema: bool = True):
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise UserError(f"weights in {path} do not fit the model in its stored config: {str(exc).splitlines()[0]}")
+        first_line = str(exc).splitlines()[0]
+        raise UserError(f"weights in {path} do not fit the model in its stored config: {first_line}") from None
     return module.score_fn(use_ema), parts["sde"], parts["datamodule"]
 
 

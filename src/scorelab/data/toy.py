@@ -8,7 +8,7 @@ network, the exact log-likelihood of generated points, and mode weights to check
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -44,7 +44,8 @@ class GaussianMixture:
         if mu.ndim == 1:
             mu = mu[:, None]
         if mu.ndim != 2 or mu.shape[0] != w.numel():
-            raise ValueError(f"means must have shape [K, D] with K = len(weights) = {w.numel()}, got {tuple(mu.shape)}")
+            raise ValueError(
+                f"means must have shape [K, D] with K = len(weights) = {w.numel()}, got {tuple(mu.shape)}")
         if (w <= 0).any() or abs(float(w.sum()) - 1.0) > 1e-6:
             raise ValueError(f"weights must be positive and sum to 1, got {w.tolist()}")
         k, d = mu.shape
@@ -84,7 +85,8 @@ class GaussianMixture:
         return self.means.shape[1]
 
     def __repr__(self) -> str:
-        return f"GaussianMixture(K={self.n_components}, D={self.dim}, weights={[round(w, 4) for w in self.weights.tolist()]})"
+        weights = [round(w, 4) for w in self.weights.tolist()]
+        return f"GaussianMixture(K={self.n_components}, D={self.dim}, weights={weights})"
 
     # --- sampling --------------------------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator | None = None, return_labels: bool = False,
@@ -154,7 +156,7 @@ class GaussianMixture:
         nll = -self.log_prob(x)
         return float(nll.mean()), float(nll.std() / math.sqrt(n))
 
-    def oracle(self, sde: SDE) -> "OracleScore":
+    def oracle(self, sde: SDE) -> OracleScore:
         """The exact score of ``p_t`` under ``sde``, as a drop-in score model."""
         return OracleScore(self, sde)
 

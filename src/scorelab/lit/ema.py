@@ -33,9 +33,9 @@ class EMA(AveragedModel):
     def _update(self, ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged) -> None:
         # AveragedModel copies the weights on its first call and calls us from the second on.
         decay = ema_decay_at(self._rate, int(num_averaged), self._warmup)
-        floats = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
+        floats = [(e, p) for e, p in zip(ema_params, params, strict=True) if e.is_floating_point()]
         if floats:
             torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1.0 - decay)
-        for e, p in zip(ema_params, params):
+        for e, p in zip(ema_params, params, strict=True):
             if not e.is_floating_point():
                 e.copy_(p)

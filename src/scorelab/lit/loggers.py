@@ -55,6 +55,7 @@ def wandb_logger(project: str = "scorelab", save_dir: str = ".", mode: str = "au
     job_group, job_name = hydra_job_info()
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if mode == "offline":
-        rank_zero_info(f"W&B: offline (no credentials found). Upload later with: wandb sync {save_dir}/wandb/offline-run-*")
+        rank_zero_info("W&B: offline (no credentials found). Upload later with: "
+                       f"wandb sync {save_dir}/wandb/offline-run-*")
     return WandbLogger(project=project, save_dir=save_dir, name=name or job_name, group=group or job_group,
                        tags=tags, entity=entity, log_model=log_model, mode=mode)

@@ -1,7 +1,8 @@
 """The LightningModule: a swappable score network and SDE trained by denoising score matching."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch

@@ -38,6 +38,6 @@ def save_samples_picture(x: torch.Tensor, path: str | Path, data_range: tuple[fl
     if reference is not None:
         ax.legend(loc="upper right", markerscale=8, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path

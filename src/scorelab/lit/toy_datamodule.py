@@ -1,7 +1,8 @@
 """A Lightning data module for toy Gaussian mixtures: a fixed, seeded training set with exact truth attached."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -34,12 +35,13 @@ class EpochSeededSampler(Sampler[int]):
 
 
 def build_mixture(mixture: str | GaussianMixture | Mapping[str, Any]) -> GaussianMixture:
-    """A mixture from a preset name, a ``GaussianMixture``, or a mapping of its arguments (weights, means, covs/stds)."""
+    """A mixture from a preset name, a ``GaussianMixture`` or a mapping of its arguments (weights, means, covs/stds)."""
     if isinstance(mixture, GaussianMixture):
         return mixture
     if isinstance(mixture, str):
         if mixture not in PRESETS:
-            raise ValueError(f"unknown toy preset {mixture!r}: choose one of {sorted(PRESETS)} or give weights/means/stds")
+            raise ValueError(
+                f"unknown toy preset {mixture!r}: choose one of {sorted(PRESETS)} or give weights/means/stds")
         return PRESETS[mixture]()
     if isinstance(mixture, Mapping):
         spec = dict(mixture)
@@ -49,7 +51,8 @@ def build_mixture(mixture: str | GaussianMixture | Mapping[str, Any]) -> Gaussia
                 raise ValueError(f"unknown toy preset {preset!r}: choose one of {sorted(PRESETS)}")
             return PRESETS[preset](**spec)
         return GaussianMixture(**spec)
-    raise ValueError(f"mixture must be a preset name, a GaussianMixture or a mapping, got {type(mixture).__name__}")
+    raise ValueError(
+        f"mixture must be a preset name, a GaussianMixture or a mapping, got {type(mixture).__name__}")
 
 
 class ToyDataModule(L.LightningDataModule):

@@ -61,7 +61,7 @@ class _EncoderLevel(nn.Module):
     def forward(self, h: torch.Tensor, temb: torch.Tensor, pyramid: torch.Tensor | None,
                 skips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the level on ``h`` ``[B, C, R, R]``; return the new features and the input-pyramid image."""
-        for block, attn in zip(self.blocks, self.attns):
+        for block, attn in zip(self.blocks, self.attns, strict=True):
             h = attn(block(h, temb))
             skips.append(h)
         if self.downsample is None:

@@ -1,7 +1,8 @@
 """What every sampler shares: time grids, NFE counting and the callback contract."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

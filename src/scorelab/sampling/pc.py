@@ -12,6 +12,10 @@ from .predictors import NoPredictor, Predictor
 class PCSampler:
     """Predictor then corrector at every step of a decreasing time grid; the last step returns the noise-free mean.
 
+    The corrector runs after every predictor step but the last, whose noise-free mean is returned (NFE
+    ``N + (N - 1) k`` for k corrector steps); without a predictor (annealed Langevin) it runs at all N levels and
+    the last corrector mean is returned.
+
     With ``NoCorrector`` this is a pure reverse-SDE sampler (Euler–Maruyama, reverse diffusion, ancestral);
     with ``NoPredictor`` and ``AnnealedLangevin`` it is NCSN's annealed Langevin dynamics.
 
@@ -56,10 +60,14 @@ class PCSampler:
         x = initial_noise(sde, shape, generator, device, dtype, x_init)
         ts = time_grid(self.steps, self.eps, sde.T, self.grid, sde=sde)
         x_mean = x
+        has_predictor = not isinstance(self.predictor, NoPredictor)
         for i in range(self.steps):
             t, t_next = batch_time(ts[i], x), batch_time(ts[i + 1], x)
             x, x_mean = self.predictor.step(counted, sde, x, t, t_next, generator)
-            x, x_mean = self.corrector.step(counted, sde, x, t_next, t - t_next, generator)
+            # After the final predictor step the noise-free predictor mean is the output; a corrector there would
+            # only add Langevin noise that denoising then strips, shrinking the spread by a step-independent amount.
+            if not (has_predictor and i == self.steps - 1):
+                x, x_mean = self.corrector.step(counted, sde, x, t_next, t - t_next, generator)
             if callback is not None:
                 callback({"i": i, "t": float(ts[i + 1]), "x": x, "x_mean": x_mean})
         return (x_mean if self.denoise else x), counted.nfe
