@@ -88,3 +88,16 @@ def test_sample_cli_with_oracle(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["mode_weights"] == pytest.approx([0.8, 0.2], abs=0.03)
     assert (run / "samples.png").is_file() and (run / "samples.npz").is_file()
+
+
+def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path):
+    # strategy=ddp relaunches the script for rank 1 (never inside pytest itself: ECOSYSTEM.md); Lightning passes
+    # the Hydra run dir to the child, so both ranks share one folder.
+    args = FAST_CLI + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"paths.log_dir={tmp_path}/logs"]
+    res = run_script("train.py", args, cwd=tmp_path, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 1
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert sum(metrics["mode_weights"]) == pytest.approx(1.0)
+    assert (runs[0] / "checkpoints" / "last.ckpt").is_file()

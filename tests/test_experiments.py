@@ -1,0 +1,59 @@
+"""fast_dev_run of every experiment config on CPU, with tiny widths and offline data."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scorelab.cli import train
+
+from .platform_utils import CONF, make_cfg
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST" / "raw"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+TINY_IMAGE_NET = ["model.net.ch=16", "model.net.num_res_blocks=1", "model.net.dropout=0.0"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A data folder with a copy of the real MNIST files and a small fake CIFAR-shaped .npz."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "MNIST" / "raw").mkdir(parents=True)
+    for f in SHARED_MNIST.glob("*.gz"):
+        shutil.copy(f, root / "MNIST" / "raw" / f.name)
+    rng = np.random.default_rng(0)
+    np.savez(root / "cifar_like.npz", x=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
+             y=rng.integers(0, 10, 64))
+    return root
+
+
+def image_overrides(name: str, data_dir: Path) -> list[str]:
+    """CPU, tiny network; CIFAR-10 is not available offline, so its experiments run on a CIFAR-shaped .npz."""
+    overrides = ["trainer=cpu", "trainer.fast_dev_run=2", f"paths.data_dir={data_dir}", "data.num_workers=0",
+                 "data.batch_size=4", "sampler.steps=3", "callbacks.samples.n_samples=4"] + TINY_IMAGE_NET
+    if name.startswith("cifar10"):
+        overrides += ["data=npz", "data.path=cifar_like.npz", "data.val_size=8"]
+    if "ncsnpp" in name:
+        overrides += ["model.net.attn_resolutions=[16]"]
+    else:
+        overrides += ["model.net.ch_mult=[1,2]", "model.net.attn_resolutions=[14]" if name.startswith("mnist")
+                      else "model.net.attn_resolutions=[16]"]
+    return overrides
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_fast_dev_run_every_experiment(tmp_path, data_dir, name):
+    overrides = [f"experiment={name}"]
+    if name.startswith("toy"):
+        overrides += ["trainer.fast_dev_run=2", "sampler.steps=5", "callbacks.toy_metrics.n_samples=200",
+                      "callbacks.samples.n_samples=100", "data.n_train=2048", "data.n_val=256"]
+    else:
+        overrides += image_overrides(name, data_dir)
+    cfg = make_cfg(tmp_path, overrides)
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert (run / "samples" / "final.png").is_file()
+    if name.startswith("toy"):
+        assert (run / "metrics.json").is_file()
