@@ -72,7 +72,7 @@ def test_architecture_variants_keep_shape(options):
     ("ddpmpp_deep", 106_632_579),
     ("ncsnpp", 62_758_915),
     ("ncsnpp_deep", 107_587_075),
-    ("unet_small", 1_752_993),
+    ("unet_small", 1_029_905),
 ])
 def test_preset_parameter_counts_match_reference(name, expected):
     cfg = OmegaConf.load(CONF / f"{name}.yaml").net  # the backbone inside the ScoreModel wrapper
