@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 train: $(STAMP)  ## the default experiment: toy two-mode mixture on CPU (~1-2 min)
 	$(PY) train.py $(ARGS)
 
-sample: $(STAMP)  ## exact-score samples of the default mixture; ARGS="ckpt_path=.../last.ckpt" for a model
-	$(PY) sample.py $(ARGS)
+SAMPLE_ARGS ?= model=oracle sampler=euler_maruyama
+sample: $(STAMP)  ## exact-score samples of the default mixture; SAMPLE_ARGS="ckpt_path=.../last.ckpt" for a model
+	$(PY) sample.py $(SAMPLE_ARGS) $(ARGS)
 
 test: $(STAMP)  ## the CI test command
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

@@ -2,10 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from scorelab.cli.common import register_resolvers
 from scorelab.cli.errors import run_or_exit
-
-register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")

@@ -50,13 +50,13 @@ def image_overrides(name: str, data_dir: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_fast_dev_run_every_experiment(tmp_path, data_dir, name):
+def test_fast_dev_run_every_experiment(tmp_path, request, name):
     overrides = [f"experiment={name}"]
     if name.startswith("toy"):
         overrides += ["trainer.fast_dev_run=2", "sampler.steps=5", "callbacks.toy_metrics.n_samples=200",
                       "callbacks.samples.n_samples=100", "data.n_train=2048", "data.n_val=256"]
     else:
-        overrides += image_overrides(name, data_dir)
+        overrides += image_overrides(name, request.getfixturevalue("data_dir"))  # only images need real data
     cfg = make_cfg(tmp_path, overrides)
     train(cfg)
     run = Path(cfg.paths.output_dir)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from .sampling.base import CountingScore, ScoreFn, batch_time
-from .sampling.ode import probability_flow
+from .sampling.ode import ADAPTIVE, probability_flow
 from .sde import SDE
 from .utils import batch_sum
 
@@ -61,7 +61,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, eps: float = 1e
         eps: start time of the integration (the density returned is that of ``p_eps``).
         divergence: ``"exact"`` (D backward passes; for low-dimensional data) or ``"hutchinson"``.
         probe: ``"rademacher"`` or ``"gaussian"`` Hutchinson probes.
-        method: a torchdiffeq method (``dopri5``, ``bosh3``, ``rk4``, ...).
+        method: an adaptive torchdiffeq method (``dopri5``, ``bosh3``, ``adaptive_heun``, ``dopri8``).
         rtol, atol: solver tolerances.
         generator: source of the probes.
         prior_logp: ``z [B, ...] -> [B]`` replacing ``sde.prior_logp`` (e.g. the exact ``log p_T`` of an
@@ -72,6 +72,8 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, eps: float = 1e
     """
     from torchdiffeq import odeint
 
+    if method not in ADAPTIVE:
+        raise ValueError(f"method must be an adaptive solver {ADAPTIVE} (a fixed-step one would take a single step)")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     if probe not in PROBES:
@@ -90,8 +92,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, eps: float = 1e
 
     span = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    options = {"step_t": span} if method in ("dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2") else None
-    xs, deltas = odeint(rhs, (x, delta0), span, rtol=rtol, atol=atol, method=method, options=options)
+    xs, deltas = odeint(rhs, (x, delta0), span, rtol=rtol, atol=atol, method=method, options={"step_t": span})
     z, delta = xs[-1], deltas[-1]
     prior = sde.prior_logp(z) if prior_logp is None else prior_logp(z)
     return Likelihood(prior + delta, z, counted.nfe)

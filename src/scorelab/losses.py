@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import torch
 
-from .sde import SDE
+from .sde import SDE, VPSDE
 from .utils import append_dims, batch_mean, batch_sum
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -95,7 +95,7 @@ class DDPMLoss:
     def __init__(self, sde: SDE | None = None, num_steps: int = 1000, beta_min: float = 0.1, beta_max: float = 20.0,
                  reduce_mean: bool = True):
         if sde is not None:
-            if not hasattr(sde, "beta_min"):
+            if not isinstance(sde, VPSDE):
                 raise ValueError(f"the DDPM loss needs a VP SDE (a beta schedule), got {type(sde).__name__}")
             beta_min, beta_max = sde.beta_min, sde.beta_max
         self.num_steps, self.reduce_mean = num_steps, reduce_mean

@@ -263,8 +263,6 @@ class VPSDE(_BetaSchedule, SDE):
         x_mean = (x + beta * score) / alpha.sqrt()
         return x_mean + beta.sqrt() * z, x_mean
 
-    def langevin_alpha(self, t, dt):
-        return _BetaSchedule.langevin_alpha(self, t, dt)
 
 
 class SubVPSDE(_BetaSchedule, SDE):
@@ -291,10 +289,6 @@ class SubVPSDE(_BetaSchedule, SDE):
 
     def marginal_std(self, t):
         return -torch.expm1(-self.integral(t))
-
-    def langevin_alpha(self, t, dt):
-        # Same beta schedule as VP; the reference implementation crashes here (no sub-VP branch).
-        return _BetaSchedule.langevin_alpha(self, t, dt)
 
 
 class VESDE(SDE):

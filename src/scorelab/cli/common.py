@@ -1,24 +1,14 @@
 """Helpers the train and sample commands share: building objects from config, checkpoints, resolvers."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from .errors import UserError
-
-
-def register_resolvers() -> None:
-    """OmegaConf resolvers used in ``conf/`` (registered at import time, once; DDP children re-import)."""
-    if not OmegaConf.has_resolver("eval_int"):
-        OmegaConf.register_new_resolver("eval_int", lambda expr: int(eval(str(expr), {"math": math})))
-
-
-register_resolvers()
 
 
 def fill_from_data(net_cfg: DictConfig, sample_shape: tuple[int, ...]) -> None:
@@ -47,18 +37,29 @@ def build_core(cfg: DictConfig) -> dict[str, Any]:
     return {"datamodule": datamodule, "sde": sde, "score_model": score_model, "loss": loss, "sampler": sampler}
 
 
-def check_checkpoint(path: str | None) -> str | None:
-    """Fail early, with what to do, on a missing or unreadable checkpoint; return its absolute path."""
-    if path is None:
-        return None
+def load_checkpoint(path: str) -> tuple[str, dict]:
+    """Fail early, with what to do, on a missing or unreadable checkpoint; return its absolute path and contents."""
     p = Path(str(path)).expanduser()
     if not p.is_file():
         raise UserError(f"checkpoint not found: {p}. Pass ckpt_path=<run dir>/checkpoints/last.ckpt of an earlier run")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as exc:  # any unpickling/zip error means the file is not a usable checkpoint
         raise UserError(f"checkpoint {p} cannot be read ({type(exc).__name__}: {exc}); it may be truncated or not "
                         "a Lightning checkpoint: pick another file, e.g. an epoch_*.ckpt next to it") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{p} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by train.py")
-    return str(p.resolve())
+    return str(p.resolve()), ckpt
+
+
+def check_state_dict(module: torch.nn.Module, state_dict: dict, path: str) -> None:
+    """Raise a one-line error if a checkpoint's weights do not fit ``module`` (config changed since training)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    wrong = [k for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or wrong:
+        key = (wrong or missing)[0]
+        what = (f"{key} has shape {tuple(state_dict[key].shape)} there but {tuple(own[key].shape)} here"
+                if wrong else f"{key} is missing from it")
+        raise UserError(f"checkpoint {path} does not fit the configured model ({what}); use the model/data/sde "
+                        "settings it was trained with")

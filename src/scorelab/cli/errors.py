@@ -1,6 +1,7 @@
 """Turn configuration and input mistakes into one clear line instead of a traceback."""
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -39,5 +40,7 @@ def run_or_exit(fn: Callable[..., T], *args, **kwargs) -> T:
     try:
         return fn(*args, **kwargs)
     except USER_ERRORS as exc:
-        print(f"error: {root_message(exc)}", file=sys.stderr)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the developer asked for the whole traceback
+            raise
+        print(f"error: {root_message(exc)} (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
         sys.exit(2)

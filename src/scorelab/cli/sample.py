@@ -12,39 +12,50 @@ from omegaconf import DictConfig, OmegaConf
 from ..lit.module import ScoreModule
 from ..lit.plotting import save_samples_picture
 from ..metrics.toy import toy_metrics
-from .common import build_core, check_checkpoint
+from .common import build_core, check_state_dict, load_checkpoint
 from .errors import UserError
 
 
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r} is not a device name: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is available here: use device=cpu or device=auto")
+    return device
+
+
+def _check_counts(cfg: DictConfig) -> None:
+    for key in ("n_samples", "batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
 
 
 def load_score_model(ckpt_path: str, use_ema: bool = True):
     """Rebuild data module, SDE and score model from the config stored in a ``train.py`` checkpoint."""
-    path = check_checkpoint(ckpt_path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    path, ckpt = load_checkpoint(ckpt_path)
     if "scorelab_config" not in ckpt:
         raise UserError(f"{path} has no stored scorelab config; it was not written by scorelab's train.py")
     train_cfg = OmegaConf.create(ckpt["scorelab_config"])
     parts = build_core(train_cfg)
     module = ScoreModule(parts["score_model"], parts["sde"], **OmegaConf.to_container(train_cfg.module))
-    try:
-        module.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        first_line = str(exc).splitlines()[0]
-        raise UserError(f"weights in {path} do not fit the model in its stored config: {first_line}") from None
-    return module.score_fn(use_ema), parts["sde"], parts["datamodule"]
+    check_state_dict(module, ckpt["state_dict"], path)
+    module.load_state_dict(ckpt["state_dict"])
+    return module.score_fn(use_ema), parts["sde"], parts["datamodule"], train_cfg.get("sampler")
 
 
 def sample(cfg: DictConfig) -> Path:
     """Sample ``cfg.n_samples`` points/images with ``cfg.sampler``; write ``samples.npz`` (``x``, ``nfe``), a picture
     and, for toy data, ``metrics.json`` into ``cfg.paths.output_dir``. Returns the ``.npz`` path."""
-    sampler = instantiate(cfg.sampler)
+    _check_counts(cfg)
+    device = _device(cfg.device)
+    sampler_cfg = cfg.get("sampler")
     if cfg.get("ckpt_path"):
-        score, sde, datamodule = load_score_model(cfg.ckpt_path, cfg.use_ema)
+        score, sde, datamodule, trained_sampler = load_score_model(cfg.ckpt_path, cfg.use_ema)
+        sampler_cfg = sampler_cfg or trained_sampler  # default: the sampler the model was trained with
     elif cfg.model.get("oracle", False):
         datamodule, sde = instantiate(cfg.data), instantiate(cfg.sde)
         if getattr(datamodule, "mixture", None) is None:
@@ -53,7 +64,9 @@ def sample(cfg: DictConfig) -> Path:
     else:
         raise UserError("nothing to sample from: pass ckpt_path=<run dir>/checkpoints/last.ckpt, or model=oracle "
                         "for the exact score of toy data")
-    device = _device(cfg.device)
+    if not sampler_cfg:
+        raise UserError("no sampler: pass sampler=<name> (euler_maruyama, pc, ode, ...)")
+    sampler = instantiate(sampler_cfg)
     score = score.to(device).eval()
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     shape = tuple(datamodule.sample_shape)

@@ -8,12 +8,13 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from ..lit.module import ScoreModule
-from .common import build_core, check_checkpoint
+from .common import build_core, check_state_dict, load_checkpoint
 
 
 def _instantiate_group(cfg: DictConfig | None, **kwargs) -> list:
@@ -31,15 +32,20 @@ def train(cfg: DictConfig) -> float | None:
     Writes into the run folder ``cfg.paths.output_dir``: ``checkpoints/`` (last and best), logs, sample
     pictures and, for toy data, ``metrics.json``.
     """
-    ckpt_path = check_checkpoint(cfg.get("ckpt_path"))
+    ckpt_path, ckpt = load_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else (None, None)
     L.seed_everything(cfg.seed, workers=True)
     parts = build_core(cfg)
     module = ScoreModule(parts["score_model"], parts["sde"], loss=parts["loss"],
                          optimizer=instantiate(cfg.optimizer),
                          scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
                          **OmegaConf.to_container(cfg.module, resolve=True))
+    if ckpt is not None:
+        check_state_dict(module, ckpt["state_dict"], ckpt_path)
+        del ckpt
     loggers = _instantiate_group(cfg.get("logger"))
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not loggers:  # the LR monitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     module.run_config = OmegaConf.to_container(cfg, resolve=True)  # saved in checkpoints for sample.py
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
@@ -47,6 +53,7 @@ def train(cfg: DictConfig) -> float | None:
     rank_zero_info(f"run folder: {cfg.paths.output_dir}")
     try:
         trainer.fit(module, datamodule=parts["datamodule"], ckpt_path=ckpt_path)
+        _save_final_checkpoint(trainer, callbacks)
         metrics = _final_metrics(trainer, callbacks)
         if trainer.is_global_zero:
             out = Path(cfg.paths.output_dir)
@@ -59,6 +66,17 @@ def train(cfg: DictConfig) -> float | None:
             wandb.finish()  # one W&B run per job: Lightning never finishes it (ECOSYSTEM.md)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+def _save_final_checkpoint(trainer: L.Trainer, callbacks: list) -> None:
+    """Write ``last.ckpt`` at the final step: ModelCheckpoint saves only when validation runs, which need not be
+    the last step, and resume/sampling must see the model the final metrics describe."""
+    if trainer.fast_dev_run:
+        return
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath:
+            trainer.save_checkpoint(str(Path(cb.dirpath) / "last.ckpt"))
+            return
 
 
 def _final_metrics(trainer: L.Trainer, callbacks: list) -> dict[str, Any]:

@@ -28,6 +28,8 @@ class EMA(AveragedModel):
             raise ValueError(f"ema decay must lie in [0, 1), got {decay}")
         self._rate, self._warmup = decay, warmup
         super().__init__(model, multi_avg_fn=self._update, use_buffers=True)
+        for p in self.module.parameters():  # never trained: DDP must not wait for their gradients
+            p.requires_grad_(False)
 
     @torch.no_grad()
     def _update(self, ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged) -> None:

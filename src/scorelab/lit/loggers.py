@@ -50,12 +50,16 @@ def wandb_logger(project: str = "scorelab", save_dir: str = ".", mode: str = "au
     """
     if mode not in ("auto", "online", "offline", "disabled"):
         raise ValueError(f"logger mode must be auto, online, offline or disabled, got {mode!r}")
+    reason = f"logger.wandb.mode={mode}"
     if mode == "auto":
-        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+        if os.environ.get("WANDB_MODE"):
+            mode, reason = os.environ["WANDB_MODE"], "WANDB_MODE is set"
+        else:
+            mode, reason = ("online", "") if wandb_logged_in() else ("offline", "no W&B credentials found")
     job_group, job_name = hydra_job_info()
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if mode == "offline":
-        rank_zero_info("W&B: offline (no credentials found). Upload later with: "
+        rank_zero_info(f"W&B: offline ({reason}). Upload later with: "
                        f"wandb sync {save_dir}/wandb/offline-run-*")
     return WandbLogger(project=project, save_dir=save_dir, name=name or job_name, group=group or job_group,
                        tags=tags, entity=entity, log_model=log_model, mode=mode)

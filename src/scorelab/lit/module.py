@@ -90,16 +90,19 @@ class ScoreModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = self._inputs(batch)
-        loss = self.loss(self._train_model, x, generator=self._step_generator(x.device))
+        loss = self.loss(self._train_model, x, generator=self._step_generator(x.device, batch_idx))
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
 
-    def _step_generator(self, device: torch.device) -> torch.Generator:
-        seed = (self.hparams.noise_seed * 1_000_003 + self.global_step) * 4099 + self.global_rank
+    def _step_generator(self, device: torch.device, batch_idx: int) -> torch.Generator:
+        """Loss noise of (optimizer step, micro-batch, rank): a pure function of the training position."""
+        micro = batch_idx % self.trainer.accumulate_grad_batches
+        seed = ((self.hparams.noise_seed * 1_000_003 + self.global_step) * 1009 + micro) * 4099 + self.global_rank
         return torch.Generator(device=device).manual_seed(seed % (2**63))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.ema.update_parameters(self.score_model)
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:  # once per optimizer step
+            self.ema.update_parameters(self.score_model)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x = self._inputs(batch)

@@ -8,8 +8,11 @@ import torch
 
 def save_samples_picture(x: torch.Tensor, path: str | Path, data_range: tuple[float, float] | None = None,
                          reference: torch.Tensor | None = None, title: str | None = None) -> Path:
-    """Write ``x`` as a PNG: a scatter plot for ``[N, 2]`` points (over ``reference`` points in grey if given),
-    an image grid for ``[N, C, H, W]`` images in ``data_range``. Returns the path written."""
+    """Write ``x`` as a PNG and return its path.
+
+    ``[N, 1]`` points: histograms; ``[N, >=2]`` points: a scatter plot of the first two coordinates (over
+    ``reference`` points in grey if given); ``[N, C, H, W]`` images in ``data_range``: an image grid.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = x.detach().float().cpu()
@@ -20,14 +23,23 @@ def save_samples_picture(x: torch.Tensor, path: str | Path, data_range: tuple[fl
         images = ((x - lo) / (hi - lo)).clamp(0, 1)
         save_image(images[:64], path, nrow=min(8, len(images)), padding=2)
         return path
-    if x.ndim != 2 or x.shape[1] < 2:
-        raise ValueError(f"can only picture [N, >=2] points or [N, C, H, W] images, got shape {tuple(x.shape)}")
+    if x.ndim != 2:
+        raise ValueError(f"can only picture [N, D] points or [N, C, H, W] images, got shape {tuple(x.shape)}")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    if x.shape[1] == 1:  # 1-D data: histograms
+        if reference is not None:
+            ax.hist(reference.detach().float().cpu()[:, 0], bins=100, density=True, color="0.75", label="data")
+        ax.hist(x[:, 0], bins=100, density=True, alpha=0.6, color="tab:blue", label="samples")
+        ax.legend(fontsize=8)
+        ax.set_title(title or "", fontsize=9)
+        fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
+        return path
     if reference is not None:
         ref = reference.detach().float().cpu()
         ax.scatter(ref[:, 0], ref[:, 1], s=1, c="0.75", alpha=0.5, label="data", rasterized=True)

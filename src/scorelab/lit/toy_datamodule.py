@@ -16,11 +16,13 @@ class EpochSeededSampler(Sampler[int]):
     so a run resumed from an end-of-epoch checkpoint sees exactly the batches an uninterrupted run would.
 
     ``epoch_fn`` (e.g. the Trainer's ``current_epoch``) is read when iteration starts; it is more reliable than
-    ``set_epoch``, which Lightning calls one epoch ahead after restoring an end-of-epoch checkpoint.
+    ``set_epoch``, which Lightning calls one epoch ahead after restoring an end-of-epoch checkpoint. ``skip_fn``
+    gives how many leading samples to skip, so a run resumed mid-epoch continues the epoch where it stopped.
     """
 
-    def __init__(self, n: int, seed: int = 0, epoch_fn: Callable[[], int] | None = None):
-        self.n, self.seed, self.epoch, self.epoch_fn = n, seed, 0, epoch_fn
+    def __init__(self, n: int, seed: int = 0, epoch_fn: Callable[[], int] | None = None,
+                 skip_fn: Callable[[], int] | None = None):
+        self.n, self.seed, self.epoch, self.epoch_fn, self.skip_fn = n, seed, 0, epoch_fn, skip_fn
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -28,7 +30,8 @@ class EpochSeededSampler(Sampler[int]):
     def __iter__(self):
         epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
         gen = torch.Generator().manual_seed(self.seed + epoch)
-        return iter(torch.randperm(self.n, generator=gen).tolist())
+        skip = self.skip_fn() if self.skip_fn is not None else 0  # samples already trained on after a resume
+        return iter(torch.randperm(self.n, generator=gen)[skip:].tolist())
 
     def __len__(self) -> int:
         return self.n
@@ -103,7 +106,15 @@ class ToyDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        sampler = EpochSeededSampler(self.n_train, self.seed, (lambda: trainer.current_epoch) if trainer else None)
+        steps_per_epoch = self.n_train // self.batch_size
+
+        def samples_done() -> int:  # mid-epoch resume on one device (DDP re-shards with its own sampler)
+            if trainer is None or trainer.world_size > 1:
+                return 0
+            return (trainer.global_step * trainer.accumulate_grad_batches) % steps_per_epoch * self.batch_size
+
+        sampler = EpochSeededSampler(self.n_train, self.seed, (lambda: trainer.current_epoch) if trainer else None,
+                                     samples_done)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 

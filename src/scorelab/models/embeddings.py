@@ -24,7 +24,7 @@ class SinusoidalEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """``t [B] -> [B, dim]``."""
-        args = t.float()[:, None] * self.freqs[None]
+        args = t.to(self.freqs.dtype)[:, None] * self.freqs[None]
         return torch.cat([args.sin(), args.cos()], dim=1)
 
 
@@ -46,7 +46,7 @@ class GaussianFourierEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """``t [B] -> [B, dim]``."""
-        args = 2 * math.pi * t.float()[:, None] * self.W[None]
+        args = 2 * math.pi * t.to(self.W.dtype)[:, None] * self.W[None]
         return torch.cat([args.sin(), args.cos()], dim=1)
 
 
