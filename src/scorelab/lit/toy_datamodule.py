@@ -12,25 +12,33 @@ from ..data.toy import PRESETS, GaussianMixture
 
 
 class EpochSeededSampler(Sampler[int]):
-    """A random permutation per epoch drawn from ``seed + epoch``: the data order is a function of the epoch,
-    so a run resumed from an end-of-epoch checkpoint sees exactly the batches an uninterrupted run would.
+    """A random permutation per epoch drawn from ``seed + epoch``, so the data order is a function of position.
 
-    ``epoch_fn`` (e.g. the Trainer's ``current_epoch``) is read when iteration starts; it is more reliable than
-    ``set_epoch``, which Lightning calls one epoch ahead after restoring an end-of-epoch checkpoint. ``skip_fn``
-    gives how many leading samples to skip, so a run resumed mid-epoch continues the epoch where it stopped.
+    With ``position_fn`` (samples consumed so far, e.g. ``global_step * batch_size``) the epoch and the samples
+    already seen in it are derived from the training position itself, not from Lightning's epoch counter (which
+    differs between a fresh run and one restored from a checkpoint): a resumed run, at an epoch end or
+    mid-epoch, sees exactly the batches an uninterrupted run would. Without it, ``set_epoch`` decides.
+
+    Args:
+        n: dataset size.
+        seed: base seed of the permutations.
+        position_fn: returns the number of samples consumed so far.
+        epoch_size: samples per epoch (``n`` rounded down to whole batches when the loader drops the last one).
     """
 
-    def __init__(self, n: int, seed: int = 0, epoch_fn: Callable[[], int] | None = None,
-                 skip_fn: Callable[[], int] | None = None):
-        self.n, self.seed, self.epoch, self.epoch_fn, self.skip_fn = n, seed, 0, epoch_fn, skip_fn
+    def __init__(self, n: int, seed: int = 0, position_fn: Callable[[], int] | None = None,
+                 epoch_size: int | None = None):
+        self.n, self.seed, self.epoch, self.position_fn = n, seed, 0, position_fn
+        self.epoch_size = epoch_size or n
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        epoch, skip = self.epoch, 0
+        if self.position_fn is not None:
+            epoch, skip = divmod(self.position_fn(), self.epoch_size)
         gen = torch.Generator().manual_seed(self.seed + epoch)
-        skip = self.skip_fn() if self.skip_fn is not None else 0  # samples already trained on after a resume
         return iter(torch.randperm(self.n, generator=gen)[skip:].tolist())
 
     def __len__(self) -> int:
@@ -106,15 +114,13 @@ class ToyDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        steps_per_epoch = self.n_train // self.batch_size
 
-        def samples_done() -> int:  # mid-epoch resume on one device (DDP re-shards with its own sampler)
-            if trainer is None or trainer.world_size > 1:
-                return 0
-            return (trainer.global_step * trainer.accumulate_grad_batches) % steps_per_epoch * self.batch_size
+        def consumed() -> int:  # samples trained on so far; under DDP Lightning re-shards per epoch with set_epoch
+            return trainer.global_step * trainer.accumulate_grad_batches * self.batch_size
 
-        sampler = EpochSeededSampler(self.n_train, self.seed, (lambda: trainer.current_epoch) if trainer else None,
-                                     samples_done)
+        position = consumed if trainer is not None and trainer.world_size == 1 else None
+        sampler = EpochSeededSampler(self.n_train, self.seed, position,
+                                     epoch_size=self.n_train // self.batch_size * self.batch_size)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
