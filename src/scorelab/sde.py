@@ -191,11 +191,16 @@ def _check_positive(**values: float) -> None:
 class _BetaSchedule:
     """Linear ``beta(t) = beta_min + t (beta_max - beta_min)`` shared by VP and sub-VP."""
 
-    def __init__(self, beta_min: float, beta_max: float):
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
         _check_positive(beta_min=beta_min, beta_max=beta_max)
         if beta_min >= beta_max:
             raise ValueError(f"beta_min must be smaller than beta_max, got beta_min={beta_min}, beta_max={beta_max}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+    @property
+    def prior_std(self) -> float:
+        """Both VP and sub-VP end at ``N(0, I)``."""
+        return 1.0
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         """``beta(t)``, shape ``[B]``."""
@@ -232,13 +237,6 @@ class VPSDE(_BetaSchedule, SDE):
         beta_max: ``beta(1) > beta_min`` (20 in the paper).
     """
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
-        super().__init__(beta_min, beta_max)
-
-    @property
-    def prior_std(self) -> float:
-        return 1.0
-
     def sde(self, x, t):
         beta = self.beta(t)
         return -0.5 * append_dims(beta, x.ndim) * x, beta.sqrt()
@@ -264,7 +262,6 @@ class VPSDE(_BetaSchedule, SDE):
         return x_mean + beta.sqrt() * z, x_mean
 
 
-
 class SubVPSDE(_BetaSchedule, SDE):
     """Sub-VP SDE ``dx = -beta x / 2 dt + sqrt(beta (1 - exp(-2 B(t)))) dw`` (Song et al. 2021, Eq. 12).
 
@@ -274,13 +271,6 @@ class SubVPSDE(_BetaSchedule, SDE):
         beta_min: ``beta(0) > 0``.
         beta_max: ``beta(1) > beta_min``.
     """
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
-        super().__init__(beta_min, beta_max)
-
-    @property
-    def prior_std(self) -> float:
-        return 1.0
 
     def sde(self, x, t):
         beta = self.beta(t)

@@ -100,8 +100,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """Return ``(images uint8 [N, C, H, W], labels long [N] or None)`` of ``"train"`` or ``"test"``,
-        or None when the split does not exist."""
-        raise NotImplementedError
+        or None when the split does not exist. Every subclass defines it."""
+        raise TypeError(f"{type(self).__name__} does not define _load(split): subclass ImageDataModule with one")
 
     # --- Lightning hooks --------------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -5,6 +5,8 @@ Every corrector shares one contract, ``step(score_fn, sde, x, t, dt, generator) 
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from ..sde import SDE
@@ -19,14 +21,15 @@ def _check_corrector_args(snr: float, n_steps: int) -> None:
         raise ValueError(f"corrector n_steps must be a positive integer, got {n_steps!r}")
 
 
-class Corrector:
+class Corrector(abc.ABC):
     """Base corrector; ``step`` returns ``(x, x_mean)`` after ``n_steps`` MCMC iterations."""
 
     n_steps: int = 0
 
+    @abc.abstractmethod
     def step(self, score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t: torch.Tensor, dt: torch.Tensor,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """Run the MCMC iterations on ``x [B, ...]`` at time ``t [B]``."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in vars(self).items())

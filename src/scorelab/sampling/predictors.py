@@ -5,6 +5,8 @@ Every predictor shares one contract, ``step(score_fn, sde, x, t, t_next, generat
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from ..sde import SDE
@@ -12,12 +14,13 @@ from ..utils import append_dims
 from .base import ScoreFn, noise_like
 
 
-class Predictor:
+class Predictor(abc.ABC):
     """Base predictor; ``step`` returns ``(x, x_mean)``."""
 
+    @abc.abstractmethod
     def step(self, score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """Advance ``x [B, ...]`` from ``t [B]`` to ``t_next [B]``."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
