@@ -9,7 +9,7 @@ import torch
 from .sampling.base import CountingScore, ScoreFn, batch_time
 from .sampling.ode import ADAPTIVE, probability_flow
 from .sde import SDE
-from .utils import batch_sum
+from .utils import batch_sum, sample_noise
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -40,8 +40,7 @@ def hutchinson_divergence(f: torch.Tensor, x: torch.Tensor, probe: torch.Tensor)
 
 
 def _probe(x: torch.Tensor, kind: str, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else x.device
-    v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+    v = sample_noise(x.shape, x, generator)
     return v.sign() if kind == "rademacher" else v
 
 
@@ -130,8 +129,7 @@ def dequantize(x: torch.Tensor, data_range: tuple[float, float] = (-1.0, 1.0),
     Returns:
         float tensor ``[B, ...]`` in ``data_range``.
     """
-    device = generator.device if generator is not None else x.device
-    u = torch.rand(x.shape, generator=generator, device=device).to(x.device)
-    unit = (x.float() + u) / 256.0
+    x = x.float()
+    unit = (x + sample_noise(x.shape, x, generator, kind="uniform")) / 256.0
     lo, hi = data_range
     return lo + (hi - lo) * unit

@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch
 
 from .sde import SDE, VPSDE
-from .utils import append_dims, batch_mean, batch_sum
+from .utils import append_dims, batch_mean, batch_sum, sample_noise
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 WEIGHTINGS = ("sigma2", "g2", "none")
@@ -45,10 +45,8 @@ class DSMLoss:
         """Per-example loss ``[B]`` for data ``x0 [B, ...]``; ``t [B]`` is drawn from ``U(eps, T)`` unless given."""
         b = x0.shape[0]
         if t is None:
-            u = torch.rand(b, generator=generator, dtype=x0.dtype, device=generator.device if generator else None)
-            t = (u.to(x0.device) * (self.sde.T - self.eps) + self.eps)
-        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
-                        device=generator.device if generator else None).to(x0.device)
+            t = sample_noise((b,), x0, generator, kind="uniform") * (self.sde.T - self.eps) + self.eps
+        z = sample_noise(x0.shape, x0, generator)
         mean, std = self.sde.marginal_prob(x0, t)
         std_b = append_dims(std, x0.ndim)
         score = score_fn(mean + std_b * z, t)
@@ -107,7 +105,7 @@ class DDPMLoss:
         gen_device = generator.device if generator else None
         i = torch.randint(0, self.num_steps, (x0.shape[0],), generator=generator, device=gen_device).to(x0.device)
         abar = append_dims(self.alphas_cumprod.to(x0.device, x0.dtype)[i], x0.ndim)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=gen_device).to(x0.device)
+        eps = sample_noise(x0.shape, x0, generator)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
         t = (i + 1).to(x0.dtype) / self.num_steps
         score = score_fn(x_t, t)

@@ -30,11 +30,12 @@ def batch_mean(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).mean(dim=1)
 
 
-def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Standard normal noise shaped like ``x``, drawn from ``generator`` when given."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def sample_noise(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None,
+                 kind: str = "normal") -> torch.Tensor:
+    """Noise of ``shape`` in ``like``'s dtype and device: standard normal or, with ``kind="uniform"``, U[0, 1).
 
-
-def full_time(t: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """A time tensor of shape ``[batch]`` on ``like``'s device and dtype."""
-    return torch.full((batch,), float(t), device=like.device, dtype=like.dtype)
+    Drawn on the generator's own device (a CPU generator can drive GPU tensors), then moved to ``like``'s.
+    """
+    device = generator.device if generator is not None else like.device
+    draw = torch.randn if kind == "normal" else torch.rand
+    return draw(shape, generator=generator, dtype=like.dtype, device=device).to(like.device)

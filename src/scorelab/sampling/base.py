@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from ..utils import sample_noise
+
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
 GRIDS = ("uniform", "quadratic", "log_std")
@@ -75,5 +77,4 @@ def initial_noise(sde, shape, generator, device, dtype, x_init):
 
 def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """``z ~ N(0, I)`` shaped like ``x``; drawn on the generator's device and moved to ``x``'s."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+    return sample_noise(x.shape, x, generator)
