@@ -34,7 +34,7 @@ def log_picture(trainer: L.Trainer, key: str, path: Path, step: int) -> None:
 
 class SampleCallback(L.Callback):
     """Every ``every_n_epochs`` epochs and at the end of training, sample with EMA weights and a fixed seed,
-    save ``samples/epoch_XXXX.png`` (scatter or image grid) in the run folder and log it to every logger.
+    save ``samples/epoch_<NNNN>.png`` (scatter or image grid) in the run folder and log it to every logger.
 
     The fixed seed draws the same initial noise every time, so the pictures show progress over training.
 
