@@ -102,5 +102,5 @@ def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path):
     runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
     assert len(runs) == 1
     assert json.loads((runs[0] / "metrics.json").read_text())["global_step"] == 8
-    ckpt = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 8 and ckpt["state_dict"]["ema.n_averaged"] == 8

@@ -85,12 +85,12 @@ def test_resume_restores_step_optimizer_and_ema(tmp_path, stop):
     cfg = make_cfg(tmp_path / "a", FAST + [f"trainer.max_steps={stop}"] + LR + every3)
     train(cfg)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    first = torch.load(last, weights_only=False)
+    first = torch.load(last, weights_only=True)  # our own checkpoints load safely
     assert first["global_step"] == stop
 
     resumed = make_cfg(tmp_path / "b", FAST + ["trainer.max_steps=24", f"ckpt_path={last}"] + LR + every3)
     train(resumed)
-    second = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    second = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert second["global_step"] == 24
     assert second["state_dict"]["ema.n_averaged"] == first["state_dict"]["ema.n_averaged"] + 24 - stop
     adam_step = second["optimizer_states"][0]["state"][0]["step"]
@@ -99,7 +99,7 @@ def test_resume_restores_step_optimizer_and_ema(tmp_path, stop):
     # An uninterrupted 24-step run lands on the same weights: same data order, noise, optimizer and EMA.
     straight = make_cfg(tmp_path / "c", FAST + ["trainer.max_steps=24"] + LR + every3)
     train(straight)
-    third = torch.load(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    third = torch.load(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     for key in ("score_model.net.inp.weight", "ema.module.net.inp.weight"):
         torch.testing.assert_close(second["state_dict"][key], third["state_dict"][key], rtol=1e-4, atol=1e-5)
 

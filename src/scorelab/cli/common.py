@@ -1,14 +1,23 @@
 """Helpers the train and sample commands share: building objects from config, checkpoints, resolvers."""
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, ListConfig, open_dict
 
-from .errors import UserError
+from ..io import load_torch_file
+from .errors import UnsafeFileError, UserError
+
+# What a checkpoint's stored config may name as ``_target_``: scorelab's own classes and functions, torch's
+# optimisers and schedulers, and the Lightning Trainer, callbacks and loggers the training config describes.
+ALLOWED_TARGET_PREFIXES = ("scorelab.", "torch.optim.", "lightning.pytorch.callbacks.", "lightning.pytorch.loggers.")
+ALLOWED_TARGETS = ("lightning.pytorch.Trainer",)
+ALLOWED_MODULES = ("scorelab", "torch.optim", "lightning.pytorch")
 
 
 def fill_from_data(net_cfg: DictConfig, sample_shape: tuple[int, ...]) -> None:
@@ -38,18 +47,64 @@ def build_core(cfg: DictConfig) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str) -> tuple[str, dict]:
-    """Fail early, with what to do, on a missing or unreadable checkpoint; return its absolute path and contents."""
+    """Fail early, with what to do, on a missing, unreadable or unsafe checkpoint; return its path and contents.
+
+    The file is read with ``torch.load(weights_only=True)``: a checkpoint carrying pickled code is refused
+    before anything in it runs.
+    """
     p = Path(str(path)).expanduser()
     if not p.is_file():
         raise UserError(f"checkpoint not found: {p}. Pass ckpt_path=<run dir>/checkpoints/last.ckpt of an earlier run")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:  # any unpickling/zip error means the file is not a usable checkpoint
+        ckpt = load_torch_file(p, "checkpoint")
+    except UnsafeFileError:
+        raise
+    except Exception as exc:  # any zip/unpickling error means the file is not a usable checkpoint
         raise UserError(f"checkpoint {p} cannot be read ({type(exc).__name__}: {exc}); it may be truncated or not "
                         "a Lightning checkpoint: pick another file, e.g. an epoch_*.ckpt next to it") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{p} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by train.py")
     return str(p.resolve()), ckpt
+
+
+def _target_allowed(name: Any) -> bool:
+    """Whether ``name`` is on the allowlist *and* resolves to a class or function defined there.
+
+    Resolving matters: ``scorelab.utils.torch.load`` starts with ``scorelab.`` but is ``torch.load``.
+    """
+    if not isinstance(name, str) or not (name in ALLOWED_TARGETS or name.startswith(ALLOWED_TARGET_PREFIXES)):
+        return False
+    from hydra._internal.utils import _locate
+
+    try:
+        obj = _locate(name)  # imports only modules of the allowed packages (checked above)
+    except Exception:
+        return False
+    module = getattr(obj, "__module__", None) or ""
+    defined_there = any(module == m or module.startswith(m + ".") for m in ALLOWED_MODULES)
+    return (inspect.isclass(obj) or inspect.isfunction(obj)) and defined_there
+
+
+def check_stored_targets(node: Any, source: str, where: str = "") -> None:
+    """Refuse a stored config if any ``_target_`` in it is outside the allowlist; nothing is instantiated first.
+
+    Args:
+        node: a config (``DictConfig``, ``ListConfig`` or plain containers) taken from a file.
+        source: the file, for the message.
+        where: the key path of ``node`` (used in recursion).
+    """
+    if isinstance(node, (Mapping, DictConfig)):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key == "_target_" and not _target_allowed(value):
+                raise UnsafeFileError(
+                    f"refused {source}: its stored config asks to build {value!r} (at {path}), which is not one of "
+                    "scorelab's classes, a torch optimiser or scheduler, or a Lightning trainer, callback or logger"
+                )
+            check_stored_targets(value, source, path)
+    elif isinstance(node, (list, tuple, ListConfig)):
+        for i, value in enumerate(node):
+            check_stored_targets(value, source, f"{where}[{i}]")
 
 
 def check_state_dict(module: torch.nn.Module, state_dict: dict, path: str) -> None:

@@ -9,12 +9,10 @@ from typing import TypeVar
 from hydra.errors import HydraException, InstantiationException
 from omegaconf.errors import OmegaConfBaseException
 
+from ..errors import UnsafeFileError, UserError
+
 T = TypeVar("T")
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for (config value, path, checkpoint): the message says what to do."""
-
+__all__ = ["USER_ERRORS", "UnsafeFileError", "UserError", "root_message", "run_or_exit"]
 
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, InstantiationException, OmegaConfBaseException,
                HydraException)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..lit.module import ScoreModule
 from ..lit.plotting import save_samples_picture
 from ..metrics.toy import toy_metrics
-from .common import build_core, check_state_dict, load_checkpoint
+from .common import build_core, check_state_dict, check_stored_targets, load_checkpoint
 from .errors import UserError
 
 
@@ -39,6 +39,7 @@ def load_score_model(ckpt_path: str, use_ema: bool = True):
     path, ckpt = load_checkpoint(ckpt_path)
     if "scorelab_config" not in ckpt:
         raise UserError(f"{path} has no stored scorelab config; it was not written by scorelab's train.py")
+    check_stored_targets(ckpt["scorelab_config"], path)  # before anything from the file is instantiated
     train_cfg = OmegaConf.create(ckpt["scorelab_config"])
     parts = build_core(train_cfg)
     module = ScoreModule(parts["score_model"], parts["sde"], **OmegaConf.to_container(train_cfg.module))

@@ -52,7 +52,7 @@ def train(cfg: DictConfig) -> float | None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     rank_zero_info(f"run folder: {cfg.paths.output_dir}")
     try:
-        trainer.fit(module, datamodule=parts["datamodule"], ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=parts["datamodule"], ckpt_path=ckpt_path, weights_only=True)
         _save_final_checkpoint(trainer, callbacks)
         metrics = _final_metrics(trainer, callbacks)
         if trainer.is_global_zero:
