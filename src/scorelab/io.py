@@ -1,14 +1,18 @@
-"""Reading files that other people wrote, without letting them run code.
+"""Files that cannot hurt: loads that never run code from the file, writes that never leave a truncated file.
 
 Checkpoints, statistics and sample files are loaded with ``torch.load(weights_only=True)`` (tensors, numbers,
 strings and plain containers only) or ``numpy.load(allow_pickle=False)``. A file that needs anything else is
-refused with :class:`~scorelab.errors.UnsafeFileError`.
+refused with :class:`~scorelab.errors.UnsafeFileError`. Results are written to a temporary file in the same folder
+and renamed over the target, so a crash mid-write leaves the previous file intact.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +50,60 @@ def load_torch_file(path: str | os.PathLike, what: str = "file", map_location: A
             "only loads tensors, numbers, strings and plain containers (torch.load with weights_only=True); "
             "if you trust the file's author, ask for a copy saved that way (scorelab's own checkpoints are)"
         ) from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on success it is fsynced and renamed onto ``path``.
+
+    A crash, a full disk or an exception inside the block leaves ``path`` as it was (the old file, or none):
+    never a truncated file in its place. The temporary file is removed on failure.
+
+    Example::
+
+        with atomic_path(out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics))
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # the bytes must be on disk before the rename makes them the file
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def save_npz_atomic(path: str | os.PathLike, **arrays: Any) -> Path:
+    """``numpy.savez`` to ``path`` atomically (see :func:`atomic_path`); ``path`` should end in ``.npz``."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: numpy would otherwise append ".npz" to the temporary name
+            np.savez(f, **arrays)
+    return Path(path)
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, Any]:
+    """Read every array of an ``.npz`` with ``allow_pickle=False`` (object arrays are refused, never unpickled)."""
+    import numpy as np
+
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
+        raise UnsafeFileError(f"refused to load {path}: it holds pickled Python objects (an object array), and "
+                              "unpickling that could run code; save plain numeric or string arrays") from None

@@ -139,6 +139,32 @@ class ImageDataModule(L.LightningDataModule):
             self.setup("test")
         return self._loader(self.test_set, train=False) if self.test_set is not None else []
 
+    # --- evaluation -------------------------------------------------------------------------------
+    @property
+    def dataset_name(self) -> str:
+        """A short name identifying the dataset (cache keys of FID statistics, result files)."""
+        return type(self).__name__.removesuffix("DataModule").lower()
+
+    def images(self, split: str = "train") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The raw images of a split, as stored: uint8 ``[N, C, H, W]`` and labels ``[N]`` (or None).
+
+        No scaling, flip or dequantisation: this is what FID statistics and likelihood evaluations start from.
+
+        Args:
+            split: ``"train"`` (the whole official training set, validation hold-out included, as FID reference
+                statistics use it), ``"val"`` (the hold-out only) or ``"test"``.
+        """
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        loaded = self._load_or_fetch("test" if split == "test" else "train")
+        if loaded is None:
+            raise DatasetNotFoundError(f"{self.dataset_name} has no {split} split here "
+                                       "(an .npz data module has a test split only when data.test_path is set)")
+        if split == "val":
+            _, val_idx = split_indices(loaded[0].shape[0], self.val_size, self.seed)
+            return loaded[0][val_idx], None if loaded[1] is None else loaded[1][val_idx]
+        return loaded
+
     # --- helpers ----------------------------------------------------------------------------------
     def _load_or_fetch(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """Load a split; used on its own (no Trainer, so no ``prepare_data``), fetch first when allowed."""
@@ -217,6 +243,15 @@ class NpzDataModule(ImageDataModule):
         self.test_path = self.data_dir / Path(test_path).expanduser() if test_path is not None else None
         self._num_classes = num_classes
         self._train_arrays: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    @property
+    def dataset_name(self) -> str:
+        """``npz-<file stem>-<8 hex digits of the path, size and modification time>``: another file, another name."""
+        import hashlib
+
+        stat = self.path.stat() if self.path.is_file() else None
+        key = f"{self.path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
+        return f"npz-{self.path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
     def _train(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._train_arrays is None:
