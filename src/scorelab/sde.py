@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from .utils import append_dims, batch_sum
+from .utils import Generator, append_dims, batch_sum, sample_noise
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -66,12 +66,14 @@ class SDE(abc.ABC):
     def prior_sampling(
         self,
         shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
+        generator: Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Draw ``x(T) ~ N(0, c^2 I)`` of the given shape ``[B, ...]``."""
-        return self.prior_std * torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        """Draw ``x(T) ~ N(0, c^2 I)`` of the given shape ``[B, ...]`` (from a ``torch.Generator`` or a
+        :class:`~scorelab.utils.PerSampleGenerator`)."""
+        like = torch.empty((), device=device, dtype=dtype if dtype is not None else torch.get_default_dtype())
+        return self.prior_std * sample_noise(tuple(shape), like, generator)
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
         """Log-density of the prior: ``-D/2 ln(2 pi c^2) - ||z||^2 / (2 c^2)`` (MATH.md Sec. 2).

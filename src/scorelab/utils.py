@@ -1,6 +1,8 @@
 """Small shape and randomness helpers shared by the core."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -30,12 +32,51 @@ def batch_mean(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).mean(dim=1)
 
 
-def sample_noise(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None,
+class PerSampleGenerator:
+    """One ``torch.Generator`` per sample, so row ``i`` of every draw depends on its own seed alone.
+
+    Passed wherever a sampler takes a ``generator``, it makes sample ``i`` a function of ``seeds[i]`` only: the
+    same seed gives the same image at any batch size, in any batch, on any number of processes (the per-image
+    seeding of Karras et al. 2022's reference code). Every draw must have the batch as its first dimension.
+
+    Args:
+        seeds: one integer seed per sample of the batch.
+        device: where the generators (and so the draws) live.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        self.seeds = [int(s) for s in seeds]
+        if not self.seeds:
+            raise ValueError("PerSampleGenerator needs at least one seed")
+        self.device = torch.device(device)
+        self.generators = [torch.Generator(self.device).manual_seed(s) for s in self.seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def draw(self, shape: tuple[int, ...], dtype: torch.dtype, kind: str = "normal") -> torch.Tensor:
+        """Standard normal (or U[0, 1)) noise of ``shape = (B, ...)`` with ``B == len(self)``, on ``self.device``."""
+        if not shape or shape[0] != len(self.generators):
+            raise ValueError(f"a draw of shape {tuple(shape)} does not have one row per seed ({len(self)} seeds)")
+        fn = torch.randn if kind == "normal" else torch.rand
+        return torch.stack([fn(tuple(shape[1:]), generator=g, dtype=dtype, device=self.device)
+                            for g in self.generators])
+
+
+Generator = torch.Generator | PerSampleGenerator
+
+
+def sample_noise(shape: tuple[int, ...], like: torch.Tensor, generator: Generator | None = None,
                  kind: str = "normal") -> torch.Tensor:
     """Noise of ``shape`` in ``like``'s dtype and device: standard normal or, with ``kind="uniform"``, U[0, 1).
 
-    Drawn on the generator's own device (a CPU generator can drive GPU tensors), then moved to ``like``'s.
+    Drawn on the generator's own device (a CPU generator can drive GPU tensors), then moved to ``like``'s. A
+    :class:`PerSampleGenerator` draws each row from its own generator.
     """
+    if kind not in ("normal", "uniform"):
+        raise ValueError(f"kind must be normal or uniform, got {kind!r}")
+    if isinstance(generator, PerSampleGenerator):
+        return generator.draw(tuple(shape), like.dtype, kind).to(like.device)
     device = generator.device if generator is not None else like.device
     draw = torch.randn if kind == "normal" else torch.rand
     return draw(shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
