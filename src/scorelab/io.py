@@ -107,3 +107,12 @@ def load_npz(path: str | os.PathLike) -> dict[str, Any]:
             raise
         raise UnsafeFileError(f"refused to load {path}: it holds pickled Python objects (an object array), and "
                               "unpickling that could run code; save plain numeric or string arrays") from None
+
+
+def cache_dir() -> Path:
+    """scorelab's cache folder: ``$SCORELAB_CACHE`` if set, else ``~/.cache/scorelab``.
+
+    It holds what is computed once and reused across runs: FID reference statistics (``fid_stats/``) and the
+    MNIST feature classifier. Inception weights go to torch's own hub cache (``$TORCH_HOME/hub/checkpoints``).
+    """
+    return Path(os.environ.get("SCORELAB_CACHE") or Path.home() / ".cache" / "scorelab").expanduser()
