@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
-.PHONY: install train sample test test-all lint sweep bench throughput clean
+.PHONY: install train sample test test-all lint sweep bench throughput fid evaluation-bench clean
 
 install: $(STAMP)
 
@@ -33,7 +33,7 @@ test-all: $(STAMP)  ## including the slow end-to-end checks
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench train.py sample.py
+	$(VENV)/bin/ruff check src tests bench train.py sample.py fid.py
 
 sweep: $(STAMP)  ## 2 x 2 grid over the VP schedule; summary.md in the sweep folder
 	$(PY) train.py -m sde.beta_min=0.05,0.1 sde.beta_max=10,20 $(ARGS)
@@ -46,3 +46,10 @@ throughput: $(STAMP)  ## training images/s and peak memory of the image networks
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache
+
+FID_ARGS ?=
+fid: $(STAMP)  ## FID / KID: make fid FID_ARGS="samples=<folder|.npz> ref=<stats.npz|data name>" (or mode=ref data=...)
+	$(PY) fid.py $(FID_ARGS) $(ARGS)
+
+evaluation-bench: $(STAMP)  ## Inception feature throughput and the time of a 10k-sample FID (bench/evaluation.py)
+	$(PY) bench/evaluation.py $(ARGS)

@@ -99,6 +99,9 @@ def load_npz(path: str | os.PathLike) -> dict[str, Any]:
     """Read every array of an ``.npz`` with ``allow_pickle=False`` (object arrays are refused, never unpickled)."""
     import numpy as np
 
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # numpy would take any other bytes for a pickle
+            raise ValueError(f"{path} is not an .npz archive (no zip signature)")
     try:
         with np.load(Path(path), allow_pickle=False) as data:
             return {k: data[k] for k in data.files}

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ..io import load_torch_file
 from .errors import UnsafeFileError, UserError
@@ -18,6 +18,51 @@ from .errors import UnsafeFileError, UserError
 ALLOWED_TARGET_PREFIXES = ("scorelab.", "torch.optim.", "lightning.pytorch.callbacks.", "lightning.pytorch.loggers.")
 ALLOWED_TARGETS = ("lightning.pytorch.Trainer",)
 ALLOWED_MODULES = ("scorelab", "torch.optim", "lightning.pytorch")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; a one-line error for anything else."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r} is not a device name: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is available here: use device=cpu or device=auto")
+    return device
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True):
+    """A tqdm bar (to stderr) and its ``update(n)``; a no-op when disabled."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
+    return bar, bar.update
+
+
+def compose_group(cfg: DictConfig, group: str, option: str) -> DictConfig:
+    """The config of ``<group>=<option>`` (e.g. ``data=cifar10``), resolved against ``cfg``'s ``paths``.
+
+    Lets a command take a config name as a value (``ref=cifar10``). Composes with the running Hydra app, or with
+    ``<paths.root_dir>/conf`` when called outside one (tests, notebooks).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
+
+    try:
+        if GlobalHydra.instance().is_initialized():
+            composed = compose(config_name=f"{group}/{option}")
+        else:
+            with initialize_config_dir(str(Path(cfg.paths.root_dir) / "conf"), version_base="1.3"):
+                composed = compose(config_name=f"{group}/{option}")
+    except MissingConfigException:
+        raise UserError(f"{option!r} is neither a file nor a {group} config (conf/{group}/<name>.yaml)") from None
+    node = composed[group] if group in composed else composed
+    root = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # interpolations resolve against cfg
+    root[group] = node
+    return root[group]
 
 
 def fill_from_data(net_cfg: DictConfig, sample_shape: tuple[int, ...]) -> None:

@@ -1,41 +1,48 @@
-"""``sample(cfg)``: draw samples from a checkpoint (or the exact toy oracle) and write them to the run folder."""
+"""``sample(cfg)``: draw samples from a checkpoint (or the exact toy oracle), write them as they are made, and
+optionally score them (FID / KID, or the MNIST domain metric).
+
+Sample ``i`` uses seed ``seed + i``, so a seed range gives the same samples at any batch size.
+"""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ..data.sample_files import write_npz_shard, write_png_images
+from ..io import save_npz_atomic, write_text_atomic
 from ..lit.module import ScoreModule
 from ..lit.plotting import save_samples_picture
+from ..metrics.evaluation import mean_and_stderr, to_uint8
 from ..metrics.toy import toy_metrics
-from .common import build_core, check_state_dict, check_stored_targets, load_checkpoint
+from ..sampling.seeded import seeded_batches
+from .common import build_core, check_state_dict, check_stored_targets, load_checkpoint, progress_bar, resolve_device
 from .errors import UserError
+from .evaluate import build_evaluator
+
+FORMATS = ("npz", "png")
+PROTOCOLS = ("single", "edm")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device={name!r} is not a device name: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no CUDA GPU is available here: use device=cpu or device=auto")
-    return device
+class Trained(NamedTuple):
+    """What a ``train.py`` checkpoint rebuilds into."""
+
+    score: torch.nn.Module
+    sde: Any
+    datamodule: Any
+    sampler_cfg: DictConfig | None
+    config: DictConfig
 
 
-def _check_counts(cfg: DictConfig) -> None:
-    for key in ("n_samples", "batch_size"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
-
-
-def load_score_model(ckpt_path: str, use_ema: bool = True):
-    """Rebuild data module, SDE and score model from the config stored in a ``train.py`` checkpoint."""
+def load_trained(ckpt_path: str, use_ema: bool = True) -> Trained:
+    """Rebuild data module, SDE and score model from the config stored in a ``train.py`` checkpoint (read safely,
+    its ``_target_``s checked against the allowlist before anything is built)."""
     path, ckpt = load_checkpoint(ckpt_path)
     if "scorelab_config" not in ckpt:
         raise UserError(f"{path} has no stored scorelab config; it was not written by scorelab's train.py")
@@ -45,49 +52,147 @@ def load_score_model(ckpt_path: str, use_ema: bool = True):
     module = ScoreModule(parts["score_model"], parts["sde"], **OmegaConf.to_container(train_cfg.module))
     check_state_dict(module, ckpt["state_dict"], path)
     module.load_state_dict(ckpt["state_dict"])
-    return module.score_fn(use_ema), parts["sde"], parts["datamodule"], train_cfg.get("sampler")
+    return Trained(module.score_fn(use_ema), parts["sde"], parts["datamodule"], train_cfg.get("sampler"), train_cfg)
 
 
-def sample(cfg: DictConfig) -> Path:
-    """Sample ``cfg.n_samples`` points/images with ``cfg.sampler``; write ``samples.npz`` (``x``, ``nfe``), a picture
-    and, for toy data, ``metrics.json`` into ``cfg.paths.output_dir``. Returns the ``.npz`` path."""
-    _check_counts(cfg)
-    device = _device(cfg.device)
-    sampler_cfg = cfg.get("sampler")
+def load_score_model(ckpt_path: str, use_ema: bool = True):
+    """``(score, sde, datamodule, sampler config)`` of a ``train.py`` checkpoint (see :func:`load_trained`)."""
+    return tuple(load_trained(ckpt_path, use_ema))[:4]
+
+
+def _check(cfg: DictConfig) -> None:
+    for key in ("n_samples", "batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    if cfg.get("format", "npz") not in FORMATS:
+        raise UserError(f"format must be one of {FORMATS}, got {cfg.format!r}")
+    if cfg.eval.protocol not in PROTOCOLS:
+        raise UserError(f"eval.protocol must be one of {PROTOCOLS}, got {cfg.eval.protocol!r}")
+
+
+def _source(cfg: DictConfig) -> tuple[Trained, DictConfig]:
+    """The model to sample (a checkpoint or the exact toy score) and the sampler config to use."""
     if cfg.get("ckpt_path"):
-        score, sde, datamodule, trained_sampler = load_score_model(cfg.ckpt_path, cfg.use_ema)
-        sampler_cfg = sampler_cfg or trained_sampler  # default: the sampler the model was trained with
+        trained = load_trained(cfg.ckpt_path, cfg.use_ema)
+        sampler_cfg = cfg.get("sampler") or trained.sampler_cfg  # default: the sampler the model was trained with
     elif cfg.model.get("oracle", False):
         datamodule, sde = instantiate(cfg.data), instantiate(cfg.sde)
         if getattr(datamodule, "mixture", None) is None:
             raise UserError("model=oracle needs toy data (data=toy_*): images have no exact score")
-        score = datamodule.mixture.oracle(sde)
+        trained = Trained(datamodule.mixture.oracle(sde), sde, datamodule, None, cfg)
+        sampler_cfg = cfg.get("sampler")
     else:
         raise UserError("nothing to sample from: pass ckpt_path=<run dir>/checkpoints/last.ckpt, or model=oracle "
                         "for the exact score of toy data")
     if not sampler_cfg:
         raise UserError("no sampler: pass sampler=<name> (euler_maruyama, pc, ode, ...)")
+    return trained, sampler_cfg
+
+
+def sample(cfg: DictConfig) -> Path:
+    """Sample ``cfg.n_samples`` points or images and write them into ``cfg.paths.output_dir``.
+
+    Points: ``samples.npz`` (``x``, ``seeds``, ``nfe``), a scatter plot and, for toy data, ``metrics.json``.
+    Images: ``samples/`` (``.npz`` shards or PNGs, written batch by batch), ``samples.png`` (a grid) and
+    ``sample.json`` (NFE, seeds, timing and, with ``eval.fid=true``, the metrics).
+
+    Returns:
+        The path of ``samples.npz`` (points) or of the ``samples/`` folder (images).
+    """
+    _check(cfg)
+    device = resolve_device(cfg.device)
+    trained, sampler_cfg = _source(cfg)
     sampler = instantiate(sampler_cfg)
-    score = score.to(device).eval()
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    shape = tuple(datamodule.sample_shape)
-    chunks, nfe = [], 0
-    for start in range(0, cfg.n_samples, cfg.batch_size):
-        n = min(cfg.batch_size, cfg.n_samples - start)
-        x, nfe = sampler(score, sde, (n, *shape), generator=gen, device=device)
-        chunks.append(x.cpu())
-    x = torch.cat(chunks)
+    score = trained.score.to(device).eval()
+    shape = tuple(trained.datamodule.sample_shape)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "samples.npz", x=x.numpy(), nfe=np.array(nfe))
-    mixture = getattr(datamodule, "mixture", None)
+    if len(shape) == 3:
+        return _sample_images(cfg, trained, sampler, score, shape, device, out)
+    if cfg.eval.fid:
+        raise UserError("eval.fid is for images; toy data get exact metrics (metrics.json) without it")
+    return _sample_points(cfg, trained, sampler, score, shape, device, out)
+
+
+def _nfe_summary(nfes: list[int]) -> dict[str, Any]:
+    """NFE per sample (every sample of a batch shares its batch's) and batched evaluations in total."""
+    return {"nfe": max(nfes), "nfe_mean": float(np.mean(nfes)), "nfe_total": int(sum(nfes)), "batches": len(nfes)}
+
+
+def _sample_points(cfg, trained: Trained, sampler, score, shape, device, out: Path) -> Path:
+    seeds = range(cfg.seed, cfg.seed + cfg.n_samples)
+    chunks, nfes = [], []
+    for batch in seeded_batches(sampler, score, trained.sde, shape, seeds, cfg.batch_size, device):
+        chunks.append(batch.x.cpu())
+        nfes.append(batch.nfe)
+    x, nfe = torch.cat(chunks), _nfe_summary(nfes)
+    path = save_npz_atomic(out / "samples.npz", x=x.numpy(), seeds=np.asarray(list(seeds)), nfe=np.array(nfe["nfe"]),
+                           nfe_total=np.array(nfe["nfe_total"]))
+    mixture = getattr(trained.datamodule, "mixture", None)
     reference = mixture.sample(min(len(x), 5000), generator=torch.Generator().manual_seed(0)) if mixture else None
-    save_samples_picture(x, out / "samples.png", data_range=getattr(datamodule, "data_range", None),
-                         reference=reference, title=f"{type(sampler).__name__}, NFE {nfe}")
+    save_samples_picture(x, out / "samples.png", reference=reference,
+                         title=f"{type(sampler).__name__}, NFE {nfe['nfe']}")
     if mixture is not None:
         metrics = toy_metrics(mixture, x, generator=torch.Generator().manual_seed(cfg.seed))
-        metrics.update(nfe=nfe, sampler=repr(sampler))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        metrics.update(nfe, sampler=repr(sampler))
+        write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
         print(json.dumps({k: metrics[k] for k in ("mode_weights", "exact_nll", "entropy", "energy_distance")}))
-    print(f"wrote {len(x)} samples (NFE {nfe}) to {out / 'samples.npz'}")
-    return out / "samples.npz"
+    print(f"wrote {len(x)} samples (NFE {nfe['nfe']}) to {path}")
+    return path
+
+
+def _sample_images(cfg, trained: Trained, sampler, score, shape, device, out: Path) -> Path:
+    data_range = tuple(trained.datamodule.data_range)
+    evaluator = build_evaluator(cfg, trained, device) if cfg.eval.fid else None
+    n = cfg.n_samples
+    starts = [cfg.seed] if cfg.eval.protocol == "single" else [cfg.seed + k * n for k in range(3)]
+    runs, folders = [], []
+    for base in starts:
+        folder = out / ("samples" if len(starts) == 1 else f"samples_seeds_{base}-{base + n - 1}")
+        grid, nfes, began = [], [], time.perf_counter()
+        bar, update = progress_bar(n, f"sampling seeds {base}..{base + n - 1}", cfg.get("progress", True))
+        try:
+            for batch in seeded_batches(sampler, score, trained.sde, shape, range(base, base + n), cfg.batch_size,
+                                        device):
+                images = to_uint8(batch.x, data_range)
+                if cfg.format == "png":
+                    write_png_images(images, folder, batch.start)
+                else:
+                    write_npz_shard(images, folder, batch.start, batch.seeds)
+                if evaluator is not None:
+                    evaluator.update(images)
+                if sum(len(g) for g in grid) < 64:
+                    grid.append(images[: 64 - sum(len(g) for g in grid)].cpu())
+                nfes.append(batch.nfe)
+                update(len(batch.seeds))
+        finally:
+            bar.close()
+        run = {"seeds": [base, base + n - 1], "folder": str(folder), "seconds": round(time.perf_counter() - began, 2),
+               **_nfe_summary(nfes)}
+        if evaluator is not None:
+            run.update(evaluator.compute(seed=cfg.seed))
+            evaluator.reset()
+        picture = out / ("samples.png" if len(starts) == 1 else f"{folder.name}.png")
+        save_samples_picture(torch.cat(grid).float() / 255.0, picture, data_range=(0.0, 1.0))
+        runs.append(run)
+        folders.append(folder)
+    summary = {"n_samples": n, "sampler": repr(sampler), "format": cfg.format, "protocol": cfg.eval.protocol,
+               "ckpt_path": cfg.get("ckpt_path"), "runs": runs}
+    if evaluator is not None:
+        summary.update(_eval_summary(runs, evaluator.metric_name, evaluator.kernel_name))
+    write_text_atomic(out / "sample.json", json.dumps(summary, indent=2))
+    print(f"wrote {n * len(starts)} images (NFE {runs[0]['nfe']}) to {', '.join(str(f) for f in folders)}")
+    return folders[0]
+
+
+def _eval_summary(runs: list[dict], metric: str, kernel: str) -> dict[str, Any]:
+    """The metric of each seed range, and (several ranges, as in Karras et al. 2022) their minimum and mean."""
+    values = [r[metric] for r in runs]
+    summary: dict[str, Any] = {metric: values[0] if len(values) == 1 else min(values), f"{metric}_each": values}
+    if len(values) > 1:
+        summary[f"{metric}_mean"], summary[f"{metric}_stderr"] = mean_and_stderr(values)
+    line = " | ".join(f"seeds {r['seeds'][0]}..{r['seeds'][1]}: {metric} {r[metric]:.4f}"
+                      + (f", {kernel} {r[kernel]:.5f} ± {r[kernel + '_std']:.5f}" if kernel in r else "")
+                      for r in runs)
+    print(line + (f" | min {metric} {summary[metric]:.4f}" if len(values) > 1 else ""))
+    return summary

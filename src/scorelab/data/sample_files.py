@@ -1,0 +1,125 @@
+"""Image sets on disk, as generative-model evaluations exchange them: folders of PNGs, ``.npz`` files, shards.
+
+Reading is lazy (a slice loads only its images), so 50k-image folders never sit in memory whole. Writing goes
+through :func:`scorelab.io.atomic_path`: a crash leaves whole files only.
+
+Accepted ``.npz`` layouts: uint8 ``[N, H, W, C]`` or ``[N, H, W]`` under ``x``, ``arr_0``, ``samples`` or
+``images`` (the conventions of scorelab, OpenAI's guided-diffusion and EDM). A folder holds either images
+(``.png``, ``.jpg``, ``.jpeg``, sorted by name, searched recursively) or ``.npz`` shards (sorted by name).
+"""
+from __future__ import annotations
+
+import os
+from bisect import bisect_right
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..io import atomic_path, load_npz, save_npz_atomic
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+NPZ_KEYS = ("x", "arr_0", "samples", "images")
+
+
+def _npz_images(path: Path) -> np.ndarray:
+    data = load_npz(path)
+    key = next((k for k in NPZ_KEYS if k in data), None)
+    if key is None:
+        raise UserError(f"{path} has no image array (keys {sorted(data)}); expected one of {NPZ_KEYS} holding "
+                        "uint8 [N, H, W, C]")
+    x = data[key]
+    if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        raise UserError(f"{path}: '{key}' is {x.dtype} {x.shape}; expected uint8 images [N, H, W, C] or "
+                        "[N, H, W] in [0, 255] (sample.py writes them so for images)")
+    return x[..., None] if x.ndim == 3 else x
+
+
+def _to_tensor(x: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, H, W, C]`` -> ``[N, C, H, W]``."""
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+class ImageSet:
+    """A lazily read set of uint8 images: ``len(s)``, ``s.read(start, stop) -> [n, C, H, W]``.
+
+    Args:
+        path: a folder of images or of ``.npz`` shards, or one ``.npz`` file.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser()
+        if self.path.is_file() and self.path.suffix == ".npz":
+            self._arrays, self._files = [_npz_images(self.path)], None
+        elif self.path.is_dir():
+            files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            shards = sorted(self.path.glob("*.npz"))
+            if files and shards:
+                raise UserError(f"{self.path} holds both images and .npz files; point at one kind")
+            if not files and not shards:
+                raise UserError(f"{self.path} holds no images ({', '.join(IMAGE_SUFFIXES)}) and no .npz shards")
+            self._files = files or None
+            self._arrays = [_npz_images(p) for p in shards] if shards else None
+        else:
+            raise UserError(f"samples={self.path} is neither a folder of images or .npz shards nor an .npz file")
+        if self._arrays is not None:
+            shapes = {a.shape[1:] for a in self._arrays}
+            if len(shapes) > 1:
+                raise UserError(f"the shards in {self.path} hold images of different shapes {sorted(shapes)}")
+            self._offsets = np.cumsum([0] + [len(a) for a in self._arrays]).tolist()
+
+    def __len__(self) -> int:
+        return len(self._files) if self._files is not None else self._offsets[-1]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the first image."""
+        return tuple(self.read(0, 1).shape[1:])
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """uint8 images ``[stop - start, C, H, W]``."""
+        stop = min(stop, len(self))
+        if self._files is not None:
+            from PIL import Image
+
+            arrays = []
+            for p in self._files[start:stop]:
+                with Image.open(p) as im:
+                    arr = np.asarray(im.convert("L") if im.mode in ("L", "I;16", "I", "1") else im.convert("RGB"))
+                arrays.append(arr[..., None] if arr.ndim == 2 else arr)
+            if len({a.shape for a in arrays}) > 1:
+                raise UserError(f"images in {self.path} differ in size; FID needs equally sized images")
+            return _to_tensor(np.stack(arrays))
+        parts, i = [], start
+        while i < stop:
+            k = bisect_right(self._offsets, i) - 1
+            lo = i - self._offsets[k]
+            hi = min(stop - self._offsets[k], len(self._arrays[k]))
+            parts.append(self._arrays[k][lo:hi])
+            i += hi - lo
+        return _to_tensor(np.concatenate(parts))
+
+
+def write_png_images(images: torch.Tensor, folder: str | os.PathLike, first_index: int) -> list[Path]:
+    """Write uint8 ``[B, C, H, W]`` as ``<folder>/<index:06d>.png`` (index = position in the whole set)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    paths = []
+    for k, img in enumerate(images.cpu()):
+        arr = img.permute(1, 2, 0).numpy()
+        path = folder / f"{first_index + k:06d}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(tmp, format="PNG")
+        paths.append(path)
+    return paths
+
+
+def write_npz_shard(images: torch.Tensor, folder: str | os.PathLike, first_index: int,
+                    seeds: list[int] | None = None) -> Path:
+    """Write uint8 ``[B, C, H, W]`` as ``<folder>/shard_<first index:06d>.npz`` (``x`` ``[B, H, W, C]``, seeds)."""
+    arrays = {"x": images.cpu().permute(0, 2, 3, 1).numpy()}
+    if seeds is not None:
+        arrays["seeds"] = np.asarray(seeds, dtype=np.int64)
+    return save_npz_atomic(Path(folder) / f"shard_{first_index:06d}.npz", **arrays)

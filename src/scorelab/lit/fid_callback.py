@@ -1,0 +1,147 @@
+"""FID (or a domain Fréchet distance such as ``fd_mnist``) during training, with EMA weights and a fast sampler."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+from ..metrics.evaluation import SampleEvaluator, to_uint8
+from ..metrics.frechet import FeatureStats
+from ..metrics.reference import DEFAULT_KEEP_FEATURES, reference_stats
+from ..sampling.seeded import seeded_batches
+from .callbacks import log_picture, run_dir
+from .plotting import save_samples_picture
+
+
+class FIDCallback(L.Callback):
+    """Every ``every_n_epochs`` epochs (or ``every_n_steps`` steps) and at the end, draw ``n_samples`` images with
+    the EMA weights and score them against the training set's statistics.
+
+    Logged to every logger as ``<metric>@<n>`` (e.g. ``fid@2000``, ``fd_mnist@2000``): the sample count is in
+    the name because a 2k-sample FID is biased upwards and not comparable with a 50k one. The same step gets a
+    grid of the first samples (``fid_samples``). Under DDP every rank generates its share of the seed range
+    (sample ``i`` has seed ``seed + i`` on rank ``i mod world_size``), torchmetrics gathers the features, and
+    ``compute()`` runs on every rank: no rank waits on another while it samples. The extractor (e.g. ~100 MB of
+    Inception) lives in this callback, not in the LightningModule, so checkpoints do not carry it.
+
+    Args:
+        sampler: a fast sampler (a few dozen network evaluations per image).
+        features: the feature extractor (``conf/features``).
+        n_samples: images per evaluation.
+        every_n_epochs: evaluation period in epochs (0: not by epoch).
+        every_n_steps: evaluation period in optimizer steps (0: not by step).
+        at_end: also evaluate when training ends.
+        batch_size: images per sampler call on each rank.
+        seed: first seed of the range.
+        split: the reference split of the training data module.
+        ref: a statistics ``.npz`` to use instead of the data module's split.
+        ref_count: reference images (None: the whole split).
+        cache_dir: where reference statistics are cached (default ``$SCORELAB_CACHE`` or ``~/.cache/scorelab``).
+        kid: also compute KID (needs raw reference features; costs memory on every rank).
+    """
+
+    def __init__(self, sampler: Callable, features: nn.Module, n_samples: int = 2000, every_n_epochs: int = 1,
+                 every_n_steps: int = 0, at_end: bool = True, batch_size: int = 250, seed: int = 0,
+                 split: str = "train", ref: str | None = None, ref_count: int | None = None,
+                 cache_dir: str | None = None, kid: bool = False):
+        if n_samples < 2 or batch_size < 1 or every_n_epochs < 0 or every_n_steps < 0:
+            raise ValueError(f"FIDCallback needs n_samples >= 2, batch_size >= 1 and periods >= 0, got "
+                             f"n_samples={n_samples}, batch_size={batch_size}, every_n_epochs={every_n_epochs}, "
+                             f"every_n_steps={every_n_steps}")
+        self.sampler, self.features, self.n_samples = sampler, features, n_samples
+        self.every_n_epochs, self.every_n_steps, self.at_end = every_n_epochs, every_n_steps, at_end
+        self.batch_size, self.seed, self.split, self.ref, self.ref_count = batch_size, seed, split, ref, ref_count
+        self.cache_dir, self.kid = cache_dir, kid
+        self.evaluator: SampleEvaluator | None = None
+        self.history: list[dict] = []
+        self._last_step = -1
+
+    @property
+    def name(self) -> str:
+        """The logged key, e.g. ``fid@2000``."""
+        return f"{self.features.metric_name}@{self.n_samples}"
+
+    # --- set-up: reference statistics once, computed on rank 0 and read by the others -------------------------
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        if stage != "fit" or self.evaluator is not None:
+            return
+        self.features.to(pl_module.device).eval()
+        if self.ref is not None:
+            reference = FeatureStats.load(self.ref)
+        else:
+            datamodule = trainer.datamodule
+            keep = DEFAULT_KEEP_FEATURES if self.kid else 0
+            kwargs = dict(count=self.ref_count, cache=self.cache_dir, device=pl_module.device, keep_features=keep)
+            if trainer.is_global_zero:
+                reference, _ = reference_stats(datamodule, self.split, self.features, **kwargs)
+            trainer.strategy.barrier("fid_reference")
+            if not trainer.is_global_zero:
+                reference, _ = reference_stats(datamodule, self.split, self.features, log=lambda _: None, **kwargs)
+        if not self.kid:
+            reference.features = None
+        self.evaluator = SampleEvaluator(self.features, reference, reference_rank=trainer.is_global_zero)
+        self.evaluator.to(pl_module.device)
+
+    # --- when ---------------------------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        epoch = trainer.current_epoch
+        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0 and not trainer.sanity_checking:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self.at_end and not trainer.fast_dev_run:
+            self.evaluate(trainer, pl_module)
+
+    # --- what ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, pl_module) -> float:
+        """Sample this rank's share, score all shares together (collective), log on rank 0; returns the metric."""
+        if trainer.global_step == self._last_step:  # already evaluated at this step
+            return self.history[-1][self.name]
+        self._last_step = trainer.global_step
+        rank, world = trainer.global_rank, trainer.world_size
+        seeds = [self.seed + i for i in range(rank, self.n_samples, world)]
+        model = pl_module.score_fn(use_ema=True)
+        was_training = model.training
+        model.eval()
+        grid = []
+        data_range = tuple(getattr(trainer.datamodule, "data_range", (-1.0, 1.0)))
+        try:
+            for batch in seeded_batches(self.sampler, model, pl_module.sde, pl_module._sample_shape(), seeds,
+                                        self.batch_size, pl_module.device):
+                images = to_uint8(batch.x, data_range)
+                self.evaluator.update(images)
+                if rank == 0 and sum(len(g) for g in grid) < 64:
+                    grid.append(images[:64].cpu())
+        finally:
+            model.train(was_training)
+        result = self.evaluator.compute(seed=self.seed)  # all-reduce: every rank calls it
+        self.evaluator.reset()
+        value = result[self.evaluator.metric_name]
+        scalars = {self.name: value}
+        if self.evaluator.kernel_name in result:
+            scalars[f"{self.evaluator.kernel_name}@{self.n_samples}"] = result[self.evaluator.kernel_name]
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+        self.history.append({"step": trainer.global_step, **scalars, **{
+            k: v for k, v in result.items() if k == "class_histogram"}})
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+            path = run_dir(trainer) / "samples" / f"fid_step_{trainer.global_step:07d}.png"
+            save_samples_picture(torch.cat(grid).float()[:64] / 255.0, path, data_range=(0.0, 1.0))
+            log_picture(trainer, "fid_samples", path, trainer.global_step)
+        return value
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+

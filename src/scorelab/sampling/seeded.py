@@ -1,0 +1,74 @@
+"""Generate many samples in batches, sample ``i`` from its own seed, and stop at the first non-finite step.
+
+Because every sample draws its noise from its own generator (:class:`~scorelab.utils.PerSampleGenerator`), a
+seed range gives the same samples at any batch size and split across any number of processes (on one device
+type: CPU and CUDA generators differ).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+
+from ..errors import UserError
+from ..sde import SDE
+from ..utils import PerSampleGenerator
+from .base import ScoreFn
+
+
+class NonFiniteSamplesError(UserError):
+    """A sampler produced NaN or Inf: the message names the sampler, the step and the seeds."""
+
+
+class SeededBatch(NamedTuple):
+    """One batch: position of its first sample, its seeds, the samples ``[B, ...]`` and the sampler's NFE."""
+
+    start: int
+    seeds: list[int]
+    x: torch.Tensor
+    nfe: int
+
+
+class _FiniteWatch:
+    """A sampler callback that remembers the first step whose state is not finite (one reduction per step)."""
+
+    def __init__(self):
+        self.bad_step: dict | None = None
+
+    def __call__(self, info: dict) -> None:
+        if self.bad_step is None and not bool(torch.isfinite(info["x"]).all()):
+            self.bad_step = {"i": info["i"], "t": info["t"]}
+
+
+def seeded_batches(sampler: Callable, score_fn: ScoreFn, sde: SDE, sample_shape: Sequence[int],
+                   seeds: Sequence[int], batch_size: int, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> Iterator[SeededBatch]:
+    """Yield batches of samples, sample ``k`` drawn with seed ``seeds[k]`` whatever the batching.
+
+    Args:
+        sampler: a scorelab sampler ``(score_fn, sde, shape, generator=, device=, dtype=, callback=)``.
+        score_fn: the score model.
+        sde: the forward SDE.
+        sample_shape: shape of one sample, e.g. ``(2,)`` or ``(3, 32, 32)``.
+        seeds: one seed per sample (e.g. ``range(seed, seed + n)``).
+        batch_size: samples per sampler call.
+        device, dtype: where and in what precision to sample.
+
+    Raises:
+        NonFiniteSamplesError: a batch became NaN/Inf; nothing of that batch is yielded.
+    """
+    seeds = [int(s) for s in seeds]
+    for start in range(0, len(seeds), batch_size):
+        chunk = seeds[start:start + batch_size]
+        watch = _FiniteWatch()
+        x, nfe = sampler(score_fn, sde, (len(chunk), *sample_shape), generator=PerSampleGenerator(chunk, device),
+                         device=device, dtype=dtype, callback=watch)
+        if watch.bad_step is not None or not bool(torch.isfinite(x).all()):
+            where = (f"at step {watch.bad_step['i']} (t = {watch.bad_step['t']:.4g})" if watch.bad_step
+                     else "in its final step")
+            raise NonFiniteSamplesError(
+                f"{sampler!r} produced NaN/Inf {where} for seeds {chunk[0]}..{chunk[-1]}; nothing of this batch was "
+                "written. Try more steps, another sampler, or check the model (e.g. a checkpoint from before a "
+                "divergence)")
+        yield SeededBatch(start, chunk, x, nfe)
