@@ -34,13 +34,19 @@ def _check_counts(cfg: DictConfig) -> None:
             raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
 
 
-def load_score_model(ckpt_path: str, use_ema: bool = True):
-    """Rebuild data module, SDE and score model from the config stored in a ``train.py`` checkpoint."""
+def load_score_model(ckpt_path: str, use_ema: bool = True, data_dir: str | None = None):
+    """Rebuild data module, SDE and score model from the config stored in a ``train.py`` checkpoint.
+
+    ``data_dir``, if given, replaces the stored data config's ``data_dir`` (the training machine's folder), so the
+    data module reads this machine's files. Returns ``(score_fn, sde, datamodule, sampler_cfg)``.
+    """
     path, ckpt = load_checkpoint(ckpt_path)
     if "scorelab_config" not in ckpt:
         raise UserError(f"{path} has no stored scorelab config; it was not written by scorelab's train.py")
     check_stored_targets(ckpt["scorelab_config"], path)  # before anything from the file is instantiated
     train_cfg = OmegaConf.create(ckpt["scorelab_config"])
+    if data_dir is not None and "data_dir" in train_cfg.data:
+        train_cfg.data.data_dir = str(data_dir)
     parts = build_core(train_cfg)
     module = ScoreModule(parts["score_model"], parts["sde"], **OmegaConf.to_container(train_cfg.module))
     check_state_dict(module, ckpt["state_dict"], path)
