@@ -149,12 +149,14 @@ def test_image_checkpoint_bits_per_dim_from_its_own_data_here(tmp_path, image_ru
     (["ckpt_path={tmp}/missing.ckpt"], "checkpoint not found"),
     (TOY + ["split=holdout"], "split must be one of"),
     (TOY + ["repeats=0"], "repeats must be a positive integer"),
+    (TOY + ["eps=1.5"], "eps must be smaller than the SDE's end time"),
     (["split=test"], "nothing to evaluate"),
     (["model=oracle", "data=npz", "data.path={data}/tiny.npz"], "needs toy data"),
     (["ckpt_path={ckpt}", "data=toy_two_modes"], "was trained on (1, 8, 8)"),
     (["ckpt_path={ckpt}", *NPZ, "data.data_range=[0.0,1.0]"], "data.data_range=[-1.0, 1.0]"),
     (["ckpt_path={ckpt}", *NPZ, "split=test"], "has no test split"),
-], ids=["missing-ckpt", "unknown-split", "repeats", "no-model", "oracle-images", "shape", "range", "absent-split"])
+], ids=["missing-ckpt", "unknown-split", "repeats", "eps", "no-model", "oracle-images", "shape", "range",
+        "absent-split"])
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, image_run, overrides, message):
     fill = {"tmp": tmp_path, "ckpt": image_run["ckpt"], "data": image_run["data_dir"]}
     overrides = [o.format(**fill) for o in overrides] + [f"paths.data_dir={image_run['data_dir']}", "device=cpu"]

@@ -93,7 +93,7 @@ def _check_config(cfg: DictConfig) -> None:
         (cfg.prior in PRIORS, f"prior must be one of {PRIORS}, got {cfg.prior!r}"),
         (cfg.method in ADAPTIVE, f"method must be an adaptive solver {ADAPTIVE}, got {cfg.method!r}"),
         (float(cfg.rtol) > 0 and float(cfg.atol) > 0, f"rtol and atol must be positive, got {cfg.rtol}, {cfg.atol}"),
-        (0 < float(cfg.eps) < 1, f"eps must lie in (0, 1), got {cfg.eps}"),
+        (float(cfg.eps) > 0, f"eps must be positive (the start time of the integration), got {cfg.eps}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -172,6 +172,8 @@ def resolve_options(cfg: DictConfig, score, sde, datamodule, x: torch.Tensor, de
     images = getattr(datamodule, "mixture", None) is None
     dim = x[0].numel()
     divergence = cfg.divergence if cfg.divergence != "auto" else ("exact" if dim <= EXACT_MAX_DIM else "hutchinson")
+    if not float(cfg.eps) < sde.T:
+        raise UserError(f"eps must be smaller than the SDE's end time T = {sde.T}, got {cfg.eps}")
     prior = cfg.prior if cfg.prior != "auto" else ("exact" if oracle else "sde")
     prior_logp = None
     if prior == "exact":
