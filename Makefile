@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
-.PHONY: install train sample test test-all lint sweep bench throughput fid evaluation-bench clean
+.PHONY: install train sample likelihood test test-all lint sweep bench throughput fid evaluation-bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ SAMPLE_ARGS ?= model=oracle sampler=euler_maruyama
 sample: $(STAMP)  ## exact-score samples of the default mixture; SAMPLE_ARGS="ckpt_path=.../last.ckpt" for a model
 	$(PY) sample.py $(SAMPLE_ARGS) $(ARGS)
 
+LIK_ARGS ?= model=oracle
+likelihood: $(STAMP)  ## NLL of the exact toy score (nats); LIK_ARGS="ckpt_path=.../last.ckpt split=test" for a model
+	$(PY) likelihood.py $(LIK_ARGS) $(ARGS)
+
 test: $(STAMP)  ## the CI test command
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
@@ -33,7 +37,7 @@ test-all: $(STAMP)  ## including the slow end-to-end checks
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench train.py sample.py fid.py
+	$(VENV)/bin/ruff check src tests bench train.py sample.py fid.py likelihood.py
 
 sweep: $(STAMP)  ## 2 x 2 grid over the VP schedule; summary.md in the sweep folder
 	$(PY) train.py -m sde.beta_min=0.05,0.1 sde.beta_max=10,20 $(ARGS)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from ..metrics.evaluation import SampleEvaluator
 from ..metrics.frechet import FeatureStats
@@ -57,23 +57,12 @@ def load_reference(settings: DictConfig, root: DictConfig, ref: Any, extractor: 
     return stats
 
 
-def checkpoint_datamodule(trained_config: DictConfig, data_dir: str):
-    """The training data module of a checkpoint, reading its files from this machine's ``data_dir``."""
-    data_cfg = trained_config.data.copy()
-    if "data_dir" in data_cfg:
-        with open_dict(data_cfg):
-            data_cfg.data_dir = data_dir
-    return instantiate(data_cfg)
-
-
 def build_evaluator(cfg: DictConfig, trained, device: torch.device) -> SampleEvaluator:
     """The evaluator of ``sample.py eval.fid=true``: ``cfg.eval.features`` against ``cfg.eval.ref`` (default: the
     checkpoint's own dataset, ``cfg.eval.split``)."""
     settings = cfg.eval
     dataset = getattr(trained.datamodule, "dataset_name", None)
     extractor = build_extractor(compose_group(cfg, "features", features_name(settings.features, dataset)), device)
-    datamodule = None
-    if settings.ref is None:
-        datamodule = checkpoint_datamodule(trained.config, cfg.paths.data_dir)
-    reference = load_reference(settings, cfg, settings.ref, extractor, device, datamodule)
+    # ref = None: the checkpoint's own data module, which reads this machine's paths.data_dir
+    reference = load_reference(settings, cfg, settings.ref, extractor, device, trained.datamodule)
     return SampleEvaluator(extractor, reference, settings.kid_subsets, settings.kid_subset_size).to(device)

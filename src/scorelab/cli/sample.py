@@ -40,14 +40,20 @@ class Trained(NamedTuple):
     config: DictConfig
 
 
-def load_trained(ckpt_path: str, use_ema: bool = True) -> Trained:
+def load_trained(ckpt_path: str, use_ema: bool = True, data_dir: str | None = None) -> Trained:
     """Rebuild data module, SDE and score model from the config stored in a ``train.py`` checkpoint (read safely,
-    its ``_target_``s checked against the allowlist before anything is built)."""
+    its ``_target_``s checked against the allowlist before anything is built).
+
+    ``data_dir``, if given, replaces the stored data config's ``data_dir`` (the training machine's folder), so the
+    data module reads this machine's files.
+    """
     path, ckpt = load_checkpoint(ckpt_path)
     if "scorelab_config" not in ckpt:
         raise UserError(f"{path} has no stored scorelab config; it was not written by scorelab's train.py")
     check_stored_targets(ckpt["scorelab_config"], path)  # before anything from the file is instantiated
     train_cfg = OmegaConf.create(ckpt["scorelab_config"])
+    if data_dir is not None and "data_dir" in train_cfg.data:
+        train_cfg.data.data_dir = str(data_dir)
     parts = build_core(train_cfg)
     module = ScoreModule(parts["score_model"], parts["sde"], **OmegaConf.to_container(train_cfg.module))
     check_state_dict(module, ckpt["state_dict"], path)
@@ -55,9 +61,9 @@ def load_trained(ckpt_path: str, use_ema: bool = True) -> Trained:
     return Trained(module.score_fn(use_ema), parts["sde"], parts["datamodule"], train_cfg.get("sampler"), train_cfg)
 
 
-def load_score_model(ckpt_path: str, use_ema: bool = True):
+def load_score_model(ckpt_path: str, use_ema: bool = True, data_dir: str | None = None):
     """``(score, sde, datamodule, sampler config)`` of a ``train.py`` checkpoint (see :func:`load_trained`)."""
-    return tuple(load_trained(ckpt_path, use_ema))[:4]
+    return tuple(load_trained(ckpt_path, use_ema, data_dir))[:4]
 
 
 def _check(cfg: DictConfig) -> None:
@@ -73,7 +79,7 @@ def _check(cfg: DictConfig) -> None:
 def _source(cfg: DictConfig) -> tuple[Trained, DictConfig]:
     """The model to sample (a checkpoint or the exact toy score) and the sampler config to use."""
     if cfg.get("ckpt_path"):
-        trained = load_trained(cfg.ckpt_path, cfg.use_ema)
+        trained = load_trained(cfg.ckpt_path, cfg.use_ema, data_dir=cfg.paths.data_dir)
         sampler_cfg = cfg.get("sampler") or trained.sampler_cfg  # default: the sampler the model was trained with
     elif cfg.model.get("oracle", False):
         datamodule, sde = instantiate(cfg.data), instantiate(cfg.sde)

@@ -1,0 +1,361 @@
+"""``likelihood(cfg)``: negative log-likelihood of a checkpoint, or of the exact toy score, over a data split.
+
+The probability-flow ODE gives ``log p(x) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt`` (Song et al. 2021,
+Sec. 4.3 and App. D.2: RK45, rtol = atol = 1e-5, from eps = 1e-5). Images are uniformly dequantised,
+``(x + u) / 256`` onto the model's data range, and reported in bits/dim; their divergence uses Hutchinson's trace
+estimator with Rademacher probes (Grathwohl et al. 2019, FFJORD). Toy points are reported in nats, next to the exact
+NLL of the same points under the true mixture and the mixture's entropy.
+
+``repeats`` draws independent dequantisation noise and probes. The reported standard error is over examples: each
+example's values are averaged over the repeats, and ``se = std / sqrt(n)`` of those per-example means (the error of
+the split's mean as an estimate of the expected NLL; it includes the estimator's noise).
+
+Randomness is seeded per (seed, repeat, example) and batches are fixed by index, so results do not depend on the
+number of processes: under ``torchrun`` each rank solves its own batches and the results are gathered once at the end
+(:mod:`scorelab.distributed` explains why).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ..distributed import device_for_rank, is_main_process, process_group, run_and_gather, shard, world_size
+from ..io import save_npz_atomic, write_text_atomic
+from ..likelihood import PROBES, bits_per_dim, dequantize, log_likelihood
+from ..sampling.ode import ADAPTIVE
+from ..utils import PerSampleGenerator
+from .errors import UserError
+from .sample import _device, load_score_model
+
+SPLITS = ("train", "val", "test")
+DIVERGENCES = ("auto", "exact", "hutchinson")
+PRIORS = ("auto", "sde", "exact")
+EXACT_MAX_DIM = 16  # divergence=auto: exact (D backward passes) up to this dimension, Hutchinson above
+ENTROPY_POINTS = 200_000
+RESULT_FILE, VALUES_FILE = "likelihood.json", "likelihood_values.npz"
+_TEST_POINTS_STREAM = 2**40  # seed key of toy test points, apart from the (repeat, example) keys of the probes
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a batch solve needs besides the model and the data (resolved from the config)."""
+
+    images: bool
+    data_range: tuple[float, float] | None
+    device: torch.device
+    dtype: torch.dtype
+    seed: int
+    repeats: int
+    batch_size: int
+    stochastic: bool
+    divergence: str
+    probe: str
+    method: str
+    rtol: float
+    atol: float
+    eps: float
+    prior: str
+    prior_logp: Any = None
+
+
+def derive_seed(*keys: int) -> int:
+    """A 64-bit seed that depends on every key (NumPy's ``SeedSequence`` hashing): independent streams per key."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0])
+
+
+def example_generator(seed: int, repeat: int, index: range | list[int]) -> PerSampleGenerator:
+    """One CPU generator per example, seeded by ``(seed, repeat, example index)``: any batch, any process count."""
+    return PerSampleGenerator([derive_seed(seed, repeat, i) for i in index])
+
+
+# --- inputs -----------------------------------------------------------------------------------------------------
+def _check_config(cfg: DictConfig) -> None:
+    """Refuse bad values up front, before anything is loaded or solved."""
+    def positive_int(value, allow_none: bool = False) -> bool:
+        return (allow_none and value is None) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+    checks = [
+        (cfg.split in SPLITS, f"split must be one of {SPLITS}, got {cfg.split!r}"),
+        (positive_int(cfg.n, allow_none=True), f"n must be a positive integer or null (all), got {cfg.n!r}"),
+        (positive_int(cfg.batch_size), f"batch_size must be a positive integer, got {cfg.batch_size!r}"),
+        (positive_int(cfg.repeats), f"repeats must be a positive integer, got {cfg.repeats!r}"),
+        (cfg.divergence in DIVERGENCES, f"divergence must be one of {DIVERGENCES}, got {cfg.divergence!r}"),
+        (cfg.probe in PROBES, f"probe must be one of {PROBES}, got {cfg.probe!r}"),
+        (cfg.prior in PRIORS, f"prior must be one of {PRIORS}, got {cfg.prior!r}"),
+        (cfg.method in ADAPTIVE, f"method must be an adaptive solver {ADAPTIVE}, got {cfg.method!r}"),
+        (float(cfg.rtol) > 0 and float(cfg.atol) > 0, f"rtol and atol must be positive, got {cfg.rtol}, {cfg.atol}"),
+        (float(cfg.eps) > 0, f"eps must be positive (the start time of the integration), got {cfg.eps}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def _check_same_data(given, trained, ckpt_path: str) -> None:
+    """The data passed with ``data=`` must have the checkpoint's sample shape and data range."""
+    shape, expected = tuple(given.sample_shape), tuple(trained.sample_shape)
+    if shape != expected:
+        raise UserError(f"data= gives examples of shape {shape} but {ckpt_path} was trained on {expected}: pass the "
+                        "data it was trained on, or omit data= to use the checkpoint's own")
+    if getattr(given, "data_range", None) != getattr(trained, "data_range", None):
+        raise UserError(f"data= scales pixels to {list(given.data_range)} but {ckpt_path} was trained on "
+                        f"{list(trained.data_range)}: pass data.data_range={list(trained.data_range)}")
+
+
+def load_source(cfg: DictConfig) -> tuple[torch.nn.Module, Any, Any, str | None]:
+    """The score model, SDE and data module to evaluate: from ``ckpt_path``, or the exact score (``model=oracle``).
+
+    Returns:
+        ``(score_fn, sde, datamodule, checkpoint path or None)``.
+    """
+    given = instantiate(cfg.data) if cfg.get("data") else None
+    if cfg.get("ckpt_path"):
+        score, sde, trained, _ = load_score_model(cfg.ckpt_path, cfg.use_ema, data_dir=cfg.paths.data_dir)
+        if given is not None:
+            _check_same_data(given, trained, cfg.ckpt_path)
+        return score, sde, given or trained, str(cfg.ckpt_path)
+    if (cfg.get("model") or {}).get("oracle", False):
+        from ..lit.toy_datamodule import ToyDataModule
+
+        datamodule = given if given is not None else ToyDataModule()  # the two_modes preset of data=toy_two_modes
+        if getattr(datamodule, "mixture", None) is None:
+            raise UserError("model=oracle needs toy data (data=toy_*): images have no exact score")
+        sde = instantiate(cfg.sde)
+        return datamodule.mixture.oracle(sde), sde, datamodule, None
+    raise UserError("nothing to evaluate: pass ckpt_path=<run dir>/checkpoints/last.ckpt, or model=oracle for the "
+                    "exact score of toy data")
+
+
+def load_split(datamodule, split: str, n: int | None, seed: int) -> torch.Tensor:
+    """The first ``n`` examples of a split: uint8 images ``[N, C, H, W]`` or float points ``[N, D]``.
+
+    Toy data: ``train`` is the fixed training set, ``val`` the validation set, ``test`` ``n`` fresh points of the
+    mixture drawn with ``seed`` (``n=null``: as many as the validation set).
+    """
+    mixture = getattr(datamodule, "mixture", None)
+    if mixture is None:
+        try:
+            x, _ = datamodule.images(split)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+    elif split == "test":
+        count = n or datamodule.n_val
+        if count < 1:
+            raise UserError("split=test on toy data draws n fresh points: pass n=<count>")
+        x = mixture.sample(count, generator=torch.Generator().manual_seed(derive_seed(seed, _TEST_POINTS_STREAM)))
+    else:
+        datamodule.setup()
+        dataset = datamodule.train_set if split == "train" else datamodule.val_set
+        if dataset is None:
+            raise UserError(f"this toy data module has no {split} split (data.n_val=0); pick another split")
+        x = dataset.tensors[0]
+    return x[:n] if n is not None else x
+
+
+def resolve_options(cfg: DictConfig, score, sde, datamodule, x: torch.Tensor, device: torch.device,
+                    oracle: bool) -> Options:
+    """Turn ``auto`` choices into concrete ones: divergence by dimension, prior and dtype by model.
+
+    ``auto`` divergence is exact up to ``EXACT_MAX_DIM`` dimensions, Hutchinson above; ``auto`` prior is the exact
+    ``p_T`` of the mixture for the oracle (its NLL is then exact up to solver error) and the SDE's ``N(0, I)``-type
+    prior for a checkpoint. The oracle runs in float64, a checkpoint in its parameters' dtype.
+    """
+    images = getattr(datamodule, "mixture", None) is None
+    dim = x[0].numel()
+    divergence = cfg.divergence if cfg.divergence != "auto" else ("exact" if dim <= EXACT_MAX_DIM else "hutchinson")
+    if not float(cfg.eps) < sde.T:
+        raise UserError(f"eps must be smaller than the SDE's end time T = {sde.T}, got {cfg.eps}")
+    prior = cfg.prior if cfg.prior != "auto" else ("exact" if oracle else "sde")
+    prior_logp = None
+    if prior == "exact":
+        if images:
+            raise UserError("prior=exact needs toy data (the exact p_T of the mixture); use prior=sde for images")
+        prior_logp = exact_prior(datamodule.mixture, sde)
+    stochastic = images or divergence == "hutchinson"
+    repeats = cfg.repeats if stochastic else 1
+    if repeats != cfg.repeats and is_main_process():
+        print(f"note: repeats={cfg.repeats} ignored: exact divergence on continuous data is deterministic")
+    return Options(images=images, data_range=getattr(datamodule, "data_range", None), device=device,
+                   dtype=torch.float64 if oracle else next(score.parameters()).dtype, seed=int(cfg.seed),
+                   repeats=repeats, batch_size=int(cfg.batch_size), stochastic=stochastic, divergence=divergence,
+                   probe=cfg.probe, method=cfg.method, rtol=float(cfg.rtol), atol=float(cfg.atol), eps=float(cfg.eps),
+                   prior=prior, prior_logp=prior_logp)
+
+
+def exact_prior(mixture, sde):
+    """``z [B, D] -> log p_T(z) [B]``, the true marginal of the mixture at ``T`` (in place of the SDE's prior).
+
+    It removes the prior-mismatch term ``log p_T - log pi`` from the likelihood, leaving solver error only.
+    """
+    oracle = mixture.oracle(sde)
+
+    def log_p_T(z: torch.Tensor) -> torch.Tensor:
+        return oracle.log_prob(z, torch.full((len(z),), sde.T, dtype=z.dtype, device=z.device))
+
+    return log_p_T
+
+
+# --- solves -----------------------------------------------------------------------------------------------------
+def solve_batch(score, sde, x: torch.Tensor, index: range, repeat: int, opts: Options) -> tuple[torch.Tensor, int]:
+    """Per-example NLL of one batch and one repeat: bits/dim for images, nats for points; and the solve's NFE.
+
+    Args:
+        score: the score model ``(x, t [B]) -> [B, ...]``.
+        sde: its SDE.
+        x: raw examples ``[B, ...]`` (uint8 images or float points).
+        index: the examples' global indices (their seeds).
+        repeat: the repeat number (its seeds).
+        opts: the resolved options.
+
+    Returns:
+        ``(values [B] float64 on the CPU, nfe)``.
+    """
+    gen = example_generator(opts.seed, repeat, index) if opts.stochastic else None
+    if opts.images:
+        x = dequantize(x, opts.data_range, gen)  # uniform noise over each 8-bit bin, then onto the data range
+    x = x.to(opts.device, opts.dtype)
+    with torch.no_grad():  # log_likelihood turns gradients on where the divergence needs them
+        res = log_likelihood(score, sde, x, eps=opts.eps, divergence=opts.divergence, probe=opts.probe,
+                             method=opts.method, rtol=opts.rtol, atol=opts.atol, generator=gen,
+                             prior_logp=opts.prior_logp)
+    values = bits_per_dim(res.log_prob, x[0].numel(), opts.data_range) if opts.images else -res.log_prob
+    return values.detach().double().cpu(), res.nfe
+
+
+def solve_shard(score, sde, x: torch.Tensor, batches: list[int], opts: Options) -> list[tuple[int, np.ndarray, list]]:
+    """Solve this rank's batches alone (no collective: adaptive step counts differ per rank), with a progress bar.
+
+    Returns:
+        ``[(batch index, values [B, repeats], [nfe per repeat]), ...]``.
+    """
+    from tqdm.auto import tqdm
+
+    label = "likelihood" if world_size() == 1 else f"likelihood (rank 0 of {world_size()})"
+    out = []
+    with tqdm(total=len(batches) * opts.repeats, desc=label, unit="solve", disable=not is_main_process()) as bar:
+        for b in batches:
+            index = range(b * opts.batch_size, min((b + 1) * opts.batch_size, len(x)))
+            columns, nfes = [], []
+            for repeat in range(opts.repeats):
+                values, nfe = solve_batch(score, sde, x[index.start:index.stop], index, repeat, opts)
+                columns.append(values)
+                nfes.append(nfe)
+                bar.set_postfix(nfe=nfe)
+                bar.update(1)
+            out.append((b, torch.stack(columns, dim=1).numpy(), nfes))
+    return out
+
+
+# --- results ----------------------------------------------------------------------------------------------------
+def summarize(values: np.ndarray) -> dict[str, Any]:
+    """Mean and standard errors of per-example values ``[n, repeats]``.
+
+    Returns:
+        ``mean``; ``se``: std / sqrt(n) of the per-example means over repeats (None for n = 1);
+        ``per_repeat_mean`` ``[repeats]``; ``se_between_repeats``: std / sqrt(repeats) of those (None for 1 repeat).
+    """
+    per_example, per_repeat = values.mean(axis=1), values.mean(axis=0)
+    n, repeats = values.shape
+
+    def se(v: np.ndarray) -> float | None:
+        return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+
+    return {"mean": float(per_example.mean()), "se": se(per_example), "n": n, "repeats": repeats,
+            "per_repeat_mean": per_repeat.tolist(), "se_between_repeats": se(per_repeat)}
+
+
+def toy_reference(mixture, x: torch.Tensor, model_nll: np.ndarray, seed: int) -> tuple[dict, np.ndarray]:
+    """The exact NLL of the same points under the true mixture, the paired difference, and the true entropy.
+
+    Returns:
+        ``({"exact_nll", "model_minus_exact", "entropy"}: each {"mean", "se"}, exact NLL per point [n])``.
+    """
+    exact = (-mixture.log_prob(x.double())).numpy()
+    entropy, entropy_se = mixture.entropy(ENTROPY_POINTS, generator=torch.Generator().manual_seed(seed))
+    exact_summary = summarize(exact[:, None])
+    diff = summarize((model_nll.mean(axis=1) - exact)[:, None])
+    return {"exact_nll": {"mean": exact_summary["mean"], "se": exact_summary["se"]},
+            "model_minus_exact": {"mean": diff["mean"], "se": diff["se"]},
+            "entropy": {"mean": entropy, "se": entropy_se, "points": ENTROPY_POINTS}}, exact
+
+
+def _merge(parts: list) -> tuple[np.ndarray, list[int]]:
+    """Put every rank's batches back in index order: values ``[n, repeats]`` and the NFE of every solve."""
+    batches = sorted((item for part in parts for item in part), key=lambda item: item[0])
+    return np.concatenate([values for _, values, _ in batches]), [nfe for *_, nfes in batches for nfe in nfes]
+
+
+def _fmt(stats: dict, spec: str = ".4f") -> str:
+    mean = format(stats["mean"], spec)
+    return mean if stats["se"] is None else f"{mean} ± {format(stats['se'], spec)}"
+
+
+def report(result: dict) -> None:
+    """Print the result: mean ± standard error, the toy comparison when there is one, and NFE."""
+    unit, n, r = result["unit"], result["n"], result["repeats"]
+    print(f"split={result['split']}: {n} examples x {r} repeat(s); ± is the standard error over examples "
+          f"(of each example's mean over repeats); divergence={result['divergence']}, prior={result['prior']}")
+    toy = result.get("toy")
+    if toy is None:
+        print(f"{unit:>12}  {_fmt(result)}")
+    else:
+        print(f"{'model NLL':>12}  {_fmt(result)} nats")
+        print(f"{'exact NLL':>12}  {_fmt(toy['exact_nll'])} nats  (the same points under the true mixture)")
+        print(f"{'difference':>12}  {_fmt(toy['model_minus_exact'], '.2e')} nats  (model - exact, paired)")
+        print(f"{'entropy':>12}  {_fmt(toy['entropy'])} nats  (true mixture; the floor of any model's expected NLL)")
+    if r > 1:
+        print(f"per-repeat means {[round(v, 4) for v in result['per_repeat_mean']]}, "
+              f"± {result['se_between_repeats']:.4f} between repeats")
+    nfe = result["nfe"]
+    print(f"NFE {nfe['total']} in {nfe['solves']} solves ({nfe['per_solve_mean']:.1f} each), "
+          f"{result['time_s']:.1f} s on {result['world_size']} process(es)")
+
+
+def likelihood(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate the NLL over ``cfg.split``; rank 0 prints it and writes ``likelihood.json`` and
+    ``likelihood_values.npz`` (``index``, ``values [n, repeats]``, toy: ``exact_nll``) into ``cfg.paths.output_dir``.
+
+    Everything that can be refused (config values, checkpoint, data, split) is checked before the first solve, and
+    the files are written atomically at the end: a failed run leaves no result behind.
+
+    Returns:
+        The result dictionary written to ``likelihood.json`` (on every rank).
+    """
+    _check_config(cfg)
+    device = device_for_rank(_device(cfg.device))
+    score, sde, datamodule, ckpt = load_source(cfg)
+    x = load_split(datamodule, cfg.split, cfg.n, cfg.seed)
+    opts = resolve_options(cfg, score, sde, datamodule, x, device, oracle=ckpt is None)
+    score = score.to(device).eval()
+    with process_group(device):
+        start = time.perf_counter()
+        batches = shard(math.ceil(len(x) / opts.batch_size))  # by batch index: batches are the same at any W
+        parts = run_and_gather(solve_shard, score, sde, x, batches, opts)
+        elapsed, processes = time.perf_counter() - start, world_size()
+    values, nfes = _merge(parts)
+    result = {"unit": "bits/dim" if opts.images else "nats", "split": cfg.split, **summarize(values),
+              "se_over": "examples (each example's values averaged over repeats first)",
+              "nfe": {"total": sum(nfes), "solves": len(nfes), "per_solve_mean": sum(nfes) / len(nfes)},
+              "time_s": elapsed, "world_size": processes, "checkpoint": ckpt, "divergence": opts.divergence,
+              "prior": opts.prior, "dtype": str(opts.dtype).removeprefix("torch.")}
+    arrays = {"index": np.arange(len(x)), "values": values}
+    mixture = getattr(datamodule, "mixture", None)
+    if mixture is not None:
+        result["toy"], arrays["exact_nll"] = toy_reference(mixture, x, values, cfg.seed)
+    result.update(values_file=VALUES_FILE, config=OmegaConf.to_container(cfg, resolve=True))
+    if is_main_process():
+        report(result)
+        out = Path(cfg.paths.output_dir)
+        save_npz_atomic(out / VALUES_FILE, **arrays)
+        write_text_atomic(out / RESULT_FILE, json.dumps(result, indent=2))  # last: its presence means complete
+        print(f"wrote {out / RESULT_FILE}")
+    return result
