@@ -33,8 +33,9 @@ from ..io import save_npz_atomic, write_text_atomic
 from ..likelihood import PROBES, bits_per_dim, dequantize, log_likelihood
 from ..sampling.ode import ADAPTIVE
 from ..utils import PerSampleGenerator
+from .common import resolve_device
 from .errors import UserError
-from .sample import _device, load_score_model
+from .sample import load_score_model
 
 SPLITS = ("train", "val", "test")
 DIVERGENCES = ("auto", "exact", "hutchinson")
@@ -331,7 +332,7 @@ def likelihood(cfg: DictConfig) -> dict[str, Any]:
         The result dictionary written to ``likelihood.json`` (on every rank).
     """
     _check_config(cfg)
-    device = device_for_rank(_device(cfg.device))
+    device = device_for_rank(resolve_device(cfg.device))
     score, sde, datamodule, ckpt = load_source(cfg)
     x = load_split(datamodule, cfg.split, cfg.n, cfg.seed)
     opts = resolve_options(cfg, score, sde, datamodule, x, device, oracle=ckpt is None)
