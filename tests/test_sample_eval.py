@@ -106,15 +106,17 @@ def test_sample_and_fid_in_one_go_with_the_edm_protocol(tmp_path, image_run, mon
     assert len([p for p in out.glob("samples_seeds_*") if p.is_dir()]) == 3
 
 
-def test_fid_callback_two_process_ddp_equals_one_process(tmp_path, image_run):
+def test_fid_and_likelihood_callbacks_two_process_ddp_equal_one_process(tmp_path, image_run):
     """Each rank samples its share of one seed range; torchmetrics gathers the features. With lr = 0 both runs
-    hold the same (initial) weights, so they score the same images and must report the same FID."""
+    hold the same (initial) weights, so they score the same images and must report the same FID (and bits/dim)."""
     _, data, _ = image_run
     weights = write_random_inception_weights(tmp_path / "inception.pth")
     common = [o for o in TINY_IMAGE_RUN if not o.startswith("data.batch_size")] + [
         f"data.path={data}", "optimizer.lr=0", "callbacks/fid=inception", "callbacks.fid.n_samples=6",
         "callbacks.fid.batch_size=2", "callbacks.fid.ref_count=8", "callbacks.fid.every_n_epochs=0",
-        f"callbacks.fid.cache_dir={tmp_path / 'cache'}", f"feature_extractor_weights_path={weights}"]
+        f"callbacks.fid.cache_dir={tmp_path / 'cache'}", f"feature_extractor_weights_path={weights}",
+        "callbacks/likelihood=default", "callbacks.likelihood.n=4", "callbacks.likelihood.every_n_epochs=0",
+        "callbacks.likelihood.rtol=1e-3", "callbacks.likelihood.atol=1e-3"]
     values = {}
     for name, extra in (("one", ["data.batch_size=8"]),
                         ("two", ["data.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"])):
@@ -122,5 +124,8 @@ def test_fid_callback_two_process_ddp_equals_one_process(tmp_path, image_run):
         assert res.returncode == 0, res.stderr[-3000:]
         metrics = json.loads((tmp_path / name / "final_metrics.json").read_text())
         values[name] = metrics["fid@6"]
+        values[name + "_bpd"] = metrics["bpd@4"]
         assert list((tmp_path / name / "samples").glob("fid_step_*.png"))
     assert math.isfinite(values["one"]) and values["two"] == pytest.approx(values["one"], rel=1e-6)
+    # bits/dim: per-rank solves with per-example seeds, gathered once, equal the single process's
+    assert 0 < values["one_bpd"] < 100 and values["two_bpd"] == pytest.approx(values["one_bpd"], rel=1e-5)
