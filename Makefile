@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
-.PHONY: install train sample likelihood test test-all lint sweep bench throughput fid evaluation-bench clean
+.PHONY: install train sample likelihood test test-all lint sweep bench throughput fid evaluation-bench mnist-features mnist-metric clean
 
 install: $(STAMP)
 
@@ -47,6 +47,12 @@ bench: $(STAMP)  ## sampler baseline with the exact score
 
 throughput: $(STAMP)  ## training images/s and peak memory of the image networks
 	$(PY) bench/throughput.py $(ARGS)
+
+mnist-features: $(STAMP)  ## train and cache the small MNIST classifier behind fd_mnist (a few CPU minutes, once)
+	$(PY) -m scorelab.metrics.mnist_classifier $(ARGS)
+
+mnist-metric: $(STAMP)  ## fd_mnist of real, blurred and noise images (bench/mnist_metric.py)
+	$(PY) bench/mnist_metric.py $(ARGS)
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache
