@@ -38,14 +38,21 @@ def test_multirun_2x2_writes_one_folder_per_job_and_a_summary(tmp_path):
 
 
 def test_wandb_offline_run_writes_files_without_network(tmp_path):
-    args = FAST_CLI + ["logger=wandb", f"paths.log_dir={tmp_path}/logs"]
+    """Offline W&B gets what an online run would: evaluation curves (here nll@<n> of the likelihood callback, as
+    fid@<n> for images), the sample pictures, the toy metrics and the config, in the run file `wandb sync` uploads."""
+    args = FAST_CLI + ["logger=wandb", f"paths.log_dir={tmp_path}/logs", "callbacks/likelihood=default",
+                       "callbacks.likelihood.n=16", "callbacks.likelihood.rtol=1e-3", "callbacks.likelihood.atol=1e-3"]
     res = run_script("train.py", args, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     (run,) = list((tmp_path / "logs" / "train" / "runs").iterdir())
     (offline,) = list((run / "wandb").glob("offline-run-*"))
-    assert list(offline.glob("*.wandb")), "no W&B event file"
+    (events,) = list(offline.glob("*.wandb"))
     assert "wandb sync" in res.stdout + res.stderr
     assert (run / "metrics.json").is_file()
+    recorded = events.read_bytes()
+    for key in (b"nll@16", b"toy/mode_weight_error", b"samples", b"beta_min"):  # curve, metric, picture, config
+        assert key in recorded, key
+    assert list((offline / "files" / "media").rglob("*.png")), "no sample picture in the offline run"
 
 
 def test_optuna_search_returns_the_metric(tmp_path):

@@ -112,7 +112,7 @@ def test_fid_and_likelihood_callbacks_two_process_ddp_equal_one_process(tmp_path
     _, data, _ = image_run
     weights = write_random_inception_weights(tmp_path / "inception.pth")
     common = [o for o in TINY_IMAGE_RUN if not o.startswith("data.batch_size")] + [
-        f"data.path={data}", "optimizer.lr=0", "callbacks/fid=inception", "callbacks.fid.n_samples=6",
+        f"data.path={data}", "optimizer.lr=0", "callbacks/fid=default", "callbacks.fid.n_samples=6",
         "callbacks.fid.batch_size=2", "callbacks.fid.ref_count=8", "callbacks.fid.every_n_epochs=0",
         f"callbacks.fid.cache_dir={tmp_path / 'cache'}", f"feature_extractor_weights_path={weights}",
         "callbacks/likelihood=default", "callbacks.likelihood.n=4", "callbacks.likelihood.every_n_epochs=0",

@@ -108,10 +108,14 @@ class SampleEvaluator(nn.Module):
     @torch.no_grad()
     def update(self, images: torch.Tensor) -> torch.Tensor:
         """Add generated uint8 images ``[B, C, H, W]``; returns their features ``[B, F]``."""
-        features = self.extractor(images)
+        if self.histogram is not None and hasattr(self.extractor, "features_and_logits"):
+            features, logits = self.extractor.features_and_logits(images)  # one pass for both
+        else:
+            features = self.extractor(images)
+            logits = self.extractor.logits(images) if self.histogram is not None else None
         self.update_features(features)
-        if self.histogram is not None:
-            self.histogram.update(self.extractor.logits(images))
+        if logits is not None:
+            self.histogram.update(logits)
         return features
 
     def update_features(self, features: torch.Tensor) -> None:

@@ -93,6 +93,7 @@ class MNISTFeatures(nn.Module):
 
     metric_name: str = METRIC_NAME
     preprocessing: str = PREPROCESSING
+    num_classes: int = NUM_CLASSES
 
     def __init__(self, classifier: MNISTClassifier, test_accuracy: float | None = None, batch_size: int = 1000):
         super().__init__()
@@ -279,6 +280,23 @@ def load_mnist_features(path: str | os.PathLike | None = None, device: str = "cp
         raise UserError(f"{path} does not match the MNIST classifier architecture ({type(exc).__name__}); rebuild "
                         "it with `make mnist-features ARGS=--force`") from None
     return MNISTFeatures(net.to(device), test_accuracy=obj.get("test_accuracy"))
+
+
+def mnist_features(path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+                   train_if_missing: bool = True, device: str = "cpu") -> MNISTFeatures:
+    """The ``fd_mnist`` extractor for configs: load the classifier, training it once (cached) if it is missing.
+
+    Args:
+        path: the classifier file; default :func:`default_path`.
+        data_dir: the MNIST root folder used when the classifier has to be trained (a few minutes on a CPU).
+        train_if_missing: train when the file is missing (else the ``UserError`` of :func:`load_mnist_features`).
+        device: where the network runs.
+    """
+    target = Path(path).expanduser() if path is not None else default_path()
+    if not target.is_file() and train_if_missing and data_dir is not None:
+        _print_now(f"fd_mnist: no classifier at {target}; training it once on {data_dir} (cached for later runs)")
+        train_mnist_classifier(data_dir, target)
+    return load_mnist_features(target, device)
 
 
 _print_now = functools.partial(print, flush=True)
