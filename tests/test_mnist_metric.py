@@ -30,8 +30,6 @@ from scorelab.metrics.mnist_classifier import (
 )
 
 SHARED = Path(os.environ.get("SCORELAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared/data")
 MNIST_RAW = SHARED / "MNIST" / "raw"
 SRC = Path(__file__).resolve().parents[1] / "src"
 TRAIN_IMAGES, EPOCHS, MIN_ACCURACY = 6000, 2, 0.95  # 6000 images x 2 epochs gave 0.97-0.98 on the 10000 test images
@@ -202,3 +200,47 @@ def test_class_histogram_shows_a_model_that_draws_two_digits(trained):
     assert counts.sum() == two.shape[0]
     assert counts[[3, 7]].sum() >= 0.97 * two.shape[0], counts  # the rest: the classifier's own mistakes
     assert class_deviation(counts) > 0.35 and class_deviation(class_histogram(ex.logits(x[:1000]))) < 0.05
+
+
+def test_features_config_trains_the_classifier_once_when_missing(tmp_path, monkeypatch):
+    """features=mnist (scorelab.metrics.mnist_classifier.mnist_features) trains into the cache only when needed."""
+    import scorelab.metrics.mnist_classifier as mc
+
+    calls = []
+
+    def fake_train(data_dir, out, **kwargs):
+        calls.append((Path(data_dir), Path(out)))
+        torch.manual_seed(0)
+        return save_mnist_classifier(MNISTClassifier(), out, test_accuracy=0.5), 0.5
+
+    monkeypatch.setattr(mc, "train_mnist_classifier", fake_train)
+    target = tmp_path / "cache" / "clf.pt"
+    first = mc.mnist_features(target, data_dir=tmp_path / "data")
+    second = mc.mnist_features(target, data_dir=tmp_path / "data")
+    assert calls == [(tmp_path / "data", target)] and first.extractor_id == second.extractor_id
+    with pytest.raises(UserError, match="make mnist-features"):
+        mc.mnist_features(tmp_path / "other.pt", data_dir=tmp_path / "data", train_if_missing=False)
+
+
+def test_fid_cli_reports_fd_mnist_and_the_class_histogram(trained, mnist_dir, tmp_path):
+    """fid.py features=mnist: reference statistics of MNIST, then test digits scored as fd_mnist (never 'fid')."""
+    import json
+
+    import numpy as np
+
+    from .platform_utils import run_script
+
+    env_args = [f"feature_extractor_weights_path={trained['path']}", f"paths.data_dir={mnist_dir}", "features=mnist",
+                f"cache_dir={tmp_path / 'cache'}", "progress=false", f"paths.log_dir={tmp_path / 'logs'}",
+                "ref_count=5000", "kid_subsets=5", "kid_subset_size=200"]
+    res = run_script("fid.py", ["mode=ref", "data=mnist", *env_args], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    np.savez(tmp_path / "digits.npz", x=trained["test_x"][:500, 0].numpy())  # uint8 [N, 28, 28]
+    res = run_script("fid.py", [f"samples={tmp_path / 'digits.npz'}", "ref=mnist", *env_args], cwd=tmp_path,
+                     timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((tmp_path / "digits_fd_mnist.json").read_text())
+    assert "fid" not in result and result["n"] == 500 and result["n_reference"] == 5000
+    assert 0 <= result["fd_mnist"] < 20 and "kd_mnist" in result
+    assert sum(result["class_histogram"]) == 500 and min(result["class_histogram"]) > 20  # every digit drawn
+    assert "fd_mnist" in res.stdout
