@@ -104,3 +104,60 @@ class ToyMetricsCallback(L.Callback):
         scalars.update({f"toy/mode_weight_{i}": w for i, w in enumerate(metrics["mode_weights"])})
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
+
+
+class PeriodicEvaluation(L.Callback):
+    """Base of callbacks that measure the model every ``every_n_epochs`` epochs or ``every_n_steps`` steps and at
+    the end of training (at most once per step), keeping a history that checkpoints save.
+
+    Subclasses implement :meth:`measure`, which runs on every rank (it may hold collectives) and returns the
+    scalars to log; this class logs them on rank 0 to every logger and puts them in ``trainer.callback_metrics``.
+
+    Args:
+        every_n_epochs: period in epochs (0: not by epoch).
+        every_n_steps: period in optimizer steps (0: not by step).
+        at_end: also measure when training ends (not in ``fast_dev_run``).
+    """
+
+    def __init__(self, every_n_epochs: int = 1, every_n_steps: int = 0, at_end: bool = True):
+        if every_n_epochs < 0 or every_n_steps < 0:
+            raise ValueError(f"periods must be >= 0, got every_n_epochs={every_n_epochs}, "
+                             f"every_n_steps={every_n_steps}")
+        self.every_n_epochs, self.every_n_steps, self.at_end = every_n_epochs, every_n_steps, at_end
+        self.history: list[dict] = []
+        self._last_step = -1
+
+    def measure(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
+        """Compute the scalars to log at this step (called on every rank)."""
+        raise TypeError(f"{type(self).__name__} must define measure(trainer, pl_module)")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self.at_end and not trainer.fast_dev_run:
+            self.evaluate(trainer, pl_module)
+
+    def evaluate(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
+        """Measure now (once per step), log on rank 0, record in the history; returns the scalars."""
+        if trainer.global_step == self._last_step and self.history:
+            return self.history[-1]["scalars"]
+        self._last_step = trainer.global_step
+        scalars = self.measure(trainer, pl_module)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
+        self.history.append({"step": trainer.global_step, "scalars": scalars})
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+        return scalars
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))

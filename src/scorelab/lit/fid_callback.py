@@ -11,11 +11,11 @@ from ..metrics.evaluation import SampleEvaluator, to_uint8
 from ..metrics.frechet import FeatureStats
 from ..metrics.reference import DEFAULT_KEEP_FEATURES, reference_stats
 from ..sampling.seeded import seeded_batches
-from .callbacks import log_picture, run_dir
+from .callbacks import PeriodicEvaluation, log_picture, run_dir
 from .plotting import save_samples_picture
 
 
-class FIDCallback(L.Callback):
+class FIDCallback(PeriodicEvaluation):
     """Every ``every_n_epochs`` epochs (or ``every_n_steps`` steps) and at the end, draw ``n_samples`` images with
     the EMA weights and score them against the training set's statistics.
 
@@ -46,17 +46,14 @@ class FIDCallback(L.Callback):
                  every_n_steps: int = 0, at_end: bool = True, batch_size: int = 250, seed: int = 0,
                  split: str = "train", ref: str | None = None, ref_count: int | None = None,
                  cache_dir: str | None = None, kid: bool = False):
-        if n_samples < 2 or batch_size < 1 or every_n_epochs < 0 or every_n_steps < 0:
-            raise ValueError(f"FIDCallback needs n_samples >= 2, batch_size >= 1 and periods >= 0, got "
-                             f"n_samples={n_samples}, batch_size={batch_size}, every_n_epochs={every_n_epochs}, "
-                             f"every_n_steps={every_n_steps}")
+        super().__init__(every_n_epochs, every_n_steps, at_end)
+        if n_samples < 2 or batch_size < 1:
+            raise ValueError(f"FIDCallback needs n_samples >= 2 and batch_size >= 1, got n_samples={n_samples}, "
+                             f"batch_size={batch_size}")
         self.sampler, self.features, self.n_samples = sampler, features, n_samples
-        self.every_n_epochs, self.every_n_steps, self.at_end = every_n_epochs, every_n_steps, at_end
         self.batch_size, self.seed, self.split, self.ref, self.ref_count = batch_size, seed, split, ref, ref_count
         self.cache_dir, self.kid = cache_dir, kid
         self.evaluator: SampleEvaluator | None = None
-        self.history: list[dict] = []
-        self._last_step = -1
 
     @property
     def name(self) -> str:
@@ -84,28 +81,10 @@ class FIDCallback(L.Callback):
         self.evaluator = SampleEvaluator(self.features, reference, reference_rank=trainer.is_global_zero)
         self.evaluator.to(pl_module.device)
 
-    # --- when ---------------------------------------------------------------------------------------------
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        epoch = trainer.current_epoch
-        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0 and not trainer.sanity_checking:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
-        if self.at_end and not trainer.fast_dev_run:
-            self.evaluate(trainer, pl_module)
-
     # --- what ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, trainer: L.Trainer, pl_module) -> float:
-        """Sample this rank's share, score all shares together (collective), log on rank 0; returns the metric."""
-        if trainer.global_step == self._last_step:  # already evaluated at this step
-            return self.history[-1][self.name]
-        self._last_step = trainer.global_step
+    def measure(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
+        """Sample this rank's share, score all shares together (collective), save the grid on rank 0."""
         rank, world = trainer.global_rank, trainer.world_size
         seeds = [self.seed + i for i in range(rank, self.n_samples, world)]
         model = pl_module.score_fn(use_ema=True)
@@ -124,24 +103,15 @@ class FIDCallback(L.Callback):
             model.train(was_training)
         result = self.evaluator.compute(seed=self.seed)  # all-reduce: every rank calls it
         self.evaluator.reset()
-        value = result[self.evaluator.metric_name]
-        scalars = {self.name: value}
+        scalars = {self.name: result[self.evaluator.metric_name]}
         if self.evaluator.kernel_name in result:
             scalars[f"{self.evaluator.kernel_name}@{self.n_samples}"] = result[self.evaluator.kernel_name]
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
-        self.history.append({"step": trainer.global_step, **scalars, **{
-            k: v for k, v in result.items() if k == "class_histogram"}})
+        if "class_histogram" in result:  # how far the predicted digits are from an even mix
+            counts = torch.tensor(result["class_histogram"], dtype=torch.float64)
+            scalars[f"class_gap@{self.n_samples}"] = float((counts / counts.sum() - 1 / len(counts)).abs().max())
         if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(scalars, step=trainer.global_step)
             path = run_dir(trainer) / "samples" / f"fid_step_{trainer.global_step:07d}.png"
             save_samples_picture(torch.cat(grid).float()[:64] / 255.0, path, data_range=(0.0, 1.0))
             log_picture(trainer, "fid_samples", path, trainer.global_step)
-        return value
-
-    def state_dict(self) -> dict:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.history = list(state_dict.get("history", []))
+        return scalars
 

@@ -10,9 +10,10 @@ import torch
 from ..distributed import run_and_gather
 from ..likelihood import bits_per_dim, dequantize, log_likelihood
 from ..utils import PerSampleGenerator
+from .callbacks import PeriodicEvaluation
 
 
-class LikelihoodCallback(L.Callback):
+class LikelihoodCallback(PeriodicEvaluation):
     """Every ``every_n_epochs`` epochs (and at the end), the mean NLL of the first ``n`` validation examples.
 
     Logged as ``bpd@<n>`` for images (uniform dequantisation, Hutchinson divergence) and ``nll@<n>`` in nats for
@@ -23,23 +24,21 @@ class LikelihoodCallback(L.Callback):
 
     Args:
         n: validation examples used.
-        every_n_epochs: period in epochs (0: only at the end).
-        at_end: also evaluate when training ends.
+        every_n_epochs, every_n_steps, at_end: when to evaluate (see :class:`PeriodicEvaluation`).
         batch_size: examples per ODE solve.
         method, rtol, atol: the adaptive solver (the paper: RK45, 1e-5).
         eps: start time of the integration (1e-5 as in the paper).
         seed: first per-example seed.
     """
 
-    def __init__(self, n: int = 256, every_n_epochs: int = 1, at_end: bool = True, batch_size: int = 128,
-                 method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5, seed: int = 0):
-        if n < 1 or batch_size < 1 or every_n_epochs < 0:
-            raise ValueError(f"LikelihoodCallback needs n >= 1, batch_size >= 1 and every_n_epochs >= 0, got n={n}, "
-                             f"batch_size={batch_size}, every_n_epochs={every_n_epochs}")
-        self.n, self.every_n_epochs, self.at_end, self.batch_size = n, every_n_epochs, at_end, batch_size
+    def __init__(self, n: int = 256, every_n_epochs: int = 1, every_n_steps: int = 0, at_end: bool = True,
+                 batch_size: int = 128, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+                 eps: float = 1e-5, seed: int = 0):
+        super().__init__(every_n_epochs, every_n_steps, at_end)
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"LikelihoodCallback needs n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+        self.n, self.batch_size = n, batch_size
         self.method, self.rtol, self.atol, self.eps, self.seed = method, rtol, atol, eps, seed
-        self.history: list[dict] = []
-        self._last_step = -1
 
     def _examples(self, trainer: L.Trainer) -> tuple[torch.Tensor, bool]:
         dm = trainer.datamodule
@@ -50,31 +49,12 @@ class LikelihoodCallback(L.Callback):
             raise ValueError("LikelihoodCallback needs validation data (data.n_val > 0)")
         return dm.val_set.tensors[0][: self.n], False
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        epoch = trainer.current_epoch
-        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0 and not trainer.sanity_checking:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
-        if self.at_end and not trainer.fast_dev_run:
-            self.evaluate(trainer, pl_module)
-
-    def evaluate(self, trainer: L.Trainer, pl_module) -> float:
-        """Solve this rank's share, gather every rank's values, log the mean on rank 0; returns the mean."""
-        if trainer.global_step == self._last_step:
-            return self.history[-1]["value"]
-        self._last_step = trainer.global_step
+    def measure(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
+        """Solve this rank's share, then gather every rank's values (the one collective); the mean NLL."""
         x_all, images = self._examples(trainer)
         mine = list(range(trainer.global_rank, len(x_all), trainer.world_size))
         every = [v for part in run_and_gather(self._solve_share, trainer, pl_module, x_all, mine, images) for v in part]
-        mean = float(sum(every) / len(every))
-        name = f"{'bpd' if images else 'nll'}@{len(every)}"
-        trainer.callback_metrics[name] = torch.tensor(mean)
-        self.history.append({"step": trainer.global_step, "name": name, "value": mean})
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics({name: mean}, step=trainer.global_step)
-        return mean
+        return {f"{'bpd' if images else 'nll'}@{len(every)}": float(sum(every) / len(every))}
 
     def _solve_share(self, trainer, pl_module, x_all: torch.Tensor, mine: list[int], images: bool) -> list[float]:
         model = pl_module.score_fn(use_ema=True)
@@ -105,9 +85,3 @@ class LikelihoodCallback(L.Callback):
         if not all(math.isfinite(v) for v in values):
             raise FloatingPointError(f"non-finite likelihood at step {trainer.global_step}")
         return values
-
-    def state_dict(self) -> dict:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.history = list(state_dict.get("history", []))
