@@ -13,8 +13,11 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from ..io import write_text_atomic
+from ..lit.checkpointing import LAST, AtomicCheckpointIO, PreemptionCallback
 from ..lit.module import ScoreModule
 from .common import build_core, check_state_dict, load_checkpoint
+from .resume import resolve_ckpt_path
 
 
 def _instantiate_group(cfg: DictConfig | None, **kwargs) -> list:
@@ -30,9 +33,12 @@ def train(cfg: DictConfig) -> float | None:
     """Train a score model as configured; return ``cfg.optimized_metric`` (for Hydra sweepers) if set.
 
     Writes into the run folder ``cfg.paths.output_dir``: ``checkpoints/`` (last and best), logs, sample
-    pictures and, for toy data, ``metrics.json``.
+    pictures and, for toy data, ``metrics.json``; checkpoints and result files are written atomically. SIGTERM or
+    SIGUSR1 stops training after the current step with ``checkpoints/last.ckpt`` written (exit status 0), which
+    ``ckpt_path=auto`` (or ``last``, a run folder, a file) continues.
     """
-    ckpt_path, ckpt = load_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else (None, None)
+    resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    ckpt_path, ckpt = load_checkpoint(resume_from) if resume_from else (None, None)
     L.seed_everything(cfg.seed, workers=True)
     parts = build_core(cfg)
     module = ScoreModule(parts["score_model"], parts["sde"], loss=parts["loss"],
@@ -47,7 +53,9 @@ def train(cfg: DictConfig) -> float | None:
     if not loggers:  # the LR monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     module.run_config = OmegaConf.to_container(cfg, resolve=True)  # saved in checkpoints for sample.py
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks.append(PreemptionCallback(_checkpoint_dir(cfg, callbacks)))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     plugins=[AtomicCheckpointIO()])
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     rank_zero_info(f"run folder: {cfg.paths.output_dir}")
@@ -56,9 +64,7 @@ def train(cfg: DictConfig) -> float | None:
         _save_final_checkpoint(trainer, callbacks)
         metrics = _final_metrics(trainer, callbacks)
         if trainer.is_global_zero:
-            out = Path(cfg.paths.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+            write_text_atomic(Path(cfg.paths.output_dir) / "final_metrics.json", json.dumps(metrics, indent=2))
     finally:
         if any(isinstance(lg, WandbLogger) for lg in loggers):
             import wandb
@@ -68,6 +74,14 @@ def train(cfg: DictConfig) -> float | None:
     return metrics.get(name) if name else None
 
 
+def _checkpoint_dir(cfg: DictConfig, callbacks: list) -> Path:
+    """ModelCheckpoint's folder, or ``<run>/checkpoints`` without one (preemption still saves there)."""
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+            return Path(cb.dirpath)
+    return Path(cfg.paths.output_dir) / "checkpoints"
+
+
 def _save_final_checkpoint(trainer: L.Trainer, callbacks: list) -> None:
     """Write ``last.ckpt`` at the final step: ModelCheckpoint saves only when validation runs, which need not be
     the last step, and resume/sampling must see the model the final metrics describe."""
@@ -75,7 +89,8 @@ def _save_final_checkpoint(trainer: L.Trainer, callbacks: list) -> None:
         return
     for cb in callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath:
-            trainer.save_checkpoint(str(Path(cb.dirpath) / "last.ckpt"))
+            # The full training state (ModelCheckpoint's own setting), so the run can be continued.
+            trainer.save_checkpoint(str(Path(cb.dirpath) / LAST), weights_only=cb.save_weights_only)
             return
 
 
