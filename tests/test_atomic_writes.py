@@ -120,14 +120,14 @@ def test_a_training_run_that_cannot_write_keeps_the_previous_results(tmp_path, m
 def test_sweep_summary_and_samples_survive_a_failed_rewrite(tmp_path, monkeypatch):
     (tmp_path / "0").mkdir()
     write_summary(tmp_path, [{"job": "0", "sde.beta_min": "0.1", "toy/nll": 1.5}])
-    scfg = make_cfg(tmp_path / "s", ["model=oracle", "sampler=ode", "sampler.steps=5", "n_samples=64"], config_name="sample")
-    npz = sample(scfg)
+    oracle = ["model=oracle", "sampler=ode", "sampler.steps=5"]
+    npz = sample(make_cfg(tmp_path / "s", oracle + ["n_samples=64"], config_name="sample"))
     before = snapshot(tmp_path)
     monkeypatch.setattr(scorelab.io.os, "fsync", lambda fd: (_ for _ in ()).throw(ENOSPC))
     with pytest.raises(OSError, match="No space left"):
         write_summary(tmp_path, [{"job": "0", "sde.beta_min": "0.2", "toy/nll": 9.9}])
     with pytest.raises(OSError, match="No space left"):
-        sample(make_cfg(tmp_path / "s", ["model=oracle", "sampler=ode", "sampler.steps=5", "n_samples=32"], config_name="sample"))
+        sample(make_cfg(tmp_path / "s", oracle + ["n_samples=32"], config_name="sample"))
     monkeypatch.undo()
     assert snapshot(tmp_path) == before
     assert "0.1" in (tmp_path / "summary.csv").read_text() and np.load(npz)["x"].shape == (64, 2)

@@ -82,8 +82,8 @@ def test_nan_samples_from_sample_py_are_not_written(tmp_path):
     trained = make_cfg(tmp_path / "t", FAST)
     train(trained)
     out = tmp_path / "s"
-    scfg = make_cfg(out, [f"ckpt_path={trained.paths.output_dir}/checkpoints/last.ckpt", "n_samples=50", "sampler=euler_maruyama",
-                          "sampler._target_=tests.faults.NaNSampler"], config_name="sample")
+    scfg = make_cfg(out, [f"ckpt_path={trained.paths.output_dir}/checkpoints/last.ckpt", "n_samples=50",
+                          "sampler=euler_maruyama", "sampler._target_=tests.faults.NaNSampler"], config_name="sample")
     (Path(scfg.paths.output_dir)).mkdir(parents=True)
     np.savez(Path(scfg.paths.output_dir) / "samples.npz", x=np.zeros((3, 2)))  # an earlier result
     before = snapshot(out)

@@ -14,12 +14,13 @@ from scorelab.lit.toy_datamodule import EpochSeededSampler
 from .platform_utils import make_cfg
 
 # 40 training images of 1x8x8 (5 steps of 8 per epoch), flips, dequantisation and dropout on; a tiny DDPM++.
-TINY_IMAGES = ["data=npz", "data.path=tiny.npz", "data.val_size=8", "data.batch_size=8", "data.num_workers=0",
-               "data.pin_memory=false", "data.random_flip=true", "data.dequantize=true", "model=unet_small",
-               "model.net.ch=8", "model.net.ch_mult=[1,2]", "model.net.num_res_blocks=1", "model.net.attn_resolutions=[]",
-               "model.net.dropout=0.1", "sampler.steps=2", "callbacks.samples.n_samples=4", "callbacks.toy_metrics=null",
-               "trainer.check_val_every_n_epoch=1", "trainer.enable_progress_bar=false", "logger=none",
-               "scheduler=none", "optimizer.lr=1e-2"]
+TINY_IMAGES = [
+    "data=npz", "data.path=tiny.npz", "data.val_size=8", "data.batch_size=8", "data.num_workers=0",
+    "data.pin_memory=false", "data.random_flip=true", "data.dequantize=true", "model=unet_small", "model.net.ch=8",
+    "model.net.ch_mult=[1,2]", "model.net.num_res_blocks=1", "model.net.attn_resolutions=[]", "model.net.dropout=0.1",
+    "sampler.steps=2", "callbacks.samples.n_samples=4", "callbacks.toy_metrics=null",
+    "trainer.check_val_every_n_epoch=1", "trainer.enable_progress_bar=false", "logger=none", "scheduler=none",
+    "optimizer.lr=1e-2"]
 
 
 @pytest.fixture
