@@ -4,9 +4,9 @@
   in the same folder and renames it over the target, with termination signals held back while it writes. A crash,
   a full disk or a kill mid-write leaves the previous file in place; a checkpoint whose weights hold NaN/Inf is
   refused, so it never replaces a good one.
-* :class:`PreemptionCallback` turns SIGTERM (Lightning stops the loop with ``SIGTERMException``) and SIGUSR1 (what
-  SLURM sends before the time limit with ``--signal=USR1@<seconds>``) into: ``last.ckpt`` written at the current
-  step, exit status 0, and a run that ``ckpt_path=auto`` continues.
+* :class:`PreemptionCallback` turns SIGTERM and SIGUSR1 (what SLURM sends before the time limit with
+  ``--signal=USR1@<seconds>``) into: ``last.ckpt`` written at the current step, exit status 0, and a run that
+  ``ckpt_path=auto`` continues exactly.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if bad is not None:
             raise NonFiniteWeightsError(
                 f"refused to write {path} at step {checkpoint.get('global_step')}: weight {bad} holds NaN/Inf; the "
-                "previous checkpoint was kept. Lower the learning rate or set module.nonfinite=stop")
+                "previous checkpoint was kept. The run diverged: lower the learning rate and resume from it")
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with deferred_signals(), atomic_path(path) as tmp:
@@ -71,10 +71,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class PreemptionCallback(L.Callback):
     """On SIGTERM or SIGUSR1 during training: write ``<dirpath>/last.ckpt`` at the current step and exit with 0.
 
-    SIGTERM is Lightning's own: its signal connector stops the loop after the current step with
-    ``SIGTERMException`` (a ``SystemExit`` with status 0) and this callback saves in ``on_exception``. SIGUSR1 is
-    handled here the same way; under SLURM with auto-requeue Lightning's handler runs first (``hpc_ckpt_N.ckpt``
-    and ``scontrol requeue``). Every rank calls ``save_checkpoint``; rank 0 writes.
+    SIGTERM is Lightning's own: its signal connector stops the loop once the current step (and any validation it
+    triggers) is complete, with ``SIGTERMException`` (a ``SystemExit``, so status 0), and this callback saves in
+    ``on_exception``, so the checkpoint holds the state of a finished step. SIGUSR1 is re-raised as SIGTERM and
+    takes the same path; under SLURM with auto-requeue Lightning's own SIGUSR1 handler runs first
+    (``hpc_ckpt_N.ckpt`` and ``scontrol requeue``). Every rank calls ``save_checkpoint``; rank 0 writes.
 
     Args:
         dirpath: the checkpoint folder (ModelCheckpoint's ``dirpath``).
@@ -86,7 +87,6 @@ class PreemptionCallback(L.Callback):
         self.signal_names = signals
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
-        self.saved_path: Path | None = None
         self.full_state = True  # resuming needs optimizer, loops and callbacks, not only the weights
 
     # --- signals -------------------------------------------------------------------------------------
@@ -100,6 +100,7 @@ class PreemptionCallback(L.Callback):
                 self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        """SIGUSR1: run the handler it replaced (SLURM requeue), then stop as on SIGTERM."""
         previous = self._previous.get(signum)
         if callable(previous):
             previous(signum, frame)  # Lightning's SLURM requeue handler, if any
@@ -107,6 +108,7 @@ class PreemptionCallback(L.Callback):
         signal.raise_signal(signal.SIGTERM)  # from here on exactly Lightning's SIGTERM path
 
     def _restore(self) -> None:
+        """Put back the handlers replaced in :meth:`on_train_start`."""
         for signum, handler in self._previous.items():
             if signal.getsignal(signum) == self._handle:
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
@@ -120,7 +122,6 @@ class PreemptionCallback(L.Callback):
             return
         path = self.dirpath / LAST
         trainer.save_checkpoint(str(path), weights_only=not self.full_state)
-        self.saved_path = path
         name = signal.Signals(self.received).name if self.received else "SIGTERM"
         message = (f"{name}: saved {path} at step {trainer.global_step}; continue with ckpt_path={path} "
                    "(or ckpt_path=auto hydra.run.dir=<this run folder>)")
