@@ -131,3 +131,11 @@ def test_sweep_summary_and_samples_survive_a_failed_rewrite(tmp_path, monkeypatc
     monkeypatch.undo()
     assert snapshot(tmp_path) == before
     assert "0.1" in (tmp_path / "summary.csv").read_text() and np.load(npz)["x"].shape == (64, 2)
+
+
+def test_atomic_files_get_the_permissions_of_an_ordinary_file(tmp_path):
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "global_step": 1}, tmp_path / "last.ckpt")
+    scorelab.io.write_text_atomic(tmp_path / "metrics.json", "{}")
+    (tmp_path / "plain.txt").write_text("")  # what the process's umask gives a file written in place
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes["last.ckpt"] == modes["metrics.json"] == modes["plain.txt"]  # colleagues can read checkpoints

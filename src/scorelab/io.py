@@ -54,6 +54,15 @@ def load_torch_file(path: str | os.PathLike, what: str = "file", map_location: A
         ) from None
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file (mkstemp's is 0o600)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success it is fsynced and renamed onto ``path``.
@@ -75,6 +84,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:  # the bytes must be on disk before the rename makes them the file
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # readable by whoever could read a file written in place
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
