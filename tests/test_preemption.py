@@ -54,9 +54,12 @@ def test_signal_saves_last_checkpoint_exits_zero_and_auto_resume_continues(tmp_p
     assert not (run / "final_metrics.json").exists()  # an interrupted run does not pose as a finished one
 
     # The requeued job: same command, same run folder, ckpt_path=auto.
+    stale = run / "checkpoints" / ".last.ckpt.k1ll3d.tmp"  # what a write killed with SIGKILL leaves behind
+    stale.write_bytes(b"half a checkpoint")
     resumed = make_cfg(tmp_path / "resumed", FAST + ["ckpt_path=auto", f"trainer.max_steps={k + 5}"])
     resumed.paths.output_dir = str(run)
     train(resumed)
+    assert not stale.exists()
     after = torch.load(last, weights_only=True)
     assert after["global_step"] == k + 5
     assert after["state_dict"]["ema.n_averaged"] == k + 5

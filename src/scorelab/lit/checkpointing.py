@@ -39,6 +39,21 @@ def first_nonfinite(state_dict: dict[str, Any]) -> str | None:
     return None
 
 
+def remove_unfinished_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a kill interrupted (``.<name>.ckpt.<random>.tmp``).
+
+    Args:
+        folder: a checkpoint folder no other process is writing to.
+
+    Returns:
+        The files removed.
+    """
+    stale = sorted(Path(folder).glob(".*.ckpt.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary name in the target's folder, fsync, rename; signals deferred meanwhile.
 
@@ -88,6 +103,13 @@ class PreemptionCallback(L.Callback):
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self.full_state = True  # resuming needs optimizer, loops and callbacks, not only the weights
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Clear what killed checkpoint writes of earlier runs in this folder left behind (rank 0)."""
+        if trainer.is_global_zero and self.dirpath.is_dir():
+            stale = remove_unfinished_writes(self.dirpath)
+            if stale:
+                print(f"removed {len(stale)} unfinished checkpoint write(s) from {self.dirpath}", file=sys.stderr)
 
     # --- signals -------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
