@@ -107,3 +107,23 @@ def test_value_error_from_a_config_value_is_still_one_line(tmp_path, capsys):
         run_or_exit(train, cfg)
     assert info.value.code == 2
     assert capsys.readouterr().err.startswith("error: ema decay must lie in [0, 1), got 1.5")
+
+
+@pytest.mark.parametrize("scaler, skipped", [(None, True), (object(), False)], ids=["fp32", "fp16-scaler"])
+def test_overflowing_gradients_are_left_to_the_fp16_loss_scaler(scaler, skipped):
+    from types import SimpleNamespace
+
+    from scorelab.lit.nonfinite import NonFiniteGuard
+
+    weight = torch.nn.Parameter(torch.ones(2))
+    weight.grad = torch.tensor([1.0, float("inf")])
+    trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler), world_size=1, global_step=4,
+                              checkpoint_callback=None)
+    module = SimpleNamespace(trainer=trainer, device=torch.device("cpu"))
+    guard = NonFiniteGuard("skip")
+    guard.observe_loss(torch.tensor(0.5))
+    assert guard.check(module, torch.optim.SGD([weight], lr=0.1)) is skipped
+    assert (weight.grad is None) is skipped and guard.skipped == int(skipped)
+    guard.observe_loss(torch.tensor(float("nan")))  # a NaN loss is caught with or without a scaler
+    weight.grad = torch.ones(2)
+    assert guard.check(module, torch.optim.SGD([weight], lr=0.1)) is True

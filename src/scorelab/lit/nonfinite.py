@@ -2,7 +2,9 @@
 
 Checked once per optimizer step, after backward and before the update (Lightning's ``on_before_optimizer_step``),
 so the weights, the optimizer state and the EMA are never touched by a non-finite step. Under DDP the gradients are
-already averaged over ranks and the decision is all-reduced, so every rank skips or stops together.
+already averaged over ranks and the decision is all-reduced, so every rank skips or stops together. With fp16 loss
+scaling (``precision=16-mixed``) only the loss is checked: overflowing gradients are normal there, and the
+scaler skips those steps itself.
 """
 from __future__ import annotations
 
@@ -25,11 +27,13 @@ def gradients_finite(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
 
     The total norm is non-finite exactly when some entry is NaN or Inf (or the norm overflows, ~1e38 in fp32).
     """
-    grads = [p.grad for p in parameters if p.grad is not None]
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(True)
-    norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
-    return torch.isfinite(torch.linalg.vector_norm(norms))
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # fused per-device norms (torch >= 2.6)
+    if total_norm is not None:
+        return torch.isfinite(total_norm(grads))
+    return torch.isfinite(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
 
 
 class NonFiniteGuard:
@@ -71,10 +75,13 @@ class NonFiniteGuard:
         Raises:
             NonFiniteTrainingError: policy ``stop``, or ``patience`` skipped steps in a row.
         """
-        loss_ok = self._loss_ok if self._loss_ok is not None else torch.tensor(True)
-        grads_ok = gradients_finite(p for group in optimizer.param_groups for p in group["params"])
-        flags = torch.stack([~loss_ok.to(grads_ok.device), ~grads_ok])
         trainer = module.trainer
+        loss_ok = self._loss_ok if self._loss_ok is not None else torch.tensor(True)
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            grads_ok = torch.tensor(True)  # fp16 loss scaling: overflowing gradients are the scaler's to skip
+        else:
+            grads_ok = gradients_finite(p for group in optimizer.param_groups for p in group["params"])
+        flags = torch.stack([~loss_ok.to(module.device), ~grads_ok.to(module.device)])
         if trainer.world_size > 1:
             flags = trainer.strategy.reduce(flags.float(), reduce_op="sum") > 0
         bad_loss, bad_grads = (bool(f) for f in flags.tolist())
