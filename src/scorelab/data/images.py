@@ -97,7 +97,8 @@ class UInt8ImageDataset(Dataset):
     Args:
         images: uint8 tensor ``[N, C, H, W]`` (shared, never copied, by :meth:`subset`).
         labels: long tensor ``[N]``, or None for unlabelled data (every label is then ``NO_LABEL``).
-        transform: Callable on one uint8 image; default ``ImageTransform()`` (range ``[-1, 1]``).
+        transform: Callable on one uint8 image (with ``generator=`` too, for ``(index, seed)`` items); default
+            ``ImageTransform()`` (range ``[-1, 1]``).
         indices: Optional long tensor selecting a subset of ``images``.
     """
 
