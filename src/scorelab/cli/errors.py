@@ -22,7 +22,14 @@ TRAINING_LOOP_FILES = (os.path.join("lightning", "pytorch", "loops", ""),)
 
 
 def raised_in_training_loop(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised while Lightning's loops ran a step, a hook or a callback."""
+    """Whether ``exc`` was raised while Lightning's loops ran a step, a hook or a callback.
+
+    Args:
+        exc: a caught exception (its traceback is read).
+
+    Returns:
+        True when a frame of its traceback lies in ``lightning/pytorch/loops/``.
+    """
     frames = traceback.extract_tb(exc.__traceback__)
     return any(part in frame.filename for frame in frames for part in TRAINING_LOOP_FILES)
 
@@ -33,6 +40,12 @@ def is_user_error(exc: BaseException) -> bool:
     A :class:`UserError`, a missing file, a Hydra/OmegaConf error or a ``ValueError`` raised while building objects
     from the config is the user's; a bare ``ValueError`` raised inside a training or validation step (or a hook
     they call) is not: bad values are refused before training starts, so one there is a bug.
+
+    Args:
+        exc: a caught exception.
+
+    Returns:
+        True for a user error.
     """
     if not isinstance(exc, USER_ERRORS):
         return False

@@ -24,6 +24,15 @@ def run_dir(trainer: L.Trainer) -> Path:
 def draw_finite(pl_module, sampler: Callable, n: int, seed: int) -> tuple[torch.Tensor, int]:
     """``pl_module.sample`` with EMA weights and a fixed seed, refusing samples that hold NaN/Inf.
 
+    Args:
+        pl_module: the :class:`~scorelab.lit.module.ScoreModule`.
+        sampler: a scorelab sampler.
+        n: number of samples.
+        seed: seed of the sampling noise.
+
+    Returns:
+        ``(samples [n, ...], nfe)``.
+
     Raises:
         NonFiniteSamplesError: naming the sampler, the sampler step and the training step.
     """
@@ -31,7 +40,8 @@ def draw_finite(pl_module, sampler: Callable, n: int, seed: int) -> tuple[torch.
     watch = FiniteWatch()
     x, nfe = pl_module.sample(sampler, n, generator=gen, callback=watch)
     if watch.bad_step is not None or not bool(torch.isfinite(x).all()):
-        where = f"at sampler step {watch.bad_step['i']} (t = {watch.bad_step['t']:.4g})" if watch.bad_step else ""
+        bad = watch.bad_step
+        where = f"at sampler step {bad['i']} (t = {bad['t']:.4g})" if bad else "in its final step"
         raise NonFiniteSamplesError(f"{sampler!r} produced NaN/Inf {where} from the EMA weights of training step "
                                     f"{pl_module.global_step}")
     return x, nfe

@@ -26,6 +26,12 @@ def gradients_finite(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     """Whether every gradient entry is finite, as a 0-dim bool tensor (no host synchronisation).
 
     The total norm is non-finite exactly when some entry is NaN or Inf (or the norm overflows, ~1e38 in fp32).
+
+    Args:
+        parameters: the parameters whose ``.grad`` to check (those without one are left out).
+
+    Returns:
+        A bool tensor on the gradients' device (CPU when there is none).
     """
     grads = [p.grad.detach() for p in parameters if p.grad is not None]
     if not grads:
@@ -57,7 +63,11 @@ class NonFiniteGuard:
         self._loss: torch.Tensor | None = None
 
     def observe_loss(self, loss: torch.Tensor) -> None:
-        """Record one micro-batch's loss (several per step under gradient accumulation)."""
+        """Record one micro-batch's loss (several per step under gradient accumulation).
+
+        Args:
+            loss: the scalar training loss, before backward.
+        """
         ok = torch.isfinite(loss.detach()).all()
         self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok
         self._loss = loss.detach()

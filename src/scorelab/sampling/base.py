@@ -14,9 +14,23 @@ GRIDS = ("uniform", "quadratic", "log_std")
 
 
 def check_eps(eps: float, T: float = 1.0) -> None:
-    """Refuse a final time outside ``(0, T)``: at ``t = 0`` VP and sub-VP have ``s(0) = 0``, and every score
-    parameterisation (``-eps_theta / s(t)``, the loss target ``z / s(t)``) divides by it."""
-    if not (isinstance(eps, (int, float)) and 0.0 < eps < T):
+    """Refuse a smallest time outside ``(0, T)``.
+
+    At ``t = 0`` VP and sub-VP have ``s(0) = 0``, and every score parameterisation (``-eps_theta / s(t)``, the loss
+    target ``z / s(t)``) divides by it.
+
+    Args:
+        eps: the smallest time a sampler, grid or likelihood integration reaches.
+        T: the SDE's end time.
+
+    Raises:
+        ValueError: ``eps`` is not a number in ``(0, T)``.
+    """
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value < T:
         raise ValueError(f"eps must lie in (0, T={T}), got {eps!r}: s(0) = 0 for VP/sub-VP and the score divides by "
                          "s(t) (the paper uses 1e-3 for sampling, 1e-5 for training and likelihoods)")
 
