@@ -62,3 +62,16 @@ class NaNSampler:
 
     def __repr__(self) -> str:
         return f"NaNSampler(at_step={self.at_step})"
+
+
+class LastCheckpointProbe(L.Callback):
+    """Record, when training ends, the step of ``last.ckpt`` as the end-of-training evaluations would find it."""
+
+    seen: list[tuple[int, int | None]] = []
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        from pathlib import Path
+
+        path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        saved = torch.load(path, weights_only=True)["global_step"] if path.is_file() else None
+        LastCheckpointProbe.seen.append((trainer.global_step, saved))

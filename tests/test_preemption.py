@@ -73,6 +73,17 @@ def test_signal_saves_last_checkpoint_exits_zero_and_auto_resume_continues(tmp_p
         torch.testing.assert_close(after["state_dict"][key], value, rtol=0, atol=0, msg=key)
 
 
+def test_final_checkpoint_is_on_disk_before_the_end_of_training_evaluations(tmp_path):
+    from .faults import LastCheckpointProbe
+
+    LastCheckpointProbe.seen.clear()
+    # 12 steps: validation (and ModelCheckpoint) ran at step 8 only. A preemption during the final sampling and
+    # metrics must not lose steps 9-12.
+    probe = "+callbacks.probe._target_=tests.faults.LastCheckpointProbe"
+    train(make_cfg(tmp_path, FAST + ["trainer.max_steps=12", probe]))
+    assert LastCheckpointProbe.seen == [(12, 12)]
+
+
 def test_a_signal_during_a_checkpoint_write_waits_for_the_file(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     seen = []

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from ..io import write_text_atomic
-from ..lit.checkpointing import LAST, AtomicCheckpointIO, PreemptionCallback
+from ..lit.checkpointing import AtomicCheckpointIO, PreemptionCallback
 from ..lit.module import ScoreModule
 from .common import build_core, check_state_dict, load_checkpoint
 from .resume import resolve_ckpt_path
@@ -53,7 +53,8 @@ def train(cfg: DictConfig) -> float | None:
     if not loggers:  # the LR monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     module.run_config = OmegaConf.to_container(cfg, resolve=True)  # saved in checkpoints for sample.py
-    callbacks.append(PreemptionCallback(_checkpoint_dir(cfg, callbacks)))
+    # First in line, so last.ckpt of the final step is written before the end-of-training evaluations run.
+    callbacks.insert(0, PreemptionCallback(_checkpoint_dir(cfg, callbacks), save_at_end=_saves_last(callbacks)))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      plugins=[AtomicCheckpointIO()])
     for logger in loggers:
@@ -61,7 +62,6 @@ def train(cfg: DictConfig) -> float | None:
     rank_zero_info(f"run folder: {cfg.paths.output_dir}")
     try:
         trainer.fit(module, datamodule=parts["datamodule"], ckpt_path=ckpt_path, weights_only=True)
-        _save_final_checkpoint(trainer, callbacks)
         metrics = _final_metrics(trainer, callbacks)
         if trainer.is_global_zero:
             write_text_atomic(Path(cfg.paths.output_dir) / "final_metrics.json", json.dumps(metrics, indent=2))
@@ -82,16 +82,9 @@ def _checkpoint_dir(cfg: DictConfig, callbacks: list) -> Path:
     return Path(cfg.paths.output_dir) / "checkpoints"
 
 
-def _save_final_checkpoint(trainer: L.Trainer, callbacks: list) -> None:
-    """Write ``last.ckpt`` at the final step: ModelCheckpoint saves only when validation runs, which need not be
-    the last step, and resume/sampling must see the model the final metrics describe."""
-    if trainer.fast_dev_run:
-        return
-    for cb in callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath:
-            # The full training state (ModelCheckpoint's own setting), so the run can be continued.
-            trainer.save_checkpoint(str(Path(cb.dirpath) / LAST), weights_only=cb.save_weights_only)
-            return
+def _saves_last(callbacks: list) -> bool:
+    """Whether a ModelCheckpoint asks for ``last.ckpt`` (then it is also written at the final step)."""
+    return any(isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath for cb in callbacks)
 
 
 def _final_metrics(trainer: L.Trainer, callbacks: list) -> dict[str, Any]:

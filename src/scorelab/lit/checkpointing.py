@@ -92,13 +92,19 @@ class PreemptionCallback(L.Callback):
     takes the same path; under SLURM with auto-requeue Lightning's own SIGUSR1 handler runs first
     (``hpc_ckpt_N.ckpt`` and ``scontrol requeue``). Every rank calls ``save_checkpoint``; rank 0 writes.
 
+    With ``save_at_end`` it also writes ``last.ckpt`` at the final step in ``on_train_end``; placed first among the
+    callbacks, that happens before end-of-training evaluations (samples, metrics, FID), so a preemption during
+    those loses no training.
+
     Args:
         dirpath: the checkpoint folder (ModelCheckpoint's ``dirpath``).
         signals: the extra signals that stop training like SIGTERM (default SIGUSR1).
+        save_at_end: write ``last.ckpt`` when training ends normally too.
     """
 
-    def __init__(self, dirpath: str | Path, signals: tuple[str, ...] = ("SIGUSR1",)):
+    def __init__(self, dirpath: str | Path, signals: tuple[str, ...] = ("SIGUSR1",), save_at_end: bool = False):
         self.dirpath = Path(dirpath)
+        self.save_at_end = save_at_end
         self.signal_names = signals
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
@@ -151,5 +157,8 @@ class PreemptionCallback(L.Callback):
             print(message, file=sys.stderr, flush=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Give SIGUSR1 back to its previous handler once training is over."""
+        """Give SIGUSR1 back to its previous handler; with ``save_at_end``, write ``last.ckpt`` at the final step
+        (ModelCheckpoint saves only when validation runs, which need not be the last step)."""
         self._restore()
+        if self.save_at_end and not trainer.fast_dev_run:
+            trainer.save_checkpoint(str(self.dirpath / LAST), weights_only=not self.full_state)
