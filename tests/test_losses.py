@@ -13,7 +13,7 @@ from .conftest import ALL_SDES, SDE_IDS
 
 
 def written_out_weight(sde, weighting: str, t: torch.Tensor) -> torch.Tensor:
-    """lambda(t) from MATH.md Sec. 2-3, written out with the SDE's parameters only (none of its methods).
+    """lambda(t) of Song et al. 2021 (Eq. 7), written out with the SDE's parameters only (none of its methods).
 
     sigma2: s(t)^2 = 1 - e^{-B} (VP), (1 - e^{-B})^2 (sub-VP), sigma(t)^2 (VE);
     g2: g(t)^2 = beta(t) (VP), beta(t) (1 - e^{-2B}) (sub-VP), sigma(t)^2 2 ln(sigma_max / sigma_min) (VE).

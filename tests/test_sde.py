@@ -50,7 +50,7 @@ def test_ve_marginal_std_is_paper_convention(gen):
     # sigma(0) = sigma_min, sigma(1) = sigma_max, sigma(1/2) = sqrt(sigma_min sigma_max): a geometric schedule.
     torch.testing.assert_close(sde.marginal_std(t), torch.tensor([0.01, 0.5**0.5, 50.0], dtype=torch.float64))
     # From clean data the forward SDE spreads to sqrt(sigma(t)^2 - sigma_min^2) = 0.011592 at t = 0.05, while the
-    # paper's convention (marginal_std) says sigma(0.05) = 0.015309: 32% apart (MATH.md Sec. 2).
+    # paper's convention (marginal_std) says sigma(0.05) = 0.015309: 32% apart.
     n = 20_000
     x = simulate_forward(sde, torch.zeros(n, 1, dtype=torch.float64), 0.05, steps=200, gen=gen)
     assert float(x.std()) == pytest.approx(0.011592, rel=0.03)
