@@ -46,3 +46,11 @@ def run_script(script: str, args: list[str], cwd: Path, timeout: int = 300) -> s
     env.pop("WANDB_API_KEY", None)
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder``: to show that a failure left files as they were."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}

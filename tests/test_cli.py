@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from .platform_utils import FAST, run_script
+from .platform_utils import FAST, run_script, snapshot
 
 FAST_CLI = [o for o in FAST] + ["callbacks.samples.n_samples=100", "callbacks.toy_metrics.n_samples=300"]
 
@@ -73,13 +73,22 @@ def test_optuna_search_returns_the_metric(tmp_path):
         (["ckpt_path=/nonexistent/last.ckpt"], "checkpoint not found: /nonexistent/last.ckpt"),
         (["data.batch_size=0"], "batch_size must be a positive integer"),
         (["sampler.steps=0"], "steps must be a positive integer"),
+        (["sampler.eps=0"], "eps must lie in (0, T=1.0), got 0"),
+        (["module.nonfinite=ignore"], "module.nonfinite must be one of ('skip', 'stop'), got 'ignore'"),
+        (["ckpt_path=last"], "ckpt_path=last: no checkpoint in"),
     ],
 )
 def test_bad_input_ends_in_one_clear_line(tmp_path, args, expected):
+    earlier = tmp_path / "logs" / "train" / "runs" / "earlier"  # an earlier run's results must stay as they are
+    (earlier / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.ones(2)}, "global_step": 3}, earlier / "checkpoints" / "last.ckpt")
+    (earlier / "metrics.json").write_text('{"global_step": 3}')
+    before = snapshot(earlier)
     res = run_script("train.py", args + [f"paths.log_dir={tmp_path}/logs"], cwd=tmp_path, timeout=120)
     assert res.returncode != 0
     assert expected in res.stderr
     assert "Traceback" not in res.stderr
+    assert snapshot(earlier) == before
 
 
 def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):

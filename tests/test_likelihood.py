@@ -98,3 +98,5 @@ def test_invalid_likelihood_arguments():
         log_likelihood(lambda x, t: -x, sde, x, divergence="skilling")
     with pytest.raises(ValueError, match="probe"):
         log_likelihood(lambda x, t: -x, sde, x, divergence="hutchinson", probe="uniform")
+    with pytest.raises(ValueError, match=r"eps must lie in \(0, T"):  # s(0) = 0 for VP: the score divides by it
+        log_likelihood(lambda x, t: -x, sde, x, eps=0.0)

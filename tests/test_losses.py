@@ -1,13 +1,33 @@
 """DSM loss against exact answers: the excess loss of a wrong score is E lambda(t) ||s - s*||^2 (Vincent 2011)."""
+import math
+
 import pytest
 import torch
 
 from scorelab.data import two_modes
 from scorelab.losses import DDPMLoss, DSMLoss
 from scorelab.models import ScoreMLP, ScoreModel
-from scorelab.sde import VESDE, VPSDE
+from scorelab.sde import VESDE, VPSDE, SubVPSDE
 
 from .conftest import ALL_SDES, SDE_IDS
+
+
+def written_out_weight(sde, weighting: str, t: torch.Tensor) -> torch.Tensor:
+    """lambda(t) of Song et al. 2021 (Eq. 7), written out with the SDE's parameters only (none of its methods).
+
+    sigma2: s(t)^2 = 1 - e^{-B} (VP), (1 - e^{-B})^2 (sub-VP), sigma(t)^2 (VE);
+    g2: g(t)^2 = beta(t) (VP), beta(t) (1 - e^{-2B}) (sub-VP), sigma(t)^2 2 ln(sigma_max / sigma_min) (VE).
+    """
+    if weighting == "none":
+        return torch.ones_like(t)
+    if isinstance(sde, VESDE):
+        sigma2 = (sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t) ** 2
+        return sigma2 if weighting == "sigma2" else sigma2 * 2 * math.log(sde.sigma_max / sde.sigma_min)
+    beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
+    big_b = sde.beta_min * t + 0.5 * t**2 * (sde.beta_max - sde.beta_min)
+    if isinstance(sde, SubVPSDE):
+        return (1 - torch.exp(-big_b)) ** 2 if weighting == "sigma2" else beta * (1 - torch.exp(-2 * big_b))
+    return 1 - torch.exp(-big_b) if weighting == "sigma2" else beta
 
 
 @pytest.mark.parametrize("sde", ALL_SDES, ids=SDE_IDS)
@@ -28,10 +48,27 @@ def test_oracle_has_lowest_loss_and_excess_is_exact(sde, weighting):
     bad = loss.per_example(perturbed, x0, generator=torch.Generator().manual_seed(2), t=t)  # same t and z
     diff = bad - good
     # E[diff] = E_t lambda(t) ||delta||^2 / D exactly (the cross term vanishes, Vincent 2011).
-    expected = (loss.weight(t) * (delta**2).mean()).mean()
+    expected = (written_out_weight(sde, weighting, t) * (delta**2).mean()).mean()
     se = diff.std() / n**0.5
     assert diff.mean() > 0
     assert abs(diff.mean() - expected) < 5 * se + 1e-3 * expected
+
+
+@pytest.mark.parametrize("sde", ALL_SDES, ids=SDE_IDS)
+@pytest.mark.parametrize("weighting", ["sigma2", "g2", "none"])
+def test_weight_is_the_written_out_lambda(sde, weighting):
+    t = torch.tensor([1e-5, 0.1, 0.5, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(DSMLoss(sde, weighting=weighting).weight(t), written_out_weight(sde, weighting, t))
+
+
+def test_weights_at_hand_computed_points():
+    # VP (0.1, 20) at t = 0.5: beta = 10.05, B = 2.5375, s^2 = 1 - e^{-2.5375}; VE (0.01, 50) at t = 0.5: sigma^2 = 0.5.
+    t = torch.tensor([0.5], dtype=torch.float64)
+    assert DSMLoss(VPSDE(), weighting="g2").weight(t).item() == pytest.approx(10.05)
+    assert DSMLoss(VPSDE(), weighting="sigma2").weight(t).item() == pytest.approx(0.9209362, rel=1e-6)
+    assert DSMLoss(SubVPSDE(), weighting="g2").weight(t).item() == pytest.approx(10.05 * (1 - math.exp(-5.075)))
+    assert DSMLoss(VESDE(), weighting="sigma2").weight(t).item() == pytest.approx(0.5)
+    assert DSMLoss(VESDE(), weighting="g2").weight(t).item() == pytest.approx(0.5 * 2 * math.log(5000.0))
 
 
 def test_loss_trains_an_mlp_towards_the_oracle():

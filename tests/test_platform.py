@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,21 @@ GROUP_OPTIONS = {
     for group in ("data", "sde", "model", "loss", "sampler", "optimizer", "scheduler", "trainer", "logger", "callbacks")
 }
 TOY_MODELS = ["mlp"]
+
+
+def _assert_built_from(obj, node) -> None:
+    """``obj`` is the class its config names and keeps the plain arguments the config gives it (at least one)."""
+    assert type(obj).__name__ == node._target_.rsplit(".", 1)[-1]
+    kept, compared = vars(obj), 0
+    for key, value in node.items():
+        if key.startswith("_") or key not in kept or not isinstance(value, (int, float, str, bool)):
+            continue
+        if isinstance(kept[key], Path):  # resolved against data_dir
+            assert str(kept[key]).endswith(str(value)), f"{node._target_}.{key}: {value!r} became {kept[key]}"
+        else:
+            assert kept[key] == value, f"{node._target_}.{key}: config {value!r}, object {kept[key]!r}"
+        compared += 1
+    assert compared > 0, f"{node._target_} keeps none of its config values"
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
@@ -50,24 +66,32 @@ def test_every_config_option_composes_and_instantiates(tmp_path, group, option):
             return
         opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
         assert isinstance(opt, torch.optim.Optimizer)
-        if group == "scheduler":
-            assert instantiate(node)(opt) is not None
+        if group == "scheduler":  # both schedules start their linear warm-up at lr / warmup_steps
+            scheduler = instantiate(node)(opt)
+            assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
+            assert opt.param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr / node.warmup_steps)
     elif group == "trainer":
         trainer = instantiate(node, accelerator="cpu", devices=1, strategy="auto", logger=False)
         assert trainer.max_steps == cfg.trainer.max_steps
     else:
         kwargs = {"sde": instantiate(cfg.sde)} if group == "loss" else {}
-        assert instantiate(node, **kwargs) is not None
+        _assert_built_from(instantiate(node, **kwargs), node)
 
 
-def test_train_writes_metrics_checkpoints_and_pictures(tmp_path):
+def test_train_writes_metrics_checkpoints_and_pictures(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
     cfg = make_cfg(tmp_path, FAST)
     value = train(cfg)
+    assert "weights_only` was not set" not in caplog.text  # reads like an unsafe load to users
     run = Path(cfg.paths.output_dir)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) >= {"mode_weights", "exact_nll", "entropy", "energy_distance", "nll_gap"}
-    assert len(metrics["mode_weights"]) == 2 and sum(metrics["mode_weights"]) == pytest.approx(1.0)
-    assert value == pytest.approx(metrics["mode_weight_error"])
+    # The true mixture of 0.8 N((-2, 0), 0.25 I) + 0.2 N((2, 0), 0.25 I), 8 std apart: its entropy is that of the
+    # weights plus that of one 2-D Gaussian, -(0.8 ln 0.8 + 0.2 ln 0.2) + ln(2 pi e 0.25) = 1.95199 nats.
+    assert metrics["entropy"] == pytest.approx(1.95199, abs=5 * metrics["entropy_se"] + 2e-3)
+    assert metrics["nll_gap"] == pytest.approx(metrics["exact_nll"] - metrics["entropy"])
+    error = max(abs(w - t) for w, t in zip(metrics["mode_weights"], [0.8, 0.2], strict=True))
+    assert value == pytest.approx(metrics["mode_weight_error"]) == pytest.approx(error)
+    assert metrics["n_samples"] == 500 and metrics["global_step"] == 8
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "samples" / "final.png").stat().st_size > 1000
     logged = (run / "csv" / "version_0" / "metrics.csv").read_text()
@@ -136,13 +160,24 @@ def test_train_without_logger_and_resume_with_wrong_model(tmp_path):
         train(other)
 
 
+def _check_dimension(tmp_path, cfg, dim: int, entropy: float) -> None:
+    """A trained toy run lives in ``dim`` dimensions: its data, network, samples and the true entropy say so."""
+    run = Path(cfg.paths.output_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["entropy"] == pytest.approx(entropy, abs=5 * metrics["entropy_se"] + 2e-3)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["state_dict"]["score_model.net.inp.weight"].shape == (32, dim)
+    scfg = make_cfg(tmp_path / "s", [f"ckpt_path={run}/checkpoints/last.ckpt", "n_samples=40"], config_name="sample")
+    assert np.load(sample(scfg))["x"].shape == (40, dim)
+    assert (run / "samples" / "final.png").is_file()
+
+
 def test_one_dimensional_mixture(tmp_path):
     cfg = make_cfg(tmp_path, FAST + ["data=toy_custom", "data.mixture.weights=[0.7,0.3]",
                                      "data.mixture.means=[[-2],[2]]", "~data.mixture.covs", "+data.mixture.stds=0.5"])
     train(cfg)
-    run = Path(cfg.paths.output_dir)
-    assert len(json.loads((run / "metrics.json").read_text())["mode_weights"]) == 2
-    assert (run / "samples" / "final.png").is_file()
+    # Modes 8 std apart: -(0.7 ln 0.7 + 0.3 ln 0.3) + ln(2 pi e 0.25) / 2 = 1.33666 nats.
+    _check_dimension(tmp_path, cfg, dim=1, entropy=1.33666)
 
 
 def test_custom_mixture_from_yaml_in_3d(tmp_path):
@@ -150,5 +185,5 @@ def test_custom_mixture_from_yaml_in_3d(tmp_path):
                                      "data.mixture.means=[[0,0,0],[3,3,3]]", "~data.mixture.covs",
                                      "+data.mixture.stds=0.5"])
     train(cfg)
-    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
-    assert len(metrics["mode_weights"]) == 2
+    # Modes 10 std apart: -(0.6 ln 0.6 + 0.4 ln 0.4) + 3 ln(2 pi e 0.25) / 2 = 2.85039 nats.
+    _check_dimension(tmp_path, cfg, dim=3, entropy=2.85039)

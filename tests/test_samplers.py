@@ -132,7 +132,7 @@ def test_time_grids():
     for kind in ("uniform", "quadratic", "log_std"):
         ts = time_grid(20, 1e-3, kind=kind, sde=VPSDE())
         assert ts[0] == 1.0 and ts[-1] == pytest.approx(1e-3) and (ts.diff() < 0).all()
-    assert torch.allclose(time_grid(4, 0.0), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64))
+    assert torch.allclose(time_grid(4, 0.2), torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2], dtype=torch.float64))
 
 
 @pytest.mark.parametrize(
@@ -146,6 +146,11 @@ def test_time_grids():
         (lambda: ODESampler("midpoint2"), "unknown ODE method"),
         (lambda: ODESampler("dopri5", rtol=0.0), "rtol"),
         (lambda: time_grid(10, kind="cosine"), "unknown grid"),
+        # eps = 0 would divide by s(0) = 0 (VP): refused by the grid and by every sampler built on it
+        (lambda: time_grid(10, 0.0), r"eps must lie in \(0, T"),
+        (lambda: PCSampler(EulerMaruyama(), eps=0.0), r"eps must lie in \(0, T"),
+        (lambda: ODESampler("rk4", eps=0.0), r"eps must lie in \(0, T"),
+        (lambda: ODESampler("dopri5", eps=-1e-3), r"eps must lie in \(0, T"),
     ],
 )
 def test_invalid_sampler_arguments_raise(make, match):

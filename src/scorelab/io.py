@@ -11,7 +11,9 @@ import contextlib
 import os
 import pickle
 import re
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,15 @@ def load_torch_file(path: str | os.PathLike, what: str = "file", map_location: A
         ) from None
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file (mkstemp's is 0o600)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success it is fsynced and renamed onto ``path``.
@@ -73,9 +84,46 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:  # the bytes must be on disk before the rename makes them the file
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # readable by whoever could read a file written in place
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+DEFERRED_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP")
+
+
+@contextlib.contextmanager
+def deferred_signals(names: tuple[str, ...] = DEFERRED_SIGNALS) -> Iterator[list[int]]:
+    """Hold back termination signals for the duration of a block, then deliver them.
+
+    A signal that arrives while a checkpoint is being written (a second SIGTERM, SLURM's SIGUSR1, Ctrl-C) is
+    recorded instead of acted on; once the block is over the previous handlers are restored and each recorded
+    signal is raised again, so it takes effect after the file is complete. Outside the main thread (where Python
+    cannot install handlers) the block runs unprotected.
+
+    Args:
+        names: the signals to hold back (those this platform lacks are skipped).
+
+    Yields:
+        The list of signal numbers received so far (filled while the block runs).
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {}
+    for name in names:
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            previous[signum] = signal.signal(signum, lambda num, _frame: received.append(num))
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(received):  # each signal once, in arrival order
+            signal.raise_signal(signum)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

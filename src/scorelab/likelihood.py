@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from .sampling.base import CountingScore, ScoreFn, batch_time
+from .sampling.base import CountingScore, ScoreFn, batch_time, check_eps
 from .sampling.ode import ADAPTIVE, probability_flow
 from .sde import SDE
 from .utils import batch_sum, sample_noise
@@ -71,6 +71,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, eps: float = 1e
     """
     from torchdiffeq import odeint
 
+    check_eps(eps, sde.T)
     if method not in ADAPTIVE:
         raise ValueError(f"method must be an adaptive solver {ADAPTIVE} (a fixed-step one would take a single step)")
     if divergence not in DIVERGENCES:

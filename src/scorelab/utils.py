@@ -80,3 +80,26 @@ def sample_noise(shape: tuple[int, ...], like: torch.Tensor, generator: Generato
     device = generator.device if generator is not None else like.device
     draw = torch.randn if kind == "normal" else torch.rand
     return draw(shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed that is a pure function of some integers (SplitMix64's finaliser applied to each in turn).
+
+    Used to derive per-sample and per-step seeds from a training position (seed, epoch, index, step, rank...):
+    nearby positions give unrelated streams, and the result is the same on every run, machine and process.
+
+    Args:
+        *values: non-negative integers.
+
+    Returns:
+        An integer in ``[0, 2**63)``, accepted by ``torch.Generator.manual_seed``.
+    """
+    h = 0x9E3779B97F4A7C15
+    for value in values:
+        h = (h ^ (int(value) & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _MASK64
+        h ^= h >> 29
+    return h >> 1

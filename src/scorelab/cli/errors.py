@@ -1,8 +1,9 @@
-"""Turn configuration and input mistakes into one clear line instead of a traceback."""
+"""Turn configuration and input mistakes into one clear line instead of a traceback; keep tracebacks for bugs."""
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -12,10 +13,45 @@ from omegaconf.errors import OmegaConfBaseException
 from ..errors import UnsafeFileError, UserError
 
 T = TypeVar("T")
-__all__ = ["USER_ERRORS", "UnsafeFileError", "UserError", "root_message", "run_or_exit"]
+__all__ = ["USER_ERRORS", "UnsafeFileError", "UserError", "is_user_error", "root_message", "run_or_exit"]
 
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, InstantiationException, OmegaConfBaseException,
                HydraException)
+# Code that runs training and validation steps, their hooks and callbacks: a bare ValueError from in there is a bug.
+TRAINING_LOOP_FILES = (os.path.join("lightning", "pytorch", "loops", ""),)
+
+
+def raised_in_training_loop(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while Lightning's loops ran a step, a hook or a callback.
+
+    Args:
+        exc: a caught exception (its traceback is read).
+
+    Returns:
+        True when a frame of its traceback lies in ``lightning/pytorch/loops/``.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(part in frame.filename for frame in frames for part in TRAINING_LOOP_FILES)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """A mistake in config, paths or files (one line), as opposed to a bug (a traceback).
+
+    A :class:`UserError`, a missing file, a Hydra/OmegaConf error or a ``ValueError`` raised while building objects
+    from the config is the user's; a bare ``ValueError`` raised inside a training or validation step (or a hook
+    they call) is not: bad values are refused before training starts, so one there is a bug.
+
+    Args:
+        exc: a caught exception.
+
+    Returns:
+        True for a user error.
+    """
+    if not isinstance(exc, USER_ERRORS):
+        return False
+    if isinstance(exc, ValueError) and not isinstance(exc, UserError):
+        return not raised_in_training_loop(exc)
+    return True
 
 
 def root_message(exc: BaseException) -> str:
@@ -34,10 +70,18 @@ def root_message(exc: BaseException) -> str:
 
 
 def run_or_exit(fn: Callable[..., T], *args, **kwargs) -> T:
-    """Call ``fn``; on a user error print ``error: <one line>`` to stderr and exit with status 2."""
+    """Call ``fn``; on a user error print ``error: <one line>`` to stderr and exit with status 2.
+
+    Anything else (a bug) propagates with its traceback, after a line saying where it was raised.
+    """
     try:
         return fn(*args, **kwargs)
     except USER_ERRORS as exc:
+        if not is_user_error(exc):
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            print(f"{type(exc).__name__} inside a training step at {where.filename}:{where.lineno} ({where.name}): "
+                  "a bug, not a config mistake; the traceback follows", file=sys.stderr)
+            raise
         if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the developer asked for the whole traceback
             raise
         print(f"error: {root_message(exc)} (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from ..io import write_text_atomic
 
 
 def collect_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -32,21 +35,22 @@ def collect_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def write_summary(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
-    """Write ``summary.csv`` and ``summary.md`` into ``sweep_dir``."""
+    """Write ``summary.csv`` and ``summary.md`` into ``sweep_dir``, each atomically (a failed write keeps the old)."""
     sweep_dir = Path(sweep_dir)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     csv_path, md_path = sweep_dir / "summary.csv", sweep_dir / "summary.md"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(csv_path, table.getvalue())
 
     def fmt(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
-    md_path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 

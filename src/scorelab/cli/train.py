@@ -13,8 +13,11 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from ..io import write_text_atomic
+from ..lit.checkpointing import AtomicCheckpointIO, PreemptionCallback
 from ..lit.module import ScoreModule
 from .common import build_core, check_state_dict, load_checkpoint
+from .resume import resolve_ckpt_path
 
 
 def _instantiate_group(cfg: DictConfig | None, **kwargs) -> list:
@@ -30,9 +33,12 @@ def train(cfg: DictConfig) -> float | None:
     """Train a score model as configured; return ``cfg.optimized_metric`` (for Hydra sweepers) if set.
 
     Writes into the run folder ``cfg.paths.output_dir``: ``checkpoints/`` (last and best), logs, sample
-    pictures and, for toy data, ``metrics.json``.
+    pictures and, for toy data, ``metrics.json``; checkpoints and result files are written atomically. SIGTERM or
+    SIGUSR1 stops training after the current step with ``checkpoints/last.ckpt`` written (exit status 0), which
+    ``ckpt_path=auto`` (or ``last``, a run folder, a file) continues.
     """
-    ckpt_path, ckpt = load_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else (None, None)
+    resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    ckpt_path, ckpt = load_checkpoint(resume_from) if resume_from else (None, None)
     L.seed_everything(cfg.seed, workers=True)
     parts = build_core(cfg)
     module = ScoreModule(parts["score_model"], parts["sde"], loss=parts["loss"],
@@ -47,18 +53,18 @@ def train(cfg: DictConfig) -> float | None:
     if not loggers:  # the LR monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     module.run_config = OmegaConf.to_container(cfg, resolve=True)  # saved in checkpoints for sample.py
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # First in line, so last.ckpt of the final step is written before the end-of-training evaluations run.
+    callbacks.insert(0, PreemptionCallback(_checkpoint_dir(cfg, callbacks), save_at_end=_saves_last(callbacks)))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     plugins=[AtomicCheckpointIO()])
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     rank_zero_info(f"run folder: {cfg.paths.output_dir}")
     try:
         trainer.fit(module, datamodule=parts["datamodule"], ckpt_path=ckpt_path, weights_only=True)
-        _save_final_checkpoint(trainer, callbacks)
         metrics = _final_metrics(trainer, callbacks)
         if trainer.is_global_zero:
-            out = Path(cfg.paths.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+            write_text_atomic(Path(cfg.paths.output_dir) / "final_metrics.json", json.dumps(metrics, indent=2))
     finally:
         if any(isinstance(lg, WandbLogger) for lg in loggers):
             import wandb
@@ -68,15 +74,17 @@ def train(cfg: DictConfig) -> float | None:
     return metrics.get(name) if name else None
 
 
-def _save_final_checkpoint(trainer: L.Trainer, callbacks: list) -> None:
-    """Write ``last.ckpt`` at the final step: ModelCheckpoint saves only when validation runs, which need not be
-    the last step, and resume/sampling must see the model the final metrics describe."""
-    if trainer.fast_dev_run:
-        return
+def _checkpoint_dir(cfg: DictConfig, callbacks: list) -> Path:
+    """ModelCheckpoint's folder, or ``<run>/checkpoints`` without one (preemption still saves there)."""
     for cb in callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath:
-            trainer.save_checkpoint(str(Path(cb.dirpath) / "last.ckpt"))
-            return
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+            return Path(cb.dirpath)
+    return Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def _saves_last(callbacks: list) -> bool:
+    """Whether a ModelCheckpoint asks for ``last.ckpt`` (then it is also written at the final step)."""
+    return any(isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath for cb in callbacks)
 
 
 def _final_metrics(trainer: L.Trainer, callbacks: list) -> dict[str, Any]:

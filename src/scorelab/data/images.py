@@ -73,19 +73,20 @@ class ImageTransform:
         self.random_flip = bool(random_flip)
         self.dequantize = bool(dequantize)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Apply the transform.
 
         Args:
             image: uint8 tensor ``[C, H, W]``.
+            generator: source of the flip and dequantisation noise (default: the global generator).
 
         Returns:
             float32 tensor ``[C, H, W]`` in ``data_range``.
         """
-        if self.random_flip and torch.rand(()) < 0.5:
+        if self.random_flip and torch.rand((), generator=generator) < 0.5:
             image = image.flip(-1)
         x = image.float()
-        x = (x + torch.rand_like(x)) / 256.0 if self.dequantize else x / 255.0
+        x = (x + torch.rand(x.shape, generator=generator)) / 256.0 if self.dequantize else x / 255.0
         low, high = self.data_range
         return x * (high - low) + low
 
@@ -96,7 +97,8 @@ class UInt8ImageDataset(Dataset):
     Args:
         images: uint8 tensor ``[N, C, H, W]`` (shared, never copied, by :meth:`subset`).
         labels: long tensor ``[N]``, or None for unlabelled data (every label is then ``NO_LABEL``).
-        transform: Callable on one uint8 image; default ``ImageTransform()`` (range ``[-1, 1]``).
+        transform: Callable on one uint8 image (with ``generator=`` too, for ``(index, seed)`` items); default
+            ``ImageTransform()`` (range ``[-1, 1]``).
         indices: Optional long tensor selecting a subset of ``images``.
     """
 
@@ -121,7 +123,13 @@ class UInt8ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else self.images.shape[0]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``index`` transformed; ``(index, seed)`` draws its flip and dequantisation from ``seed`` alone."""
+        if isinstance(index, (tuple, list)):
+            index, seed = index
+            generator = torch.Generator().manual_seed(int(seed))
+            i = int(self.indices[index]) if self.indices is not None else int(index)
+            return self.transform(self.images[i], generator=generator), self.labels[i]
         i = int(self.indices[index]) if self.indices is not None else index
         return self.transform(self.images[i]), self.labels[i]
 

@@ -8,15 +8,43 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from ..io import write_text_atomic
 from ..metrics.toy import toy_metrics
+from ..sampling.seeded import FiniteWatch, NonFiniteSamplesError
 from .plotting import save_samples_picture
 
 
 def run_dir(trainer: L.Trainer) -> Path:
     """The run folder: the Trainer's ``default_root_dir`` (set to Hydra's output dir by ``conf/trainer``)."""
     return Path(trainer.default_root_dir)
+
+
+def draw_finite(pl_module, sampler: Callable, n: int, seed: int) -> tuple[torch.Tensor, int]:
+    """``pl_module.sample`` with EMA weights and a fixed seed, refusing samples that hold NaN/Inf.
+
+    Args:
+        pl_module: the :class:`~scorelab.lit.module.ScoreModule`.
+        sampler: a scorelab sampler.
+        n: number of samples.
+        seed: seed of the sampling noise.
+
+    Returns:
+        ``(samples [n, ...], nfe)``.
+
+    Raises:
+        NonFiniteSamplesError: naming the sampler, the sampler step and the training step.
+    """
+    gen = torch.Generator(device=pl_module.device).manual_seed(seed)
+    watch = FiniteWatch()
+    x, nfe = pl_module.sample(sampler, n, generator=gen, callback=watch)
+    if watch.bad_step is not None or not bool(torch.isfinite(x).all()):
+        bad = watch.bad_step
+        where = f"at sampler step {bad['i']} (t = {bad['t']:.4g})" if bad else "in its final step"
+        raise NonFiniteSamplesError(f"{sampler!r} produced NaN/Inf {where} from the EMA weights of training step "
+                                    f"{pl_module.global_step}")
+    return x, nfe
 
 
 def log_picture(trainer: L.Trainer, key: str, path: Path, step: int) -> None:
@@ -50,8 +78,11 @@ class SampleCallback(L.Callback):
         self.last_path: Path | None = None
 
     def _draw(self, trainer: L.Trainer, pl_module, tag: str) -> None:
-        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        x, _ = pl_module.sample(self.sampler, self.n_samples, generator=gen)
+        try:
+            x, _ = draw_finite(pl_module, self.sampler, self.n_samples, self.seed)
+        except NonFiniteSamplesError as exc:
+            rank_zero_warn(f"{exc}; samples/{tag}.png was not written")
+            return
         dm = trainer.datamodule
         reference = None
         if getattr(dm, "train_set", None) is not None and x.ndim == 2:
@@ -78,6 +109,9 @@ class ToyMetricsCallback(L.Callback):
     exact NLL of the samples under the true mixture, the true entropy (the NLL floor), their gap, and the energy
     distance to fresh true samples. Also logged to every logger under ``toy/``. Does nothing for other data.
 
+    Samples holding NaN/Inf are not scored: ``metrics.json`` then records the error (named sampler and steps) and
+    no numbers, and a warning says so.
+
     Args:
         sampler: the sampler to evaluate with.
         n_samples: number of samples (10000: mode weights to +-0.004 standard error).
@@ -93,13 +127,18 @@ class ToyMetricsCallback(L.Callback):
         mixture = getattr(trainer.datamodule, "mixture", None)
         if mixture is None:
             return
-        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        x, nfe = pl_module.sample(self.sampler, self.n_samples, generator=gen)
+        path = run_dir(trainer) / "metrics.json"
+        try:
+            x, nfe = draw_finite(pl_module, self.sampler, self.n_samples, self.seed)
+        except NonFiniteSamplesError as exc:
+            rank_zero_warn(f"{exc}; {path} records the error instead of metrics")
+            write_text_atomic(path, json.dumps({"error": str(exc), "global_step": trainer.global_step,
+                                                "sampler": repr(self.sampler)}, indent=2))
+            return
         metrics = toy_metrics(mixture, x.cpu(), generator=torch.Generator().manual_seed(self.seed))
         metrics.update(nfe=nfe, global_step=trainer.global_step, sampler=repr(self.sampler))
         self.metrics = metrics
-        path = run_dir(trainer) / "metrics.json"
-        path.write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(path, json.dumps(metrics, indent=2))
         scalars = {f"toy/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         scalars.update({f"toy/mode_weight_{i}": w for i, w in enumerate(metrics["mode_weights"])})
         for logger in trainer.loggers:

@@ -31,6 +31,7 @@ from scorelab.data.images import (
     load_mnist,
     load_npz,
 )
+from scorelab.lit.toy_datamodule import EpochSeededSampler
 
 
 def split_indices(n: int, val_size: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +67,8 @@ class ImageDataModule(L.LightningDataModule):
         random_flip: Random horizontal flip of training images.
         dequantize: Uniform dequantisation ``(x + U[0, 1)) / 256`` before scaling.
         val_size: Validation hold-out taken from the training set (count, or fraction in (0, 1); 0: none).
-        seed: Seed of the train/validation split.
+        seed: Seed of the train/validation split, of the per-epoch order and of each image's flip and
+            dequantisation noise (drawn from ``(seed, epoch, image)``, so a resumed run sees the same batches).
         download: Download missing files in ``prepare_data`` (MNIST, CIFAR-10).
     """
 
@@ -122,7 +124,12 @@ class ImageDataModule(L.LightningDataModule):
                 self.test_set = UInt8ImageDataset(*loaded, transform=self._transform(train=False))
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches; the last incomplete batch is dropped."""
+        """Shuffled training batches; the last incomplete batch is dropped.
+
+        The order and each image's random flip and dequantisation come from ``(seed, epoch, image)``, and on one
+        device the epoch and the images already seen come from the trainer's step count, so a run resumed
+        mid-epoch sees exactly the batches an uninterrupted one would, with any number of workers.
+        """
         if self.train_set is None:
             self.setup("fit")
         return self._loader(self.train_set, train=True)
@@ -180,9 +187,21 @@ class ImageDataModule(L.LightningDataModule):
         return ImageTransform(self.data_range, self.random_flip and train, self.dequantize)
 
     def _loader(self, dataset: UInt8ImageDataset, train: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, drop_last=train,
+        sampler = self._train_sampler(len(dataset)) if train else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=train,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
+
+    def _train_sampler(self, n: int) -> EpochSeededSampler:
+        """Per-epoch permutation and per-image seeds derived from the training position (as the toy data's)."""
+        trainer = self.trainer
+
+        def consumed() -> int:  # images trained on so far; under DDP Lightning shards each epoch with set_epoch
+            return trainer.global_step * trainer.accumulate_grad_batches * self.batch_size
+
+        position = consumed if trainer is not None and trainer.world_size == 1 else None
+        return EpochSeededSampler(n, self.seed, position, epoch_size=n // self.batch_size * self.batch_size,
+                                  with_seeds=True)
 
 
 class MNISTDataModule(ImageDataModule):

@@ -11,7 +11,9 @@ from torch import nn
 from ..losses import DSMLoss
 from ..models.score_model import ScoreModel
 from ..sde import SDE
+from ..utils import mix_seed
 from .ema import EMA
+from .nonfinite import NonFiniteGuard
 
 
 class ScoreModule(L.LightningModule):
@@ -30,14 +32,18 @@ class ScoreModule(L.LightningModule):
         score_error_times: times at which validation logs the error against an exact oracle score, when the
             data module has one (toy mixtures): ``E ||s(t) (s_theta - s*)||^2``, the eps-space error.
         noise_seed: the training noise (t and z of the loss) of step k on rank r is drawn from a generator seeded
-            with ``(noise_seed, k, r)``, so a resumed run continues exactly as an uninterrupted one would.
+            with ``(noise_seed, k, r)``, and the global random generator (dropout) is reseeded from the same position
+            before every step, so a resumed run continues exactly as an uninterrupted one would.
+        nonfinite: what a step with a NaN/Inf loss or gradient does: ``"skip"`` (no optimizer or EMA update,
+            counted in ``train/skipped_steps``) or ``"stop"`` (an error naming the step; checkpoints are kept).
+        nonfinite_patience: with ``"skip"``, stop after this many non-finite steps in a row.
     """
 
     def __init__(self, score_model: ScoreModel, sde: SDE, loss: Callable | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None, scheduler: Callable | None = None,
                  ema_decay: float = 0.999, ema_warmup: bool = True, compile: bool = False,
                  channels_last: bool = False, score_error_times: Sequence[float] = (0.05, 0.2, 0.5, 0.9),
-                 noise_seed: int = 0):
+                 noise_seed: int = 0, nonfinite: str = "skip", nonfinite_patience: int = 20):
         super().__init__()
         self.save_hyperparameters(ignore=["score_model", "sde", "loss", "optimizer", "scheduler"])
         self.score_model, self.sde = score_model, sde
@@ -52,10 +58,16 @@ class ScoreModule(L.LightningModule):
         object.__setattr__(self, "_train_model", torch.compile(self.score_model) if compile else self.score_model)
         self.score_error_times = tuple(score_error_times)
         self.run_config: dict | None = None  # the resolved training config, stored in every checkpoint
+        self.nonfinite_guard = NonFiniteGuard(nonfinite, nonfinite_patience)
+        self._skip_update = False
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint["scorelab_config"] = self.run_config
+        checkpoint["scorelab_nonfinite"] = self.nonfinite_guard.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite_guard.load_state_dict(checkpoint.get("scorelab_nonfinite", {}))
 
     # --- scores ----------------------------------------------------------------------------------
     def score_fn(self, use_ema: bool = True) -> nn.Module:
@@ -90,9 +102,16 @@ class ScoreModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = self._inputs(batch)
+        torch.manual_seed(self._position_seed(batch_idx, stream=1))  # dropout: a function of the position too
         loss = self.loss(self._train_model, x, generator=self._step_generator(x.device, batch_idx))
+        self.nonfinite_guard.observe_loss(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
+
+    def _position_seed(self, batch_idx: int, stream: int) -> int:
+        """A seed of (noise seed, optimizer step, micro-batch, rank, stream): distinct per rank and per step."""
+        micro = batch_idx % self.trainer.accumulate_grad_batches
+        return mix_seed(self.hparams.noise_seed, self.global_step, micro, self.global_rank, stream)
 
     def _step_generator(self, device: torch.device, batch_idx: int) -> torch.Generator:
         """Loss noise of (optimizer step, micro-batch, rank): a pure function of the training position."""
@@ -100,9 +119,16 @@ class ScoreModule(L.LightningModule):
         seed = ((self.hparams.noise_seed * 1_000_003 + self.global_step) * 1009 + micro) * 4099 + self.global_rank
         return torch.Generator(device=device).manual_seed(seed % (2**63))
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Apply the ``nonfinite`` policy: a NaN/Inf loss or gradient skips this update or stops training."""
+        self._skip_update = self.nonfinite_guard.check(self, optimizer)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:  # once per optimizer step
-            self.ema.update_parameters(self.score_model)
+            if not self._skip_update:
+                self.ema.update_parameters(self.score_model)
+            self._skip_update = False
+            self.log("train/skipped_steps", float(self.nonfinite_guard.skipped), batch_size=1)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x = self._inputs(batch)

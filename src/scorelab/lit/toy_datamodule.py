@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from ..data.toy import PRESETS, GaussianMixture
+from ..utils import mix_seed
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -24,12 +25,15 @@ class EpochSeededSampler(Sampler[int]):
         seed: base seed of the permutations.
         position_fn: returns the number of samples consumed so far.
         epoch_size: samples per epoch (``n`` rounded down to whole batches when the loader drops the last one).
+        with_seeds: yield ``(index, seed)`` pairs, ``seed`` a function of ``(seed, epoch, index)``, for datasets
+            whose random augmentation must also follow the position (see ``UInt8ImageDataset``).
     """
 
     def __init__(self, n: int, seed: int = 0, position_fn: Callable[[], int] | None = None,
-                 epoch_size: int | None = None):
+                 epoch_size: int | None = None, with_seeds: bool = False):
         self.n, self.seed, self.epoch, self.position_fn = n, seed, 0, position_fn
         self.epoch_size = epoch_size or n
+        self.with_seeds = with_seeds
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -39,7 +43,10 @@ class EpochSeededSampler(Sampler[int]):
         if self.position_fn is not None:
             epoch, skip = divmod(self.position_fn(), self.epoch_size)
         gen = torch.Generator().manual_seed(self.seed + epoch)
-        return iter(torch.randperm(self.n, generator=gen)[skip:].tolist())
+        order = torch.randperm(self.n, generator=gen)[skip:].tolist()
+        if self.with_seeds:
+            return iter([(i, mix_seed(self.seed, epoch, i)) for i in order])
+        return iter(order)
 
     def __len__(self) -> int:
         return self.n

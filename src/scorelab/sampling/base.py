@@ -13,13 +13,35 @@ Callback = Callable[[dict[str, Any]], None]
 GRIDS = ("uniform", "quadratic", "log_std")
 
 
+def check_eps(eps: float, T: float = 1.0) -> None:
+    """Refuse a smallest time outside ``(0, T)``.
+
+    At ``t = 0`` VP and sub-VP have ``s(0) = 0``, and every score parameterisation (``-eps_theta / s(t)``, the loss
+    target ``z / s(t)``) divides by it.
+
+    Args:
+        eps: the smallest time a sampler, grid or likelihood integration reaches.
+        T: the SDE's end time.
+
+    Raises:
+        ValueError: ``eps`` is not a number in ``(0, T)``.
+    """
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value < T:
+        raise ValueError(f"eps must lie in (0, T={T}), got {eps!r}: s(0) = 0 for VP/sub-VP and the score divides by "
+                         "s(t) (the paper uses 1e-3 for sampling, 1e-5 for training and likelihoods)")
+
+
 def time_grid(steps: int, eps: float = 1e-3, T: float = 1.0, kind: str = "uniform", sde=None,
               device: torch.device | str | None = None) -> torch.Tensor:
     """A decreasing time grid ``t_0 = T > t_1 > ... > t_N = eps`` built outside the solver (as k-diffusion does).
 
     Args:
         steps: N, the number of steps (the grid has N + 1 points).
-        eps: the final time (1e-3 for VP sampling, 1e-5 for VE in the paper).
+        eps: the final time, in ``(0, T)`` (1e-3 for VP sampling, 1e-5 for VE in the paper).
         T: the initial time.
         kind: ``"uniform"`` in t, ``"quadratic"`` (denser near eps, as in DDIM's quadratic schedule) or
             ``"log_std"`` (uniform in ``log s(t)``; needs ``sde``).
@@ -30,8 +52,7 @@ def time_grid(steps: int, eps: float = 1e-3, T: float = 1.0, kind: str = "unifor
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not 0.0 <= eps < T:
-        raise ValueError(f"eps must lie in [0, T={T}), got {eps}")
+    check_eps(eps, T)
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64, device=device)
     if kind == "uniform":
         return T + (eps - T) * u

@@ -30,7 +30,7 @@ class SeededBatch(NamedTuple):
     nfe: int
 
 
-class _FiniteWatch:
+class FiniteWatch:
     """A sampler callback that remembers the first step whose state is not finite (one reduction per step)."""
 
     def __init__(self):
@@ -61,7 +61,7 @@ def seeded_batches(sampler: Callable, score_fn: ScoreFn, sde: SDE, sample_shape:
     seeds = [int(s) for s in seeds]
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
-        watch = _FiniteWatch()
+        watch = FiniteWatch()
         x, nfe = sampler(score_fn, sde, (len(chunk), *sample_shape), generator=PerSampleGenerator(chunk, device),
                          device=device, dtype=dtype, callback=watch)
         if watch.bad_step is not None or not bool(torch.isfinite(x).all()):
