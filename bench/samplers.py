@@ -25,6 +25,9 @@ Langevin step per noise level, so it needs many levels; wall times are noisy on 
 
 Run it with ``python bench/samplers.py`` (``make bench`` calls it); ``--sde all`` covers VP, sub-VP and VE,
 ``--quick`` is a smoke run with fewer rows, ``--out FILE.md`` also writes the tables to a file.
+
+``--fast`` runs the few-step benchmark instead (``bench/fast_samplers.py``): the fewest NFE at which each few-step
+sampler matches 1000-step PC, a grid study, the 10-NFE targets and a PNG of quality against NFE.
 """
 from __future__ import annotations
 
@@ -39,6 +42,10 @@ from scorelab.metrics import energy_distance, exact_nll, mode_weight_error
 from scorelab.sampling import (
     Ancestral,
     AnnealedLangevin,
+    DDIMSampler,
+    DEISSampler,
+    DPMSolverPP,
+    EDMSampler,
     EulerMaruyama,
     Langevin,
     NoCorrector,
@@ -46,6 +53,8 @@ from scorelab.sampling import (
     ODESampler,
     PCSampler,
     ReverseDiffusion,
+    TimeGrid,
+    UniPCSampler,
 )
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
 
@@ -79,6 +88,21 @@ def sampler_grid(eps: float, quick: bool):
             yield f"ODE {method}", str(n), ODESampler(method, steps=n, eps=eps)
     for tol in (1e-3,) if quick else (1e-3, 1e-5):
         yield "ODE dopri5", f"tol {tol:g}", ODESampler("dopri5", eps=eps, rtol=tol, atol=tol)
+    flow = TimeGrid("logsnr", sigma_max=20.0)  # few-step samplers: log-SNR spacing from sigma = 20 (bench --fast)
+    few = {
+        "DDIM": lambda n: DDIMSampler(n, eps=eps, grid=flow, denoise=False),
+        "DPM-Solver++(2M)": lambda n: DPMSolverPP(n, "2m", eps=eps, grid=flow, denoise=False),
+        "DPM-Solver++(3M)": lambda n: DPMSolverPP(n, "3m", eps=eps, grid=flow, denoise=False),
+        "UniPC-3": lambda n: UniPCSampler(n, 3, eps=eps, grid=flow, denoise=False),
+        "iPNDM-4": lambda n: DEISSampler(n, 4, "ipndm", eps=eps, grid=flow, denoise=False),
+        "EDM Heun (rho = 7, sigma <= 80)": lambda n: EDMSampler(max(1, (n - 1) // 2), eps=eps,
+                                                                grid=TimeGrid("edm", sigma_max=80.0)),
+    }
+    for name, make in few.items():
+        for n in (10,) if quick else (10, 20, 50):
+            yield name, str(n), make(n)
+    yield "iPNDM-4 (10-NFE grid: sigma in [0.1, 8])", "10", DEISSampler(
+        10, 4, "ipndm", eps=eps, grid=TimeGrid("logsnr", sigma_min=0.1, sigma_max=8.0), denoise=False)
 
 
 def fmt_row(cells) -> str:
@@ -129,18 +153,28 @@ def main(argv: list[str] | None = None) -> None:
                     "mode-weight error, energy distance to fresh true samples, exact NLL and its gap to the "
                     "true entropy.",
         epilog="Example: python bench/samplers.py --sde all --out bench_samplers.md")
-    parser.add_argument("--sde", choices=[*SDES, "all"], default="vp", help="forward SDE to benchmark (default: vp)")
+    parser.add_argument("--sde", default=None,
+                        help="forward SDE(s): vp, subvp, ve, all or a comma list (default: vp; vp,ve with --fast)")
     parser.add_argument("--n-samples", type=int, default=None,
                         help="samples per sampler run (default: 5000, or 2000 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="base random seed (default: 0)")
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer rows and step counts")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown tables to this file")
+    parser.add_argument("--fast", action="store_true",
+                        help="few-step benchmark: fewest NFE matching 1000-step PC, grid study, 10-NFE targets, plot")
+    parser.add_argument("--plot", type=Path, default=Path("docs/bench_fast_samplers.png"),
+                        help="with --fast: where to write the PNG of quality against NFE")
+    parser.add_argument("--target-n", type=int, default=20_000, help="with --fast: samples for the targets table")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default: 1; more only slows these tiny batches down)")
     args = parser.parse_args(argv)
-    n = args.n_samples or (2000 if args.quick else 5000)
+    n = args.n_samples or (20_000 if args.fast else 2000 if args.quick else 5000)
     if n < 2:
         parser.error("--n-samples must be at least 2")
+    sde_arg = args.sde or ("vp,ve" if args.fast else "vp")
+    sde_names = list(SDES) if sde_arg == "all" else sde_arg.split(",")
+    if any(s not in SDES for s in sde_names):
+        parser.error(f"--sde must be vp, subvp, ve, all or a comma list of them, got {sde_arg!r}")
     torch.set_num_threads(args.threads)
 
     lines: list[str] = []
@@ -150,11 +184,18 @@ def main(argv: list[str] | None = None) -> None:
         print(line, flush=True)
 
     start = time.perf_counter()
-    emit(f"## Sampler baseline with the exact score (torch {torch.__version__}, {args.threads} threads)")
-    emit("")
-    for sde_name in SDES if args.sde == "all" else [args.sde]:
-        for mix_name in MIXTURES:
-            bench_table(sde_name, mix_name, n, args.seed, args.quick, emit)
+    if args.fast:
+        from fast_samplers import run  # bench/ is on sys.path when this file runs as a script
+
+        emit(f"## Few-step samplers with the exact score (torch {torch.__version__}, {args.threads} threads)")
+        emit("")
+        run(sde_names, n, args.seed, args.target_n, args.seed + 1, args.plot, emit)
+    else:
+        emit(f"## Sampler baseline with the exact score (torch {torch.__version__}, {args.threads} threads)")
+        emit("")
+        for sde_name in sde_names:
+            for mix_name in MIXTURES:
+                bench_table(sde_name, mix_name, n, args.seed, args.quick, emit)
     emit(f"Total wall time: {time.perf_counter() - start:.0f} s.")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -129,7 +129,7 @@ def test_samplers_work_on_image_shapes():
 
 
 def test_time_grids():
-    for kind in ("uniform", "quadratic", "log_std"):
+    for kind in ("uniform", "quadratic", "logsnr", "edm"):
         ts = time_grid(20, 1e-3, kind=kind, sde=VPSDE())
         assert ts[0] == 1.0 and ts[-1] == pytest.approx(1e-3) and (ts.diff() < 0).all()
     assert torch.allclose(time_grid(4, 0.2), torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2], dtype=torch.float64))

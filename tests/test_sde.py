@@ -11,7 +11,7 @@ from .conftest import ALL_SDES, SDE_IDS
 
 
 def simulate_forward(sde, x0, t_end, steps, gen):
-    """Euler–Maruyama simulation of the forward SDE from a fixed x0 (MATH.md Sec. 8, 'Marginals')."""
+    """Euler–Maruyama simulation of the forward SDE from a fixed x0 (docs/math.md §8, 'Marginals')."""
     x = x0.clone()
     dt = t_end / steps
     for i in range(steps):
@@ -60,7 +60,7 @@ def test_ve_marginal_std_is_paper_convention(gen):
 def test_vp_closed_forms():
     sde = VPSDE(0.1, 20.0)
     t = torch.linspace(0, 1, 11, dtype=torch.float64)
-    log_a = -0.25 * t**2 * (20.0 - 0.1) - 0.5 * t * 0.1  # MATH.md Sec. 2
+    log_a = -0.25 * t**2 * (20.0 - 0.1) - 0.5 * t * 0.1  # docs/math.md §2
     assert torch.allclose(sde.mean_coeff(t).log(), log_a)
     assert torch.allclose(sde.marginal_std(t) ** 2, 1 - torch.exp(2 * log_a))
     sub = SubVPSDE(0.1, 20.0)
@@ -69,7 +69,7 @@ def test_vp_closed_forms():
     x = torch.ones(11, 3, dtype=torch.float64)
     drift, diffusion = sde.sde(x, t)
     beta = 0.1 + t * 19.9
-    assert torch.allclose(drift, -0.5 * beta[:, None] * x)  # not beta(t): MATH.md Sec. 7
+    assert torch.allclose(drift, -0.5 * beta[:, None] * x)  # not beta(t): docs/math.md §9
     assert torch.allclose(diffusion, beta.sqrt())
 
 

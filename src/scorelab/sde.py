@@ -1,11 +1,12 @@
 """Forward SDEs of score-based generative modelling (Song et al. 2021, arXiv 2011.13456, Sec. 3.4).
 
 Every SDE here is linear in ``x``, so its transition kernel is Gaussian,
-``p_0t(x | x0) = N(x; a(t) x0, s(t)^2 I)`` (MATH.md Sec. 2). ``t`` is always a tensor of shape ``[B]``;
+``p_0t(x | x0) = N(x; a(t) x0, s(t)^2 I)`` (docs/math.md §2). ``t`` is always a tensor of shape ``[B]``;
 ``x`` may have any shape ``[B, ...]`` (2-D points and images alike).
 
 Sampler-specific behaviour lives here as methods (``discretize``, ``ancestral_step``, ``langevin_alpha``,
-``noise_label``) so that samplers never need ``isinstance`` checks.
+``noise_label``, and the sigma-space view ``sigma``, ``log_snr``, ``t_of_sigma``, ``data_prediction``) so that
+samplers never need ``isinstance`` checks.
 """
 from __future__ import annotations
 
@@ -40,11 +41,11 @@ class SDE(abc.ABC):
 
     @abc.abstractmethod
     def mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
-        """The kernel's mean coefficient ``a(t)`` of shape ``[B]`` (MATH.md Sec. 2)."""
+        """The kernel's mean coefficient ``a(t)`` of shape ``[B]`` (docs/math.md §2)."""
 
     @abc.abstractmethod
     def marginal_std(self, t: torch.Tensor) -> torch.Tensor:
-        """The kernel's standard deviation ``s(t)`` of shape ``[B]`` (MATH.md Sec. 2)."""
+        """The kernel's standard deviation ``s(t)`` of shape ``[B]`` (docs/math.md §2)."""
 
     @property
     @abc.abstractmethod
@@ -76,7 +77,7 @@ class SDE(abc.ABC):
         return self.prior_std * sample_noise(tuple(shape), like, generator)
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
-        """Log-density of the prior: ``-D/2 ln(2 pi c^2) - ||z||^2 / (2 c^2)`` (MATH.md Sec. 2).
+        """Log-density of the prior: ``-D/2 ln(2 pi c^2) - ||z||^2 / (2 c^2)`` (docs/math.md §2).
 
         Args:
             z: latent ``[B, ...]``.
@@ -87,6 +88,46 @@ class SDE(abc.ABC):
         d = z[0].numel()
         c2 = self.prior_std**2
         return -0.5 * d * math.log(2 * math.pi * c2) - batch_sum(z**2) / (2 * c2)
+
+    # --- the sigma-space view (Karras et al. 2022, Sec. 3) ----------------------------------------
+    # x_t = a(t) x0 + s(t) z, so y = x_t / a(t) = x0 + sigma(t) z: every SDE here is a VE process in
+    # y with noise level sigma(t) = s(t) / a(t). Few-step samplers work in (y, sigma) and serve all SDEs.
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """Noise level ``sigma(t) = s(t) / a(t)`` of ``y = x / a(t)``, increasing in t; ``[B] -> [B]``."""
+        return self.marginal_std(t) / self.mean_coeff(t)
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """``lambda(t) = log(a(t) / s(t)) = -log sigma(t)`` (Lu et al. 2022a, Sec. 3.1); ``[B] -> [B]``."""
+        return -torch.log(self.sigma(t))
+
+    def t_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The time at which ``sigma(t)`` equals ``sigma``, the inverse of :meth:`sigma`; ``[B] -> [B]``.
+
+        Generic fallback for SDEs without a closed form: 64 bisection steps on ``[0, T]`` in float64
+        (``sigma(t)`` must increase); values outside ``[sigma(0), sigma(T)]`` are clamped to the ends.
+        """
+        target = torch.as_tensor(sigma, dtype=torch.float64)
+        lo, hi = torch.zeros_like(target), torch.full_like(target, self.T)
+        for _ in range(64):
+            mid = (lo + hi) / 2
+            below = self.sigma(mid) < target
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return ((lo + hi) / 2).to(torch.as_tensor(sigma).dtype)
+
+    def data_prediction(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """Tweedie's denoiser ``D(x, t) = E[x0 | x_t] = (x + s(t)^2 score) / a(t)`` (Efron 2011; Karras et al.
+        2022, Eq. 3).
+
+        Args:
+            x: state ``[B, ...]`` at time ``t``.
+            t: time ``[B]``.
+            score: ``grad_x log p_t(x)`` or its estimate, ``[B, ...]``.
+
+        Returns:
+            the data prediction ``[B, ...]``.
+        """
+        std, a = append_dims(self.marginal_std(t), x.ndim), append_dims(self.mean_coeff(t), x.ndim)
+        return (x + std**2 * score) / a
 
     # --- sampler support ---------------------------------------------------------------------
     def discretize(
@@ -137,7 +178,7 @@ class SDE(abc.ABC):
     ) -> torch.Tensor:
         """Drift of the reverse SDE ``f - g^2 score`` or of the probability-flow ODE ``f - g^2 score / 2``.
 
-        Implements Song et al. 2021, Eq. 6 and Eq. 13 (note the 1/2 for the ODE, MATH.md Sec. 1).
+        Implements Song et al. 2021, Eq. 6 and Eq. 13 (note the 1/2 for the ODE, docs/math.md §1).
 
         Args:
             x: state ``[B, ...]``.
@@ -216,8 +257,14 @@ class _BetaSchedule:
         """``a(t) = exp(-B(t) / 2)``."""
         return torch.exp(-0.5 * self.integral(t))
 
+    def time_of_integral(self, integral: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`integral`: the positive root of ``beta_min t + t^2 (beta_max - beta_min) / 2 = B``,
+        written as ``2 B / (beta_min + sqrt(beta_min^2 + 2 (beta_max - beta_min) B))`` to keep precision at small B."""
+        root = torch.sqrt(self.beta_min**2 + 2.0 * (self.beta_max - self.beta_min) * integral)
+        return 2.0 * integral / (self.beta_min + root)
+
     def step_alpha(self, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
-        """``alpha_i = a(t)^2 / a(t_next)^2 = exp(-(B(t) - B(t_next)))``, in (0, 1) on any grid (MATH.md Sec. 4)."""
+        """``alpha_i = a(t)^2 / a(t_next)^2 = exp(-(B(t) - B(t_next)))``, in (0, 1) on any grid (docs/math.md §4)."""
         return torch.exp(-(self.integral(t) - self.integral(t_next)))
 
     def step_beta(self, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
@@ -247,10 +294,18 @@ class VPSDE(_BetaSchedule, SDE):
         # sqrt(1 - exp(-B)) with expm1 so that small t keeps full relative precision.
         return torch.sqrt(-torch.expm1(-self.integral(t)))
 
+    def sigma(self, t):
+        """``sigma(t) = s / a = sqrt(exp(B(t)) - 1)``."""
+        return torch.sqrt(torch.expm1(self.integral(t)))
+
+    def t_of_sigma(self, sigma):
+        """Closed form: ``B(t) = log(1 + sigma^2)``, then :meth:`time_of_integral`."""
+        return self.time_of_integral(torch.log1p(torch.as_tensor(sigma) ** 2))
+
     def discretize(self, x, t, t_next):
         """DDPM chain on an arbitrary grid: ``f_i = (sqrt(alpha_i) - 1) x``, ``G_i = sqrt(1 - alpha_i)``.
 
-        ``alpha_i`` comes from the continuous schedule (MATH.md Sec. 4), so ``beta_i = 1 - alpha_i`` stays in
+        ``alpha_i`` comes from the continuous schedule (docs/math.md §4), so ``beta_i = 1 - alpha_i`` stays in
         (0, 1) at any step count, unlike the reference's ``linspace(beta_min/N, beta_max/N, N)``.
         """
         alpha = self.step_alpha(t, t_next)
@@ -282,13 +337,21 @@ class SubVPSDE(_BetaSchedule, SDE):
     def marginal_std(self, t):
         return -torch.expm1(-self.integral(t))
 
+    def sigma(self, t):
+        """``sigma(t) = (1 - exp(-B)) / exp(-B / 2) = 2 sinh(B(t) / 2)``."""
+        return 2.0 * torch.sinh(0.5 * self.integral(t))
+
+    def t_of_sigma(self, sigma):
+        """Closed form: ``B(t) = 2 asinh(sigma / 2)``, then :meth:`time_of_integral`."""
+        return self.time_of_integral(2.0 * torch.asinh(0.5 * torch.as_tensor(sigma)))
+
 
 class VESDE(SDE):
     """Variance-exploding SDE ``dx = sqrt(d[sigma^2(t)]/dt) dw`` (Song et al. 2021, Eq. 9; SMLD/NCSN).
 
     ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``. ``marginal_std`` follows the paper's convention
     ``s(t) = sigma(t)`` (the data are taken to carry ``sigma_min`` noise already); the exact kernel std from
-    clean data is ``sqrt(sigma(t)^2 - sigma_min^2)`` (MATH.md Sec. 2). Prior ``N(0, sigma_max^2 I)``.
+    clean data is ``sqrt(sigma(t)^2 - sigma_min^2)`` (docs/math.md §2). Prior ``N(0, sigma_max^2 I)``.
 
     Args:
         sigma_min: smallest noise level ``> 0`` (0.01 in the paper).
@@ -308,8 +371,12 @@ class VESDE(SDE):
         return self.sigma_max
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        """``sigma(t) = sigma_min (sigma_max / sigma_min)^t``, shape ``[B]``."""
+        """``sigma(t) = sigma_min (sigma_max / sigma_min)^t``, shape ``[B]``; equals ``s(t) / a(t)`` since ``a = 1``."""
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def t_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Closed form: ``t = log(sigma / sigma_min) / log(sigma_max / sigma_min)``."""
+        return torch.log(torch.as_tensor(sigma) / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
 
     def sde(self, x, t):
         diffusion = self.sigma(t) * math.sqrt(2.0 * math.log(self.sigma_max / self.sigma_min))

@@ -1,16 +1,25 @@
-"""Samplers: predictor–corrector over the reverse SDE and the probability-flow ODE.
+"""Samplers: predictor–corrector over the reverse SDE, the probability-flow ODE and few-step solvers in sigma space.
 
-Both return ``(samples, nfe)`` and take a ``torch.Generator`` and a ``callback``. Build one with
-``PCSampler(EulerMaruyama(), Langevin(snr=0.16), steps=1000)`` or ``ODESampler("rk4", steps=50)``.
+All return ``(samples, nfe)`` and take a ``torch.Generator`` (or a ``PerSampleGenerator``) and a ``callback``. Build
+one with ``PCSampler(EulerMaruyama(), Langevin(snr=0.16), steps=1000)``, ``ODESampler("rk4", steps=50)``,
+``DPMSolverPP(steps=10, variant="3m")`` or ``DEISSampler(steps=10, order=4, variant="ipndm")``; time grids come
+from :class:`TimeGrid` / :func:`time_grid`, outside the solvers.
 """
-from .base import CountingScore, time_grid
+from .base import CountingScore
 from .correctors import CORRECTORS, AnnealedLangevin, Corrector, Langevin, NoCorrector
+from .ddim import DDIMSampler
+from .deis import DEISSampler
+from .dpm_solver import DPMSolverPP, UniPCSampler
+from .edm import EDMSampler
+from .grids import GRIDS, TimeGrid, time_grid
 from .ode import ODESampler, fixed_step, probability_flow
 from .pc import PCSampler
 from .predictors import PREDICTORS, Ancestral, EulerMaruyama, NoPredictor, Predictor, ReverseDiffusion
+from .sigma_space import Denoiser, SigmaSampler
 
 __all__ = [
-    "Ancestral", "AnnealedLangevin", "CORRECTORS", "Corrector", "CountingScore", "EulerMaruyama", "Langevin",
-    "NoCorrector", "NoPredictor", "ODESampler", "PCSampler", "PREDICTORS", "Predictor", "ReverseDiffusion",
-    "fixed_step", "probability_flow", "time_grid",
+    "Ancestral", "AnnealedLangevin", "CORRECTORS", "Corrector", "CountingScore", "DDIMSampler", "DEISSampler",
+    "DPMSolverPP", "Denoiser", "EDMSampler", "EulerMaruyama", "GRIDS", "Langevin", "NoCorrector", "NoPredictor",
+    "ODESampler", "PCSampler", "PREDICTORS", "Predictor", "ReverseDiffusion", "SigmaSampler", "TimeGrid",
+    "UniPCSampler", "fixed_step", "probability_flow", "time_grid",
 ]

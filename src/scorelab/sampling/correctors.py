@@ -44,7 +44,7 @@ class NoCorrector(Corrector):
 
 
 class Langevin(Corrector):
-    """Langevin corrector with a target signal-to-noise ratio (Song et al. 2021, Algorithm 4-5; MATH.md Sec. 4).
+    """Langevin corrector with a target signal-to-noise ratio (Song et al. 2021, Algorithm 4-5; docs/math.md §4).
 
     ``eps = 2 alpha_i (snr ||z|| / ||s||)^2``, ``x <- x + eps s + sqrt(2 eps) z``, with norms averaged over the
     batch as in the reference, ``alpha_i = 1`` for VE and the schedule's ``alpha_i`` for VP and sub-VP.

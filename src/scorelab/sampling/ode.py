@@ -5,7 +5,8 @@ import torch
 
 from ..sde import SDE
 from ..utils import append_dims
-from .base import Callback, CountingScore, ScoreFn, batch_time, initial_noise, time_grid
+from .base import Callback, CountingScore, ScoreFn, batch_time, initial_noise
+from .grids import TimeGrid, as_grid
 
 FIXED = ("euler", "heun", "rk4")
 ADAPTIVE = ("dopri5", "bosh3", "adaptive_heun", "dopri8")
@@ -47,18 +48,19 @@ class ODESampler:
         eps: final time.
         rtol, atol: tolerances of adaptive methods.
         denoise: finish with one Tweedie denoising step ``x0 = (x + s^2 score) / a`` at ``eps`` (1 NFE).
-        grid: time-grid kind for fixed-step methods (see :func:`time_grid`).
+        grid: time-grid kind or :class:`TimeGrid` for fixed-step methods (see :func:`time_grid`).
     """
 
     def __init__(self, method: str = "rk4", steps: int = 100, eps: float = 1e-3, rtol: float = 1e-5,
-                 atol: float = 1e-5, denoise: bool = False, grid: str = "uniform"):
+                 atol: float = 1e-5, denoise: bool = False, grid: str | TimeGrid = "uniform"):
         if method not in FIXED + ADAPTIVE:
             raise ValueError(f"unknown ODE method {method!r}: choose one of {FIXED + ADAPTIVE}")
         if not (rtol > 0 and atol > 0):
             raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
-        time_grid(steps, eps)  # validates steps and eps
+        self.grid = as_grid(grid)
+        self.grid.check(steps, eps)
         self.method, self.steps, self.eps, self.rtol, self.atol = method, steps, eps, rtol, atol
-        self.denoise, self.grid = denoise, grid
+        self.denoise = denoise
 
     @torch.no_grad()
     def __call__(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...] | None = None,
@@ -70,7 +72,7 @@ class ODESampler:
         velocity = probability_flow(counted, sde)
         x = initial_noise(sde, shape, generator, device, dtype, x_init)
         if self.method in FIXED:
-            ts = time_grid(self.steps, self.eps, sde.T, self.grid, sde=sde)
+            ts = self.grid(self.steps, self.eps, sde.T, sde=sde)
             for i in range(self.steps):
                 x = fixed_step(velocity, x, batch_time(ts[i], x), batch_time(ts[i + 1], x), self.method)
                 if callback is not None:

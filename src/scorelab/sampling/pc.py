@@ -1,11 +1,12 @@
-"""The predictor–corrector sampler (Song et al. 2021, Algorithm 1; MATH.md Sec. 4)."""
+"""The predictor–corrector sampler (Song et al. 2021, Algorithm 1; docs/math.md §4)."""
 from __future__ import annotations
 
 import torch
 
 from ..sde import SDE
-from .base import Callback, CountingScore, ScoreFn, batch_time, initial_noise, time_grid
+from .base import Callback, CountingScore, ScoreFn, batch_time, initial_noise
 from .correctors import Corrector, NoCorrector
+from .grids import TimeGrid, as_grid
 from .predictors import NoPredictor, Predictor
 
 
@@ -25,17 +26,18 @@ class PCSampler:
         steps: number of time steps N.
         eps: final time of the grid (1e-3 VP/sub-VP, 1e-5 VE in the paper).
         denoise: return the last step's mean without its noise.
-        grid: time-grid kind (see :func:`time_grid`).
+        grid: time-grid kind or :class:`TimeGrid` (see :func:`time_grid`).
     """
 
     def __init__(self, predictor: Predictor | None = None, corrector: Corrector | None = None, steps: int = 1000,
-                 eps: float = 1e-3, denoise: bool = True, grid: str = "uniform"):
+                 eps: float = 1e-3, denoise: bool = True, grid: str | TimeGrid = "uniform"):
         self.predictor = predictor if predictor is not None else NoPredictor()
         self.corrector = corrector if corrector is not None else NoCorrector()
         if isinstance(self.predictor, NoPredictor) and isinstance(self.corrector, NoCorrector):
             raise ValueError("a sampler needs a predictor, a corrector or both; got neither")
-        time_grid(steps, eps, kind=grid if grid != "log_std" else "uniform")  # validates steps and eps
-        self.steps, self.eps, self.denoise, self.grid = steps, eps, denoise, grid
+        self.grid = as_grid(grid)
+        self.grid.check(steps, eps)
+        self.steps, self.eps, self.denoise = steps, eps, denoise
 
     @torch.no_grad()
     def __call__(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...] | None = None,
@@ -58,7 +60,7 @@ class PCSampler:
         """
         counted = CountingScore(score_fn)
         x = initial_noise(sde, shape, generator, device, dtype, x_init)
-        ts = time_grid(self.steps, self.eps, sde.T, self.grid, sde=sde)
+        ts = self.grid(self.steps, self.eps, sde.T, sde=sde)
         x_mean = x
         has_predictor = not isinstance(self.predictor, NoPredictor)
         for i in range(self.steps):

@@ -34,7 +34,7 @@ class NoPredictor(Predictor):
 
 
 class EulerMaruyama(Predictor):
-    """Euler–Maruyama on the reverse SDE (MATH.md Sec. 4; Song et al. 2021, Eq. 6):
+    """Euler–Maruyama on the reverse SDE (docs/math.md §4; Song et al. 2021, Eq. 6):
     ``x <- x - [f - g^2 s] |dt| + g sqrt(|dt|) z``."""
 
     def step(self, score_fn, sde, x, t, t_next, generator=None):
