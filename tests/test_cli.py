@@ -110,8 +110,8 @@ def test_sample_cli_with_oracle(tmp_path):
 
 
 def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path):
-    # strategy=ddp relaunches the script for rank 1 (never inside pytest itself: ECOSYSTEM.md); Lightning passes
-    # the Hydra run dir to the child, so both ranks share one folder.
+    # strategy=ddp relaunches the script for rank 1 (never inside pytest itself: rank 1 would re-run the pytest
+    # session); Lightning passes the Hydra run dir to the child, so both ranks share one folder.
     args = FAST_CLI + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"paths.log_dir={tmp_path}/logs"]
     res = run_script("train.py", args, cwd=tmp_path, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -28,9 +29,7 @@ from scorelab.lit.image_datamodule import (
     split_indices,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared/data")
+SHARED = Path(os.environ.get("SCORELAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MNIST_RAW = SHARED / "MNIST" / "raw"
 CIFAR_PARTIAL = SHARED / "cifar10-partial" / "cifar10_partial_train_first4000.npz"
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"

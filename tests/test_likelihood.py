@@ -1,4 +1,4 @@
-"""Probability-flow likelihoods against the closed-form density of Gaussian data (MATH.md Sec. 5, 8)."""
+"""Probability-flow likelihoods against the closed-form density of Gaussian data (docs/math.md §5, §8)."""
 import math
 
 import pytest

@@ -58,7 +58,7 @@ def image_run(tmp_path_factory) -> dict:
         "experiment=mnist_small", "data=npz", f"paths.data_dir={trained_on}", "data.path=tiny.npz",
         "data.test_path=tiny_test.npz", "data.val_size=4", "data.batch_size=4", "data.num_workers=0",
         "trainer.max_steps=2", "trainer.max_time=null", "trainer.enable_progress_bar=false", "logger=none",
-        "callbacks.samples.n_samples=2", "sampler.steps=2", *TINY_UNET])
+        "callbacks.samples.n_samples=2", "callbacks.fid=null", "sampler.steps=2", *TINY_UNET])
     train(cfg)
     shutil.move(trained_on, here)
     return {"ckpt": Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", "data_dir": here}

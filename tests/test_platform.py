@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from scorelab.cli import sample, train
 from scorelab.cli.common import build_core
 from scorelab.cli.errors import UserError
+from scorelab.sampling.grids import TimeGrid, as_grid
 
 from .platform_utils import CONF, FAST, make_cfg
 
@@ -33,6 +34,8 @@ def _assert_built_from(obj, node) -> None:
             continue
         if isinstance(kept[key], Path):  # resolved against data_dir
             assert str(kept[key]).endswith(str(value)), f"{node._target_}.{key}: {value!r} became {kept[key]}"
+        elif isinstance(kept[key], TimeGrid):  # samplers keep a grid name as the TimeGrid it stands for
+            assert kept[key] == as_grid(value), f"{node._target_}.{key}: config {value!r}, object {kept[key]!r}"
         else:
             assert kept[key] == value, f"{node._target_}.{key}: config {value!r}, object {kept[key]!r}"
         compared += 1
@@ -138,10 +141,18 @@ def test_sample_from_checkpoint_and_oracle(tmp_path):
     data = np.load(path)
     assert data["x"].shape == (300, 2) and int(data["nfe"]) == 5 + 4  # 5 predictor + 4 corrector steps
 
-    # Without sampler=..., the sampler the model was trained with (FAST: Euler–Maruyama, 10 steps).
+    # Without sampler=..., the sampler the model was trained with (the default SDE-DPM-Solver++(2M), FAST's 10
+    # steps + the final denoising step).
     dcfg = make_cfg(tmp_path / "s0", [f"ckpt_path={ckpt}", "n_samples=50"], config_name="sample")
-    assert int(np.load(sample(dcfg))["nfe"]) == 10
+    assert int(np.load(sample(dcfg))["nfe"]) == 10 + 1
     assert (path.parent / "samples.png").is_file()
+
+    # The exact score without sampler=...: the default few-step sampler (40 NFE) recovers the 0.8 / 0.2 mixture.
+    default = make_cfg(tmp_path / "s3", ["model=oracle", "n_samples=4000"], config_name="sample")
+    path = sample(default)
+    metrics = json.loads((path.parent / "metrics.json").read_text())
+    assert int(np.load(path)["nfe"]) == 40 and "DPMSolverPP" in metrics["sampler"]
+    assert np.allclose(metrics["mode_weights"], [0.8, 0.2], atol=0.03)
 
     ocfg = make_cfg(tmp_path / "s2", ["model=oracle", "data=toy_eight_gaussians", "sampler=ode", "sampler.steps=20",
                                       "n_samples=4000"], config_name="sample")

@@ -1,4 +1,4 @@
-"""The Gaussian-mixture oracle against torch.distributions and autograd (MATH.md Sec. 8)."""
+"""The Gaussian-mixture oracle against torch.distributions and autograd (docs/math.md §8)."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Exact log-likelihoods through the probability-flow ODE (Song et al. 2021, Sec. 4.3, App. D.2; MATH.md Sec. 5)."""
+"""Exact log-likelihoods through the probability-flow ODE (Song et al. 2021, Sec. 4.3, App. D.2; docs/math.md §5)."""
 from __future__ import annotations
 
 import math
@@ -47,7 +47,7 @@ def _probe(x: torch.Tensor, kind: str, generator: torch.Generator | None) -> tor
 def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, eps: float = 1e-5, divergence: str = "exact",
                    probe: str = "rademacher", method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                    generator: torch.Generator | None = None, prior_logp=None) -> Likelihood:
-    """``log p_eps(x) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt`` with ``f~ = f - g^2 s / 2`` (MATH.md Sec. 5).
+    """``log p_eps(x) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt`` with ``f~ = f - g^2 s / 2`` (docs/math.md §5).
 
     The ODE is integrated forward from the data point with torchdiffeq (adaptive ``dopri5`` by default,
     rtol = atol = 1e-5 as in the paper). One Hutchinson probe per example is drawn once and held fixed along the
@@ -99,7 +99,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, eps: float = 1e
 
 
 def bits_per_dim(log_prob: torch.Tensor, dim: int, data_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
-    """Bits per dimension of 8-bit data: ``nll / (D ln 2) + 8 - log2(w)`` (MATH.md Sec. 5).
+    """Bits per dimension of 8-bit data: ``nll / (D ln 2) + 8 - log2(w)`` (docs/math.md §5).
 
     ``w`` is the width of the pixel range ``[0, 255]`` in model units: ``data_range = (0, 1)`` gives ``+ 8``,
     ``(-1, 1)`` gives ``+ 7``. ``log_prob`` must be of uniformly dequantised data (see :func:`dequantize`).

@@ -13,7 +13,7 @@ WEIGHTINGS = ("sigma2", "g2", "none")
 
 
 class DSMLoss:
-    """Denoising score matching (Vincent 2011; Song et al. 2021, Eq. 7; MATH.md Sec. 3).
+    """Denoising score matching (Vincent 2011; Song et al. 2021, Eq. 7; docs/math.md §3).
 
     ``L = E_t lambda(t) E_{x0, z} || s_theta(a(t) x0 + s(t) z, t) + z / s(t) ||^2`` with ``t ~ U(eps, T)``.
 

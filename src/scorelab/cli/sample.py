@@ -22,7 +22,15 @@ from ..lit.plotting import save_samples_picture
 from ..metrics.evaluation import mean_and_stderr, to_uint8
 from ..metrics.toy import toy_metrics
 from ..sampling.seeded import seeded_batches
-from .common import build_core, check_state_dict, check_stored_targets, load_checkpoint, progress_bar, resolve_device
+from .common import (
+    build_core,
+    check_state_dict,
+    check_stored_targets,
+    compose_group,
+    load_checkpoint,
+    progress_bar,
+    resolve_device,
+)
 from .errors import UserError
 from .evaluate import build_evaluator
 
@@ -76,6 +84,9 @@ def _check(cfg: DictConfig) -> None:
         raise UserError(f"eval.protocol must be one of {PROTOCOLS}, got {cfg.eval.protocol!r}")
 
 
+DEFAULT_SAMPLER = "dpmpp_2m_sde"  # what train.py stores by default, for model=oracle and older checkpoints
+
+
 def _source(cfg: DictConfig) -> tuple[Trained, DictConfig]:
     """The model to sample (a checkpoint or the exact toy score) and the sampler config to use."""
     if cfg.get("ckpt_path"):
@@ -86,12 +97,12 @@ def _source(cfg: DictConfig) -> tuple[Trained, DictConfig]:
         if getattr(datamodule, "mixture", None) is None:
             raise UserError("model=oracle needs toy data (data=toy_*): images have no exact score")
         trained = Trained(datamodule.mixture.oracle(sde), sde, datamodule, None, cfg)
-        sampler_cfg = cfg.get("sampler")
+        sampler_cfg = cfg.get("sampler") or compose_group(cfg, "sampler", DEFAULT_SAMPLER)
     else:
         raise UserError("nothing to sample from: pass ckpt_path=<run dir>/checkpoints/last.ckpt, or model=oracle "
                         "for the exact score of toy data")
     if not sampler_cfg:
-        raise UserError("no sampler: pass sampler=<name> (euler_maruyama, pc, ode, ...)")
+        sampler_cfg = compose_group(cfg, "sampler", DEFAULT_SAMPLER)  # a checkpoint stored without one
     return trained, sampler_cfg
 
 

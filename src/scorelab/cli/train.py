@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> float | None:
         if any(isinstance(lg, WandbLogger) for lg in loggers):
             import wandb
 
-            wandb.finish()  # one W&B run per job: Lightning never finishes it (ECOSYSTEM.md)
+            wandb.finish()  # one W&B run per job: Lightning never finishes it, so each job must
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
 

@@ -1,4 +1,4 @@
-"""Gaussian mixtures with exact perturbed scores and densities: the oracles of MATH.md Sec. 8.
+"""Gaussian mixtures with exact perturbed scores and densities: the oracles of docs/math.md §8.
 
 If ``p_0 = sum_k w_k N(mu_k, Sigma_k)`` then, for every linear SDE in :mod:`scorelab.sde`,
 ``p_t = sum_k w_k N(a(t) mu_k, a(t)^2 Sigma_k + s(t)^2 I)``. Its score and log-density are exact, which
@@ -162,7 +162,7 @@ class GaussianMixture:
 
 
 class OracleScore(nn.Module):
-    """Exact score ``grad_x log p_t(x)`` of a Gaussian mixture diffused by ``sde`` (MATH.md Sec. 8).
+    """Exact score ``grad_x log p_t(x)`` of a Gaussian mixture diffused by ``sde`` (docs/math.md §8).
 
     Usable anywhere a trained score model is: ``oracle(x, t) -> score``. ``p_t`` uses the SDE's
     ``marginal_prob`` kernel (for VE the paper's ``s(t) = sigma(t)`` convention).

@@ -1,6 +1,8 @@
 """Sample-quality measures for low-dimensional data with a known Gaussian-mixture truth."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..data.toy import GaussianMixture
@@ -75,3 +77,40 @@ def toy_metrics(mixture: GaussianMixture, x: torch.Tensor, n_reference: int | No
         "energy_distance": energy_distance(x, reference, generator=generator),
         "n_samples": int(x.shape[0]),
     }
+
+
+def _sum_abs_differences(v: torch.Tensor) -> torch.Tensor:
+    """``sum_{i,j} |v_i - v_j|`` over ordered pairs, per row of ``v [M, n]``, by sorting: O(n log n)."""
+    n = v.shape[1]
+    rank = torch.arange(1, n + 1, dtype=v.dtype, device=v.device)
+    return 2.0 * (v.sort(dim=1).values @ (2.0 * rank - n - 1))
+
+
+def energy_distance_2d(x: torch.Tensor, y: torch.Tensor, n_directions: int = 128) -> float:
+    """The energy distance of :func:`energy_distance` (V-statistic, every point) for 2-D samples in O(n log n).
+
+    In the plane ``|u| = (pi / 2) E_theta |<u, e_theta>|`` for ``theta`` uniform on ``[0, pi)``, so every mean
+    pairwise distance is ``pi / 2`` times the mean over directions of the 1-D mean distance of the projections,
+    which sorting gives exactly. ``n_directions`` equispaced angles make the average a trapezoid rule on a periodic
+    integrand: the relative error of each mean distance is about ``(pi / n_directions)^2 / 12`` (5e-5 at 128) and
+    largely cancels in the difference. Lets a benchmark use 20,000+ points where ``cdist`` would need ``n^2`` memory.
+
+    Args:
+        x: samples ``[n, 2]``.
+        y: samples ``[m, 2]``.
+        n_directions: number of projection angles.
+
+    Returns:
+        ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` with all pairs, as :func:`energy_distance` with ``max_points >= n, m``.
+    """
+    x, y = x.double().flatten(1), y.double().flatten(1)
+    if x.shape[1] != 2 or y.shape[1] != 2:
+        raise ValueError(f"energy_distance_2d needs 2-D points, got {tuple(x.shape)} and {tuple(y.shape)}")
+    theta = torch.arange(n_directions, dtype=torch.float64, device=x.device) * (math.pi / n_directions)
+    directions = torch.stack([theta.cos(), theta.sin()], dim=1)  # [M, 2]
+    px, py = directions @ x.T, directions @ y.T  # [M, n], [M, m]: rows sort contiguously
+    sxx, syy = _sum_abs_differences(px), _sum_abs_differences(py)
+    sxy = (_sum_abs_differences(torch.cat([px, py], dim=1)) - sxx - syy) / 2.0  # cross pairs, each once
+    n, m = x.shape[0], y.shape[0]
+    per_direction = 2.0 * sxy / (n * m) - sxx / n**2 - syy / m**2
+    return float(math.pi / 2 * per_direction.mean())

@@ -14,7 +14,7 @@ NOISE_LABELS = ("sde", "t", "log_std")
 class ScoreModel(nn.Module):
     """Wrap a backbone ``net(x, noise_label)`` into a score model ``s_theta(x, t)``.
 
-    Output parameterisations (MATH.md Sec. 3; Song et al. 2021, Appendix C; Karras et al. 2022, Table 1):
+    Output parameterisations (docs/math.md §3; Song et al. 2021, Appendix C; Karras et al. 2022, Table 1):
 
     * ``"eps"``: the network predicts the noise, ``s = -net / s(t)`` (reference's ``scale_by_sigma`` and
       DDPM's epsilon-prediction are this, up to the sign the network learns);

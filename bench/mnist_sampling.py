@@ -1,0 +1,116 @@
+"""Few-step samplers on a trained MNIST model: wall time and quality against the paper's Euler–Maruyama.
+
+For each sampler this runs ``sample.py`` on the checkpoint as a user would (``n`` samples, seeds ``0..n-1``,
+``eval.fid=true``, so MNIST samples are scored by the offline domain metric ``fd_mnist`` against the 60000
+training images) and prints one row: NFE, the wall time of sampling alone, fd_mnist, kd_mnist, the largest gap
+between a digit's predicted fraction and its share of the training labels (class gap), and the predicted-class counts.
+
+The same seeds are used by every sampler, so rows differ only by the sampler. ``fd_mnist`` of ``n`` real test
+test images is printed first, as the floor (fd_mnist is biased upwards at small ``n``: compare rows at one ``n``).
+
+    python bench/mnist_sampling.py --ckpt <run>/checkpoints/last.ckpt --data-dir DIR [--n 2000] [--out FILE]
+    python bench/mnist_sampling.py --ckpt ... --samplers "ipndm" "dpmpp_3m sampler.steps=19"
+
+Each sampler spec is ``<sampler config> [key=value ...]``, the overrides ``sample.py`` itself takes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from scorelab.metrics.mnist_classifier import class_deviation
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SAMPLERS = (
+    "euler_maruyama sampler.steps=300",
+    "ipndm",
+    "ipndm sampler.steps=19",
+    "dpmpp_3m",
+    "unipc",
+    "dpmpp_2m",
+    "edm",
+)
+
+
+def run_sampler(spec: str, ckpt: str, n: int, batch_size: int, data_dir: str, workdir: Path) -> dict:
+    """``sample.py`` with one sampler spec; returns its ``sample.json`` plus the process's wall time."""
+    name, *overrides = shlex.split(spec)
+    out = workdir / name.replace("/", "_") / str(abs(hash(spec)))
+    cmd = [sys.executable, str(ROOT / "sample.py"), f"ckpt_path={ckpt}", f"sampler={name}", *overrides,
+           f"n_samples={n}", f"batch_size={batch_size}", "eval.fid=true", "progress=false",
+           f"paths.data_dir={data_dir}", f"hydra.run.dir={out}"]
+    began = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise SystemExit(f"{spec}: sample.py failed\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    summary = json.loads((out / "sample.json").read_text())
+    summary["process_seconds"] = wall
+    return summary
+
+
+def reference(n: int, data_dir: str) -> tuple[torch.Tensor, dict]:
+    """Training-label counts, and the floor row: fd_mnist and classes of ``n`` real test images."""
+    from scorelab.data.images import load_mnist
+    from scorelab.metrics.frechet import FeatureStats
+    from scorelab.metrics.mnist_classifier import class_histogram, mnist_features
+
+    extractor = mnist_features(None, data_dir=data_dir, train_if_missing=True)
+    train_images, train_labels = load_mnist(data_dir, "train")
+    test_images = load_mnist(data_dir, "test")[0][:n]
+    pre = dict(extractor_id=extractor.extractor_id, preprocessing=extractor.preprocessing)
+    ref = FeatureStats.from_features(extractor(train_images), **pre)
+    fd = ref.distance(FeatureStats.from_features(extractor(test_images), **pre))
+    return class_histogram(train_labels), {"fd": fd, "hist": class_histogram(extractor.logits(test_images))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", required=True, help="a train.py checkpoint of an MNIST model")
+    parser.add_argument("--data-dir", default=os.environ.get("SCORELAB_DATA", "data"),
+                        help="folder holding MNIST/raw (the reference statistics and the classifier read it)")
+    parser.add_argument("--n", type=int, default=2000, help="samples per sampler (seeds 0..n-1)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--samplers", nargs="+", default=list(DEFAULT_SAMPLERS),
+                        help='sampler specs: "<config> [key=value ...]"')
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    args = parser.parse_args(argv)
+
+    lines = [f"## Samplers on a trained MNIST model ({Path(args.ckpt).name}, n = {args.n}, "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'})", "",
+             "| sampler | NFE | sampling s | fd_mnist | kd_mnist | class gap | predicted classes 0-9 |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    print("\n".join(lines), flush=True)
+    train_counts, floor = reference(args.n, args.data_dir)
+    gap = class_deviation(floor["hist"], train_counts)
+    line = (f"| real test images (floor) | - | - | {floor['fd']:.3f} | - | {gap:.3f} | "
+            f"{' '.join(str(int(c)) for c in floor['hist'])} |")
+    lines.append(line)
+    print(line, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.samplers:
+            s = run_sampler(spec, args.ckpt, args.n, args.batch_size, args.data_dir, Path(tmp))
+            run = s["runs"][0]
+            hist = run.get("class_histogram", [])
+            gap = class_deviation(torch.tensor(hist), train_counts) if hist else float("nan")
+            kd = run.get("kd_mnist", float("nan"))
+            line = (f"| {spec} | {run['nfe']} | {run['seconds']:.1f} | {run['fd_mnist']:.3f} | {kd:.5f} | "
+                    f"{gap:.3f} | {' '.join(str(c) for c in hist)} |")
+            lines.append(line)
+            print(line, flush=True)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
