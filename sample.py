@@ -1,4 +1,6 @@
 """Sample from a trained checkpoint or the exact toy oracle: `python sample.py --help` lists the options."""
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -13,4 +15,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from scorelab.cli.sample import sampler_keys_as_appends
+
+    sys.argv = sampler_keys_as_appends(sys.argv)  # sampler.steps=20 changes the checkpoint's own sampler
     main()

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from .platform_utils import FAST, run_script, snapshot
+from scorelab.cli import train
+
+from .platform_utils import FAST, make_cfg, run_script, snapshot
 
 FAST_CLI = [o for o in FAST] + ["callbacks.samples.n_samples=100", "callbacks.toy_metrics.n_samples=300"]
 
@@ -120,3 +124,36 @@ def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path):
     assert json.loads((runs[0] / "metrics.json").read_text())["global_step"] == 8
     ckpt = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 8 and ckpt["state_dict"]["ema.n_averaged"] == 8
+
+
+def test_sampler_keys_change_the_checkpoints_own_sampler(tmp_path):
+    cfg = make_cfg(tmp_path / "train", FAST + ["sampler=pc", "sampler.steps=7"])
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+    def run(*args):
+        out = tmp_path / f"sample_{len(list(tmp_path.iterdir()))}"
+        res = run_script("sample.py", [f"ckpt_path={ckpt}", "n_samples=16", f"hydra.run.dir={out}", *args],
+                         cwd=tmp_path, timeout=120)
+        return res, out
+
+    # The stored PC sampler (7 steps), now with 3: N predictor steps and a Langevin step after each but the last.
+    res, out = run("sampler.steps=3")
+    assert res.returncode == 0, res.stderr[-2000:]
+    saved = np.load(out / "samples.npz")
+    assert int(saved["nfe"]) == 3 + (3 - 1) * 1
+    assert "PCSampler" in json.loads((out / "metrics.json").read_text())["sampler"]
+    res, out = run("sampler=ddim", "sampler.steps=4")  # a named sampler replaces the stored one (4 steps + denoise)
+    assert res.returncode == 0 and int(np.load(out / "samples.npz")["nfe"]) == 4 + 1, res.stderr[-2000:]
+    res, out = run("sampler.stepz=3")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "sampler.stepz: the checkpoint's sampler (scorelab.sampling.PCSampler) has no option 'stepz'" in res.stderr
+    assert not (out / "samples.npz").exists()
+
+
+def test_sampler_keys_become_appends_only_without_a_sampler_choice():
+    from scorelab.cli.sample import sampler_keys_as_appends
+
+    assert sampler_keys_as_appends(["s.py", "sampler.steps=3", "n=2"]) == ["s.py", "+sampler.steps=3", "n=2"]
+    assert sampler_keys_as_appends(["s.py", "sampler=pc", "sampler.steps=3"]) == ["s.py", "sampler=pc",
+                                                                                   "sampler.steps=3"]

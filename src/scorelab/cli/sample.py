@@ -87,23 +87,57 @@ def _check(cfg: DictConfig) -> None:
 DEFAULT_SAMPLER = "dpmpp_2m_sde"  # what train.py stores by default, for model=oracle and older checkpoints
 
 
+def sampler_keys_as_appends(argv: list[str]) -> list[str]:
+    """Let ``sampler.<key>=<value>`` change the checkpoint's own sampler when no ``sampler=<name>`` is given.
+
+    ``conf/sample.yaml`` leaves the ``sampler`` group empty (the checkpoint's sampler is the default), so Hydra
+    would refuse ``sampler.steps=20`` as a key outside the config. Given as ``+sampler.steps=20`` instead, it
+    arrives as a partial node that :func:`_source` lays over the sampler the model was trained with.
+    """
+    if any(a.split("=", 1)[0].lstrip("+~") in ("sampler", "sampler@sampler") for a in argv):
+        return list(argv)
+    return [f"+{a}" if a.startswith("sampler.") and "=" in a else a for a in argv]
+
+
+def _with_overrides(base: DictConfig, chosen: DictConfig | None, source: str) -> DictConfig:
+    """``base`` (a full sampler config) with the keys of a partial ``chosen`` node laid over it."""
+    if not chosen:
+        return base
+    if "_target_" in chosen:  # a complete sampler given on the command line replaces the stored one
+        return chosen
+    unknown = sorted(set(chosen) - set(base))
+    if unknown:
+        raise UserError(f"sampler.{unknown[0]}: {source} ({base.get('_target_')}) has no option {unknown[0]!r}; its "
+                        f"options are {', '.join(k for k in base if not k.startswith('_'))} (or pick another sampler "
+                        "with sampler=<name>)")
+    return OmegaConf.merge(base, chosen)
+
+
 def _source(cfg: DictConfig) -> tuple[Trained, DictConfig]:
-    """The model to sample (a checkpoint or the exact toy score) and the sampler config to use."""
+    """The model to sample (a checkpoint or the exact toy score) and the sampler config to use.
+
+    The sampler is ``cfg.sampler`` when it names one (``sampler=<name>``); otherwise the checkpoint's own sampler
+    (:data:`DEFAULT_SAMPLER` for ``model=oracle`` and checkpoints stored without one), with any
+    ``sampler.<key>=...`` overrides laid over it.
+    """
+    chosen = cfg.get("sampler")
     if cfg.get("ckpt_path"):
         trained = load_trained(cfg.ckpt_path, cfg.use_ema, data_dir=cfg.paths.data_dir)
-        sampler_cfg = cfg.get("sampler") or trained.sampler_cfg  # default: the sampler the model was trained with
+        base, source = trained.sampler_cfg, "the checkpoint's sampler"
     elif cfg.model.get("oracle", False):
         datamodule, sde = instantiate(cfg.data), instantiate(cfg.sde)
         if getattr(datamodule, "mixture", None) is None:
             raise UserError("model=oracle needs toy data (data=toy_*): images have no exact score")
         trained = Trained(datamodule.mixture.oracle(sde), sde, datamodule, None, cfg)
-        sampler_cfg = cfg.get("sampler") or compose_group(cfg, "sampler", DEFAULT_SAMPLER)
+        base, source = None, "the default sampler"
     else:
         raise UserError("nothing to sample from: pass ckpt_path=<run dir>/checkpoints/last.ckpt, or model=oracle "
                         "for the exact score of toy data")
-    if not sampler_cfg:
-        sampler_cfg = compose_group(cfg, "sampler", DEFAULT_SAMPLER)  # a checkpoint stored without one
-    return trained, sampler_cfg
+    if chosen and "_target_" in chosen:
+        return trained, chosen
+    if not base:
+        base, source = compose_group(cfg, "sampler", DEFAULT_SAMPLER), "the default sampler"
+    return trained, _with_overrides(base, chosen, source)
 
 
 def sample(cfg: DictConfig) -> Path:
