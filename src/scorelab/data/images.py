@@ -92,10 +92,11 @@ class ImageTransform:
 
 
 class UInt8ImageDataset(Dataset):
-    """In-memory images ``uint8 [N, C, H, W]`` with long labels, yielding ``(x, y)`` pairs.
+    """Images ``uint8 [N, C, H, W]`` with long labels, yielding ``(x, y)`` pairs.
 
     Args:
-        images: uint8 tensor ``[N, C, H, W]`` (shared, never copied, by :meth:`subset`).
+        images: uint8 tensor ``[N, C, H, W]`` (shared, never copied, by :meth:`subset`), or images decoded on access
+            with the same interface (:class:`~scorelab.data.lazy_images.LazyImages`: each item is decoded when read).
         labels: long tensor ``[N]``, or None for unlabelled data (every label is then ``NO_LABEL``).
         transform: Callable on one uint8 image (with ``generator=`` too, for ``(index, seed)`` items); default
             ``ImageTransform()`` (range ``[-1, 1]``).

@@ -1,20 +1,25 @@
-"""Lightning data modules for images: MNIST, CIFAR-10 and a generic ``.npz`` file.
+"""Lightning data modules for images: MNIST, CIFAR-10, a generic ``.npz`` file, any torchvision dataset by class
+name, and a folder of PNG/JPEG files.
 
 Every module yields batches ``(x, y)``: ``x`` float32 ``[B, C, H, W]`` in ``data_range`` and ``y`` long
-labels (``-1`` for an ``.npz`` without labels). They expose ``sample_shape`` ``(C, H, W)``, ``data_range``
+labels (``-1`` for unlabelled images). They expose ``sample_shape`` ``(C, H, W)``, ``data_range``
 and ``num_classes`` (None when unlabelled) before ``setup`` is called, for building the model.
 
 Splits: MNIST and CIFAR-10 use the official train/test sets; validation is a seeded hold-out of the
-training set (``val_size`` images, or a fraction if in (0, 1); 0 disables validation). An ``.npz`` is split
-the same way; its test set is ``test_path`` (none if unset). The random flip applies to training only;
+training set (``val_size`` images, or a fraction if in (0, 1); 0 disables validation). An ``.npz`` or a folder
+is split the same way; its test set is ``test_path`` (none if unset). The random flip applies to training only;
 dequantisation applies to every split (as in the score SDE reference, so likelihoods are on dequantised data).
+MNIST, CIFAR-10 and ``.npz`` images are held in memory as uint8; torchvision datasets and folders are decoded
+image by image in the DataLoader workers (:class:`~scorelab.data.lazy_images.LazyImages`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -30,6 +35,15 @@ from scorelab.data.images import (
     load_cifar10,
     load_mnist,
     load_npz,
+)
+from scorelab.data.lazy_images import (
+    FolderImages,
+    ImageDecoder,
+    LazyImages,
+    TorchvisionImages,
+    build_torchvision,
+    default_split_kwargs,
+    torchvision_class,
 )
 from scorelab.lit.toy_datamodule import EpochSeededSampler
 
@@ -169,7 +183,7 @@ class ImageDataModule(L.LightningDataModule):
                                        "(an .npz data module has a test split only when data.test_path is set)")
         if split == "val":
             _, val_idx = split_indices(loaded[0].shape[0], self.val_size, self.seed)
-            return loaded[0][val_idx], None if loaded[1] is None else loaded[1][val_idx]
+            return loaded[0].index_select(0, val_idx), None if loaded[1] is None else loaded[1][val_idx]
         return loaded
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -294,3 +308,164 @@ class NpzDataModule(ImageDataModule):
         if split == "train":
             return self._train()
         return load_npz(self.test_path) if self.test_path is not None else None
+
+
+def _plain(value: Any) -> Any:
+    """Config containers (DictConfig, ListConfig) as plain dicts and lists; anything else as it is."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+class LazyImageDataModule(ImageDataModule):
+    """Shared logic of the data modules whose images are decoded on access (:class:`LazyImages`).
+
+    ``sample_shape`` is ``(channels, image_size, image_size)`` when both are set, else read from the first training
+    image. Every image is converted to ``channels`` and, with ``image_size``, resized and centre-cropped.
+
+    Args:
+        data_dir: Root data folder.
+        image_size: Side of the square images the model sees; None: the native size (every image must have it).
+        channels: 1 (grayscale) or 3 (RGB); None: from the first image.
+        center_crop: With ``image_size``: resize the shorter side and crop the centre (True) or stretch (False).
+        num_classes: Number of classes; None: from the dataset's labels (None when unlabelled).
+        **kwargs: The other arguments of :class:`ImageDataModule`.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, image_size: int | None = None, channels: int | None = None,
+                 center_crop: bool = True, num_classes: int | None = None, **kwargs):
+        super().__init__(data_dir, **kwargs)
+        self.decoder = ImageDecoder(channels, image_size, center_crop)
+        self.image_size, self.channels, self.center_crop = self.decoder.image_size, channels, bool(center_crop)
+        self._num_classes = num_classes
+        self._splits: dict[str, tuple[LazyImages, torch.Tensor | None] | None] = {}
+
+    def _source(self, split: str):
+        """The :class:`~scorelab.data.lazy_images.ImageSource` of a split, or None when it does not exist."""
+        raise TypeError(f"{type(self).__name__} does not define _source(split)")
+
+    def _load(self, split: str) -> tuple[LazyImages, torch.Tensor | None] | None:
+        if split not in self._splits:
+            source = self._source(split)
+            images = LazyImages(source, self.decoder) if source is not None else None
+            self._splits[split] = (images, images.labels()) if images is not None else None
+        return self._splits[split]
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image, known from the config or read from the first training image."""
+        if self.channels is not None and self.image_size is not None:
+            return (int(self.channels), self.image_size, self.image_size)
+        return tuple(self._load("train")[0].image_shape)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Configured, else the dataset's class count (from its labels), or None when unlabelled."""
+        if self._num_classes is not None:
+            return int(self._num_classes)
+        images, labels = self._load("train")
+        classes = getattr(images.source, "classes", None)
+        if labels is None or not len(labels) or int(labels.max()) < 0:
+            return None
+        return len(classes) if classes else int(labels.max()) + 1
+
+    def _tag(self, key: str) -> str:
+        """``-<decoder tag>-<8 hex digits of key>``: what makes these images differ from the source's."""
+        tag = self.decoder.describe()
+        return (f"-{tag}" if tag else "") + (f"-{hashlib.sha256(key.encode()).hexdigest()[:8]}" if key else "")
+
+
+class TorchvisionDataModule(LazyImageDataModule):
+    """Any torchvision image dataset by class name (``FashionMNIST``, ``SVHN``, ``CelebA``, ``LSUN``, ...).
+
+    ``torchvision.datasets.<name>(data_dir, **dataset_kwargs, **split_kwargs[split], download=...)`` builds each split.
+    How a class takes the split is read from its signature: ``train=True/False`` or ``split="train"/"test"``; a
+    class with neither has its whole dataset as training set and no test set. ``split_kwargs`` overrides this,
+    e.g. ``{train: {split: train}, test: {split: valid}}`` (``test: null``: no test set). Images are read with
+    ``dataset[i][0]`` (no torchvision transform) and decoded as :class:`LazyImageDataModule` says.
+
+    Args:
+        data_dir: The dataset's root folder (torchvision layout: e.g. ``<data_dir>/FashionMNIST/raw``).
+        name: Class name in ``torchvision.datasets``.
+        dataset_kwargs: Other constructor arguments of every split (e.g. ``{target_type: identity}``).
+        split_kwargs: Constructor arguments of each split (``train``, ``test``); None: detected.
+        **kwargs: ``image_size``, ``channels``, ``center_crop``, ``num_classes`` and the arguments of
+            :class:`ImageDataModule` (``download=True`` fetches missing files with torchvision in ``prepare_data``).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, name: str = "FashionMNIST",
+                 dataset_kwargs: Mapping[str, Any] | None = None,
+                 split_kwargs: Mapping[str, Mapping[str, Any] | None] | None = None, **kwargs):
+        super().__init__(data_dir, **kwargs)
+        self.cls = torchvision_class(name)
+        self.name = self.cls.__name__
+        self.dataset_kwargs = dict(_plain(dataset_kwargs) or {})
+        given = dict(_plain(split_kwargs) or {})
+        unknown = sorted(set(given) - {"train", "test"})
+        if unknown:
+            raise ValueError(f"data.split_kwargs takes the keys train and test, got {unknown}")
+        detected = default_split_kwargs(self.cls)
+        self.split_kwargs = {s: given.get(s, detected[s]) for s in ("train", "test")}
+        if self.split_kwargs["train"] is None:
+            raise ValueError("data.split_kwargs.train cannot be null: the training split is needed")
+        self._detected = not given
+
+    def _kwargs(self, split: str) -> dict[str, Any] | None:
+        extra = self.split_kwargs[split]
+        return None if extra is None else {**self.dataset_kwargs, **dict(extra)}
+
+    def _fetch(self, download: bool) -> None:
+        if download:
+            for split in ("train", "test"):
+                if self._kwargs(split) is not None:
+                    build_torchvision(self.cls, self.data_dir, self._kwargs(split), download=True)
+        self._load("train")
+
+    def _source(self, split: str) -> TorchvisionImages | None:
+        kwargs = self._kwargs(split)
+        return TorchvisionImages(self.name, self.data_dir, kwargs) if kwargs is not None else None
+
+    @property
+    def dataset_name(self) -> str:
+        """The class name in lower case (``fashionmnist``), tagged with the size, channels and arguments when set."""
+        key = repr(sorted(self.dataset_kwargs.items())) if self.dataset_kwargs else ""
+        if not self._detected:
+            key += repr(sorted(self.split_kwargs.items(), key=lambda kv: kv[0]))
+        return self.name.lower() + self._tag(key)
+
+
+class FolderDataModule(LazyImageDataModule):
+    """The PNG/JPEG files under a folder, found recursively and decoded on access.
+
+    When every image lies in a first-level subfolder, the subfolders are the classes (labels in sorted order);
+    otherwise the images are unlabelled (label -1). The folder is split into train/validation by ``val_size`` and
+    ``seed``; ``test_path`` is an optional second folder.
+
+    Args:
+        data_dir: Folder that relative paths are resolved against.
+        path: The image folder.
+        test_path: Optional folder of test images; None: no test set.
+        val_size: As :class:`ImageDataModule`; default 10% of the images.
+        **kwargs: ``image_size``, ``channels``, ``center_crop``, ``num_classes`` and the arguments of
+            :class:`ImageDataModule` (``download`` is ignored).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, path: str | os.PathLike = "images",
+                 test_path: str | os.PathLike | None = None, val_size: float = 0.1, **kwargs):
+        super().__init__(data_dir, val_size=val_size, **kwargs)
+        self.path = self.data_dir / Path(path).expanduser()
+        self.test_path = self.data_dir / Path(test_path).expanduser() if test_path is not None else None
+
+    def _source(self, split: str) -> FolderImages | None:
+        if split == "train":
+            return FolderImages(self.path)
+        return FolderImages(self.test_path) if self.test_path is not None else None
+
+    def _fetch(self, download: bool) -> None:
+        self._load("train")
+
+    @property
+    def dataset_name(self) -> str:
+        """``folder-<folder name>[-<size tag>]-<8 hex digits of its path and file list>``."""
+        images = self._load("train")[0]
+        return f"folder-{self.path.name}" + self._tag(images.source.fingerprint())

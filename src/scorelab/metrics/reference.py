@@ -33,9 +33,10 @@ def stats_file(dataset: str, split: str, extractor_id: str, count: int | None = 
 def compute_stats(extractor: nn.Module, images: torch.Tensor, batch_size: int = 100,
                   device: torch.device | str = "cpu", keep_features: int = DEFAULT_KEEP_FEATURES,
                   dataset: str = "", split: str = "", seed: int = 0,
-                  progress: Callable[[int], None] | None = None) -> FeatureStats:
-    """Feature statistics of uint8 images ``[N, C, H, W]``, keeping ``keep_features`` raw rows for KID."""
-    features = extract_features(extractor, images, len(images), batch_size, device, progress)
+                  progress: Callable[[int], None] | None = None, n: int | None = None) -> FeatureStats:
+    """Feature statistics of the first ``n`` (default all) uint8 images ``[N, C, H, W]`` (a tensor, or images decoded
+    on access such as :class:`~scorelab.data.lazy_images.LazyImages`), keeping ``keep_features`` raw rows for KID."""
+    features = extract_features(extractor, images, len(images) if n is None else n, batch_size, device, progress)
     return FeatureStats.from_features(features, keep_features=min(keep_features, len(features)),
                                       generator=torch.Generator().manual_seed(seed),
                                       extractor_id=extractor.extractor_id, preprocessing=extractor.preprocessing,
@@ -73,16 +74,14 @@ def reference_stats(datamodule, split: str, extractor: nn.Module, count: int | N
         stats.check(extractor.extractor_id, extractor.preprocessing, count, what="cached reference statistics")
         log(f"reference statistics: {path} ({stats.count} images of {stats.dataset} {stats.split})")
         return stats, path
-    images, _ = datamodule.images(split)
-    if count is not None:
-        if count > len(images):
-            raise UserError(f"asked for {count} reference images but {datamodule.dataset_name} {split} has "
-                            f"{len(images)}")
-        images = images[:count]
-    log(f"computing reference statistics of {len(images)} {datamodule.dataset_name} {split} images "
+    images, _ = datamodule.images(split)  # images decoded on access are read batch by batch, never all at once
+    if count is not None and count > len(images):
+        raise UserError(f"asked for {count} reference images but {datamodule.dataset_name} {split} has {len(images)}")
+    n = len(images) if count is None else count
+    log(f"computing reference statistics of {n} {datamodule.dataset_name} {split} images "
         f"({extractor.extractor_id}) -> {path}")
-    update = progress_factory(len(images), "reference features") if progress_factory else None
+    update = progress_factory(n, "reference features") if progress_factory else None
     stats = compute_stats(extractor, images, batch_size, device, keep_features, datamodule.dataset_name, split,
-                          progress=update)
+                          progress=update, n=n)
     stats.save(path)
     return stats, path
