@@ -1,9 +1,10 @@
 """Any dataset: torchvision datasets by class name (data=torchvision), folders of images (data=folder), images
-and decoded on access."""
+decoded on access, and the FID callback's domain metric on other data."""
 from __future__ import annotations
 
 import json
 import pickle
+import types
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ from PIL import Image
 from scorelab.cli import train
 from scorelab.data.images import NO_LABEL, DatasetNotFoundError, ImageTransform
 from scorelab.data.lazy_images import FolderImages, LazyImages, default_split_kwargs
-from scorelab.lit.image_datamodule import FolderDataModule, TorchvisionDataModule
+from scorelab.lit.fid_callback import FIDCallback, domain_mismatch
+from scorelab.lit.image_datamodule import FolderDataModule, MNISTDataModule, TorchvisionDataModule
+from scorelab.metrics.mnist_classifier import MNISTFeatures
 from scorelab.metrics.reference import reference_stats
 
 from .evaluation_utils import TINY_IMAGE_RUN, ProjectionFeatures
@@ -120,6 +123,45 @@ def test_torchvision_resize_to_image_size_and_rgb(fashion):
     image = dm.images("train")[0][0]
     expected = np.asarray(Image.fromarray(arrays["train-images"][0]).resize((16, 16), Image.BICUBIC))
     assert image.shape == (1, 16, 16) and torch.equal(image[0], torch.from_numpy(expected))
+
+
+def test_torchvision_trains_a_few_steps_from_the_mnist_recipe(fashion, tmp_path, monkeypatch):
+    """experiment=mnist_small on Fashion-MNIST: trains; fd_mnist is left out with a warning, no classifier built."""
+    root, _ = fashion
+    monkeypatch.setenv("SCORELAB_CACHE", str(tmp_path / "cache"))
+    cfg = make_cfg(tmp_path, [
+        "experiment=mnist_small", "data=torchvision", "data.name=FashionMNIST", f"paths.data_dir={root}",
+        "data.num_workers=0", "data.batch_size=8", "data.val_size=8", "trainer.max_steps=2",
+        "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "sampler.steps=2",
+        "callbacks.samples.n_samples=4", "model.net.ch=8", "model.net.num_res_blocks=1", "model.net.ch_mult=[1,2]",
+        "model.net.attn_resolutions=[14]"])
+    assert cfg.features._target_.endswith("mnist_features") and cfg.callbacks.fid is not None
+    with pytest.warns(UserWarning, match="callbacks.fid is off for this run.*fashionmnist.*features=inception"):
+        train(cfg)
+    run = Path(cfg.paths.output_dir)
+    metrics = json.loads((run / "final_metrics.json").read_text())
+    assert metrics["global_step"] == 2 and not any("fd_mnist" in k for k in metrics)
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "samples" / "final.png").is_file()
+    assert not (tmp_path / "cache").exists()  # the MNIST classifier was neither trained nor loaded
+
+
+def test_domain_metric_applies_only_to_its_own_data(fashion, tmp_path):
+    root, _ = fashion
+    write_mnist_layout(root, "MNIST")
+    fashion_dm = TorchvisionDataModule(root, name="FashionMNIST")
+    assert "fashionmnist" in domain_mismatch(MNISTFeatures, fashion_dm)
+    assert domain_mismatch({"_target_": "scorelab.metrics.mnist_classifier.mnist_features"}, fashion_dm)
+    assert domain_mismatch(MNISTFeatures, MNISTDataModule(root)) is None
+    assert domain_mismatch(MNISTFeatures, TorchvisionDataModule(root, name="MNIST")) is None  # the same digits
+    assert domain_mismatch(ProjectionFeatures(4), fashion_dm) is None  # a general extractor applies to any data
+    # used from Python, the callback turns itself off at setup with the same warning
+    extractor = ProjectionFeatures(28 * 28)
+    extractor.domain = "mnist"
+    callback = FIDCallback(sampler=None, features=extractor, n_samples=4)
+    trainer = types.SimpleNamespace(datamodule=fashion_dm)
+    with pytest.warns(UserWarning, match="callbacks.fid is off"):
+        callback.setup(trainer, None, "fit")
+    assert callback.off and callback.evaluator is None and callback.evaluate(trainer, None) == {}
 
 
 # --- data=folder ------------------------------------------------------------------------------------------------

@@ -10,23 +10,26 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from ..io import write_text_atomic
 from ..lit.checkpointing import AtomicCheckpointIO, PreemptionCallback
+from ..lit.fid_callback import domain_mismatch
 from ..lit.module import ScoreModule
 from .common import build_core, check_state_dict, load_checkpoint
 from .resume import resolve_ckpt_path
 
 
-def _instantiate_group(cfg: DictConfig | None, **kwargs) -> list:
-    """Instantiate every entry of a dict-of-configs group (callbacks, loggers); ``null`` entries are skipped."""
+def _instantiate_group(cfg: DictConfig | None, skip: tuple[str, ...] = (), **kwargs) -> list:
+    """Instantiate every entry of a dict-of-configs group (callbacks, loggers); ``null`` entries and the names in
+    ``skip`` are left out."""
     if not cfg:
         return []
     if "_target_" in cfg:
         return [instantiate(cfg, **kwargs)]
-    return [instantiate(c, **kwargs) for c in cfg.values() if c is not None and "_target_" in c]
+    return [instantiate(c, **kwargs) for name, c in cfg.items()
+            if name not in skip and c is not None and "_target_" in c]
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -49,7 +52,8 @@ def train(cfg: DictConfig) -> float | None:
         check_state_dict(module, ckpt["state_dict"], ckpt_path)
         del ckpt
     loggers = _instantiate_group(cfg.get("logger"))
-    callbacks = _instantiate_group(cfg.get("callbacks"))
+    callbacks = _instantiate_group(cfg.get("callbacks"), skip=_unfitting_callbacks(cfg.get("callbacks"),
+                                                                                   parts["datamodule"]))
     if not loggers:  # the LR monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     module.run_config = OmegaConf.to_container(cfg, resolve=True)  # saved in checkpoints for sample.py
@@ -72,6 +76,22 @@ def train(cfg: DictConfig) -> float | None:
             wandb.finish()  # one W&B run per job: Lightning never finishes it, so each job must
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+def _unfitting_callbacks(cfg: DictConfig | None, datamodule) -> tuple[str, ...]:
+    """Names of callbacks to leave out: an FID callback whose domain metric (fd_mnist) is not made for this data.
+
+    Decided before anything is built: building the MNIST extractor may train a classifier on MNIST files that a
+    run on other data does not have. One warning says so and how to get FID instead (features=inception).
+    """
+    fid = cfg.get("fid") if cfg and "_target_" not in cfg else None
+    if not fid or "features" not in fid or fid.get("ref") is not None:
+        return ()
+    note = domain_mismatch(fid.features, datamodule)
+    if note is None:
+        return ()
+    rank_zero_warn(note)
+    return ("fid",)
 
 
 def _checkpoint_dir(cfg: DictConfig, callbacks: list) -> Path:

@@ -1,10 +1,12 @@
 """FID (or a domain Fréchet distance such as ``fd_mnist``) during training, with EMA weights and a fast sampler."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from ..metrics.evaluation import SampleEvaluator, to_uint8
@@ -15,9 +17,42 @@ from .callbacks import PeriodicEvaluation, log_picture, run_dir
 from .plotting import save_samples_picture
 
 
+def features_domain(features: Any) -> str | None:
+    """The data a feature extractor is made for (``"mnist"`` for fd_mnist), None for a general one (Inception).
+
+    Args:
+        features: the extractor, its class or factory, or its config (a mapping with ``_target_``).
+    """
+    if isinstance(features, Mapping) and "_target_" in features:
+        from hydra.utils import get_object
+
+        features = get_object(str(features["_target_"]))
+    return getattr(features, "domain", None)
+
+
+def domain_mismatch(features: Any, datamodule: Any) -> str | None:
+    """Why the FID callback's domain metric does not apply to this data (None when it does).
+
+    A domain extractor (``features=mnist``) measures only its own dataset: its Fréchet distance on anything else
+    has no meaning, and building it may train a classifier on data the run does not have. General extractors
+    (Inception) apply to any image data.
+    """
+    domain = features_domain(features)
+    dataset = getattr(datamodule, "dataset_name", None)
+    if domain is None or domain == dataset:
+        return None
+    return (f"callbacks.fid is off for this run: its features (fd_{domain}) measure {domain} images only, and the "
+            f"data is {dataset or type(datamodule).__name__}. For FID on this data pass "
+            "features=inception (offline: feature_extractor_weights_path=<Inception weights file>), or "
+            "callbacks/fid=none to silence this note")
+
+
 class FIDCallback(PeriodicEvaluation):
     """Every ``every_n_epochs`` epochs (or ``every_n_steps`` steps) and at the end, draw ``n_samples`` images with
     the EMA weights and score them against the training set's statistics.
+
+    A domain extractor (``fd_mnist``) runs only on its own dataset: on other data the callback stays off with one
+    warning (see :func:`domain_mismatch`); ``train.py`` leaves it out before building the extractor.
 
     Logged to every logger as ``<metric>@<n>`` (e.g. ``fid@2000``, ``fd_mnist@2000``): the sample count is in
     the name because a 2k-sample FID is biased upwards and not comparable with a 50k one. The same step gets a
@@ -54,6 +89,11 @@ class FIDCallback(PeriodicEvaluation):
         self.batch_size, self.seed, self.split, self.ref, self.ref_count = batch_size, seed, split, ref, ref_count
         self.cache_dir, self.kid = cache_dir, kid
         self.evaluator: SampleEvaluator | None = None
+        self.off = False  # set in setup when the extractor's domain is not this data's
+
+    def evaluate(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
+        """As :meth:`PeriodicEvaluation.evaluate`; nothing while the callback is off."""
+        return {} if self.off else super().evaluate(trainer, pl_module)
 
     @property
     def name(self) -> str:
@@ -62,7 +102,12 @@ class FIDCallback(PeriodicEvaluation):
 
     # --- set-up: reference statistics once, computed on rank 0 and read by the others -------------------------
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
-        if stage != "fit" or self.evaluator is not None:
+        if stage != "fit" or self.evaluator is not None or self.off:
+            return
+        note = domain_mismatch(self.features, trainer.datamodule) if self.ref is None else None
+        if note is not None:
+            rank_zero_warn(note)
+            self.off = True
             return
         self.features.to(pl_module.device).eval()
         if self.ref is not None:

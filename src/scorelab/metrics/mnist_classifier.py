@@ -30,6 +30,7 @@ ARCH = "mnist-cnn-v1"
 METRIC_NAME = "fd_mnist"
 DEFAULT_FILENAME = "mnist_classifier.pt"
 NUM_CLASSES = 10
+DOMAIN = "mnist"  # the dataset_name of the data it measures (MNISTDataModule, data=torchvision data.name=MNIST)
 PIXEL_MEAN, PIXEL_STD = 0.1307, 0.3081  # of the MNIST training pixels in [0, 1]
 PREPROCESSING = f"uint8 [B, 1, 28, 28] -> (x / 255 - {PIXEL_MEAN}) / {PIXEL_STD}, no resize"
 
@@ -94,6 +95,7 @@ class MNISTFeatures(nn.Module):
     metric_name: str = METRIC_NAME
     preprocessing: str = PREPROCESSING
     num_classes: int = NUM_CLASSES
+    domain: str = DOMAIN  # the data it measures: the FID callback runs it only on MNIST
 
     def __init__(self, classifier: MNISTClassifier, test_accuracy: float | None = None, batch_size: int = 1000):
         super().__init__()
@@ -298,6 +300,8 @@ def mnist_features(path: str | os.PathLike | None = None, data_dir: str | os.Pat
         train_mnist_classifier(data_dir, target)
     return load_mnist_features(target, device)
 
+
+mnist_features.domain = DOMAIN  # read from the config's _target_ before anything is built (or trained)
 
 _print_now = functools.partial(print, flush=True)
 
