@@ -8,7 +8,8 @@ network, the exact log-likelihood of generated points, and mode weights to check
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -211,3 +212,20 @@ def grid(n: int = 5, spacing: float = 1.0, std: float = 0.15) -> GaussianMixture
 
 
 PRESETS = {"two_modes": two_modes, "eight_gaussians": eight_gaussians, "grid": grid}
+
+
+def mixture_from_spec(spec: str | Mapping[str, Any]) -> GaussianMixture:
+    """A mixture from an old-style config (before mixtures were built by ``_target_``), kept for stored checkpoints.
+
+    Args:
+        spec: a preset name (``two_modes``, ``eight_gaussians``, ``grid``), a mapping with ``preset`` and the
+            preset's keyword arguments, or a mapping of :class:`GaussianMixture`'s arguments.
+    """
+    fields = {"preset": spec} if isinstance(spec, str) else dict(spec)
+    preset = fields.pop("preset", None)
+    if preset is None:
+        return GaussianMixture(**fields)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown toy preset {preset!r}: choose one of {sorted(PRESETS)}, or give the mixture with "
+                         "_target_: scorelab.data.toy.GaussianMixture (weights, means, stds or covs)")
+    return PRESETS[preset](**fields)

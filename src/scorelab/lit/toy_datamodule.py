@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from ..data.toy import PRESETS, GaussianMixture
+from ..data.toy import GaussianMixture, mixture_from_spec
 from ..utils import mix_seed
 
 
@@ -52,33 +52,16 @@ class EpochSeededSampler(Sampler[int]):
         return self.n
 
 
-def build_mixture(mixture: str | GaussianMixture | Mapping[str, Any]) -> GaussianMixture:
-    """A mixture from a preset name, a ``GaussianMixture`` or a mapping of its arguments (weights, means, covs/stds)."""
-    if isinstance(mixture, GaussianMixture):
-        return mixture
-    if isinstance(mixture, str):
-        if mixture not in PRESETS:
-            raise ValueError(
-                f"unknown toy preset {mixture!r}: choose one of {sorted(PRESETS)} or give weights/means/stds")
-        return PRESETS[mixture]()
-    if isinstance(mixture, Mapping):
-        spec = dict(mixture)
-        preset = spec.pop("preset", None)
-        if preset is not None:
-            if preset not in PRESETS:
-                raise ValueError(f"unknown toy preset {preset!r}: choose one of {sorted(PRESETS)}")
-            return PRESETS[preset](**spec)
-        return GaussianMixture(**spec)
-    raise ValueError(
-        f"mixture must be a preset name, a GaussianMixture or a mapping, got {type(mixture).__name__}")
-
-
 class ToyDataModule(L.LightningDataModule):
     """Samples of a Gaussian mixture as a fixed training set; batches are ``(x [B, D], component [B])``.
 
+    The mixture states what the module exposes: ``sample_shape`` is ``(mixture.dim,)`` and ``num_classes`` its
+    component count. Configs build it with a ``_target_`` (``scorelab.data.toy.two_modes``, ``GaussianMixture``, or
+    any function returning a mixture).
+
     Args:
-        mixture: a preset name (``two_modes``, ``eight_gaussians``, ``grid``), a mapping with ``preset`` and its
-            keyword arguments, or a mapping with ``weights``, ``means`` and ``covs`` or ``stds`` (any dimension).
+        mixture: the :class:`~scorelab.data.toy.GaussianMixture`; for older configs and checkpoints also a preset
+            name or a mapping without ``_target_`` (see :func:`~scorelab.data.toy.mixture_from_spec`).
         n_train: size of the fixed training set.
         n_val: size of the validation set (0: none).
         batch_size: training batch size.
@@ -86,7 +69,8 @@ class ToyDataModule(L.LightningDataModule):
         num_workers: DataLoader workers (0 is fastest for in-memory points).
     """
 
-    def __init__(self, mixture: Any = "two_modes", n_train: int = 65_536, n_val: int = 8192, batch_size: int = 1024,
+    def __init__(self, mixture: GaussianMixture | str | Mapping[str, Any] = "two_modes", n_train: int = 65_536,
+                 n_val: int = 8192, batch_size: int = 1024,
                  seed: int = 0, num_workers: int = 0):
         super().__init__()
         for name, value in (("n_train", n_train), ("batch_size", batch_size)):
@@ -94,7 +78,7 @@ class ToyDataModule(L.LightningDataModule):
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         if batch_size > n_train:
             raise ValueError(f"batch_size ({batch_size}) must not exceed n_train ({n_train})")
-        self.mixture = build_mixture(mixture)
+        self.mixture = mixture if isinstance(mixture, GaussianMixture) else mixture_from_spec(mixture)
         self.n_train, self.n_val, self.batch_size = int(n_train), int(n_val), int(batch_size)
         self.seed, self.num_workers = int(seed), int(num_workers)
         self.train_set = self.val_set = None
