@@ -2,10 +2,11 @@
 
 For each sampler this runs ``sample.py`` on the checkpoint as a user would (``n`` samples, seeds ``0..n-1``,
 ``eval.fid=true``, so MNIST samples are scored by the offline domain metric ``fd_mnist`` against the 60000
-training images) and prints one row: NFE, the wall time of sampling alone, fd_mnist, kd_mnist, the largest gap
-between a digit's predicted fraction and its share of the training labels (class gap), and the predicted-class counts.
+training images) and prints one row: NFE, the wall time of sampling alone and of the whole command (loading,
+reference statistics and evaluation included), fd_mnist, kd_mnist, the largest gap between a digit's predicted
+fraction and its share of the training labels (class gap), and the predicted-class counts.
 
-The same seeds are used by every sampler, so rows differ only by the sampler. ``fd_mnist`` of ``n`` real test
+The same seeds are used by every sampler, so rows differ only by the sampler. ``fd_mnist`` of ``n`` real
 test images is printed first, as the floor (fd_mnist is biased upwards at small ``n``: compare rows at one ``n``).
 
     python bench/mnist_sampling.py --ckpt <run>/checkpoints/last.ckpt --data-dir DIR [--n 2000] [--out FILE]
@@ -88,12 +89,13 @@ def main(argv: list[str] | None = None) -> None:
 
     lines = [f"## Samplers on a trained MNIST model ({Path(args.ckpt).name}, n = {args.n}, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'})", "",
-             "| sampler | NFE | sampling s | fd_mnist | kd_mnist | class gap | predicted classes 0-9 |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| sampler | NFE | sampling s | whole command s | fd_mnist | kd_mnist | class gap "
+             "| predicted classes 0-9 |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     print("\n".join(lines), flush=True)
     train_counts, floor = reference(args.n, args.data_dir)
     gap = class_deviation(floor["hist"], train_counts)
-    line = (f"| real test images (floor) | - | - | {floor['fd']:.3f} | - | {gap:.3f} | "
+    line = (f"| real test images (floor) | - | - | - | {floor['fd']:.3f} | - | {gap:.3f} | "
             f"{' '.join(str(int(c)) for c in floor['hist'])} |")
     lines.append(line)
     print(line, flush=True)
@@ -104,10 +106,14 @@ def main(argv: list[str] | None = None) -> None:
             hist = run.get("class_histogram", [])
             gap = class_deviation(torch.tensor(hist), train_counts) if hist else float("nan")
             kd = run.get("kd_mnist", float("nan"))
-            line = (f"| {spec} | {run['nfe']} | {run['seconds']:.1f} | {run['fd_mnist']:.3f} | {kd:.5f} | "
+            line = (f"| {spec} | {run['nfe']} | {run['seconds']:.1f} | {s['process_seconds']:.1f} | "
+                    f"{run['fd_mnist']:.3f} | {kd:.5f} | "
                     f"{gap:.3f} | {' '.join(str(c) for c in hist)} |")
             lines.append(line)
             print(line, flush=True)
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    lines.append(f"\nLoad average when the table ended: {load} (1/5/15 min).")
+    print(lines[-1])
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
 
