@@ -84,6 +84,31 @@ def test_final_checkpoint_is_on_disk_before_the_end_of_training_evaluations(tmp_
     assert LastCheckpointProbe.seen == [(12, 12)]
 
 
+def test_best_checkpoint_uses_this_epochs_validation_and_last_is_never_versioned(tmp_path):
+    import csv
+
+    # 5 epochs of 8 steps, validation after epochs 1 and 3 only (as the default trainer validates every 8th):
+    # a checkpoint saved at a train epoch's end would be ranked by a stale or missing val/loss.
+    cfg = make_cfg(tmp_path, FAST + ["trainer.max_steps=40", "trainer.check_val_every_n_epoch=2", "logger=csv"])
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    with open(next((run / "csv").glob("*/metrics.csv"))) as f:
+        val = {int(r["epoch"]): float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")}
+    assert sorted(val) == [1, 3]
+    best_epoch = min(val, key=val.get)
+    # One best checkpoint, named after the epoch whose own validation loss is the lowest, and one last.ckpt.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"epoch_{best_epoch:04d}.ckpt", "last.ckpt"]
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    (mc,) = [v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert float(mc["best_model_score"]) == pytest.approx(val[best_epoch], rel=1e-6)
+    assert state["global_step"] == 40
+
+    # A run that ends before its first validation: last.ckpt (written at the final step) is the only file.
+    short = make_cfg(tmp_path / "short", FAST + ["trainer.check_val_every_n_epoch=8"])
+    train(short)
+    assert sorted(p.name for p in (Path(short.paths.output_dir) / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
 def test_a_signal_during_a_checkpoint_write_waits_for_the_file(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     seen = []
