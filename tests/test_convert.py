@@ -80,7 +80,9 @@ def test_state_dict_file_with_its_config_converts(tmp_path, name):
     keys = [k for k in data["state_dict"] if k != "sigmas"]
     assert all(torch.equal(data["state_dict"][k], s) for k, s in zip(keys, released["ema"]["shadow_params"],
                                                                       strict=True))
-    out = convert(str(fixture(name)), [f"sde={sde}"], str(tmp_path / "model.ckpt"), weights="raw")
+    # a stored config may carry keys the network does not use (the reference's config.training, ...): ignored
+    torch.save({**data, "config": {**data["config"], "n_iters": 1300001}}, tmp_path / "with_extra_keys.pt")
+    out = convert(str(tmp_path / "with_extra_keys.pt"), [f"sde={sde}"], str(tmp_path / "model.ckpt"), weights="raw")
     trained = load_trained(str(out), use_ema=True)
     trained.score.eval()
     assert (reference_output(trained, data["x"], data["time_cond"]) - data["output_ema"]).abs().max() < 1e-5
