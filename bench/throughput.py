@@ -39,8 +39,8 @@ def worker(preset: str, variant: str, device: str, batch: int, steps: int, warmu
     import resource
 
     import torch
+    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from scorelab.losses import DSMLoss
     from scorelab.sde import VESDE, VPSDE
@@ -48,7 +48,8 @@ def worker(preset: str, variant: str, device: str, batch: int, steps: int, warmu
     torch.manual_seed(0)
     (c, h, w), sde_name, _, _ = PRESETS[preset]
     sde = VPSDE() if sde_name == "vp" else VESDE()
-    cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{preset}.yaml")
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name=f"model/{preset}").model  # presets extend conf/model/ddpmpp.yaml
     cfg.net.in_channels, cfg.net.image_size = c, h
     model = instantiate(cfg, sde=sde).to(device)
     n_params = sum(p.numel() for p in model.parameters())

@@ -1,32 +1,40 @@
 """Tests for the image score networks DDPM++ / NCSN++ and their building blocks."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import hydra.utils
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from scorelab.models import layers
-from scorelab.models.ddpmpp import DDPMpp
-from scorelab.models.ncsnpp import NCSNpp
 from scorelab.models.unet import ScoreUNet
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF = Path(__file__).resolve().parents[1] / "conf"
+DDPMPP, NCSNPP = "ddpmpp", "ncsnpp"  # the two families, as their conf/model presets
 
 # (channels, size, ch_mult, attention resolutions): MNIST goes 28 -> 14 -> 7, CIFAR-10 32 -> 16 -> 8.
 MNIST = (1, 28, (1, 2, 2), (7,))
 CIFAR = (3, 32, (1, 2, 2), (16,))
 
 
-def tiny(cls: type[ScoreUNet], shape: tuple = MNIST, **kwargs) -> ScoreUNet:
-    """A small network of family ``cls`` for the given data shape."""
+@functools.cache
+def preset(name: str) -> DictConfig:
+    """The backbone config of ``model=<name>``, composed as train.py composes it (presets extend ``ddpmpp``)."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(config_name=f"model/{name}").model.net
+
+
+def tiny(family: str, shape: tuple = MNIST, **kwargs) -> ScoreUNet:
+    """A small network of ``family`` (a preset name: its architecture, smaller sizes) for the given data shape."""
     channels, size, ch_mult, attn = shape
     defaults = {"in_channels": channels, "image_size": size, "ch": 16, "ch_mult": ch_mult,
                 "num_res_blocks": 1, "attn_resolutions": attn, "dropout": 0.0}
-    return cls(**(defaults | kwargs))
+    return hydra.utils.instantiate(preset(family), **(defaults | kwargs))
 
 
 def perturb_(net: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
@@ -42,10 +50,10 @@ def num_params(net: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize("shape", [MNIST, CIFAR], ids=["mnist", "cifar"])
-@pytest.mark.parametrize("cls", [DDPMpp, NCSNpp])
-def test_output_has_input_shape(cls, shape):
+@pytest.mark.parametrize("family", [DDPMPP, NCSNPP])
+def test_output_has_input_shape(family, shape):
     torch.manual_seed(0)
-    net = tiny(cls, shape)
+    net = tiny(family, shape)
     x = torch.randn(2, shape[0], shape[1], shape[1])
     y = net(x, torch.tensor([1.0, 500.0]))
     assert y.shape == x.shape
@@ -60,7 +68,7 @@ def test_output_has_input_shape(cls, shape):
 ], ids=["skip-cat", "residual", "ddpm-fir", "ddpm-pool"])
 def test_architecture_variants_keep_shape(options):
     torch.manual_seed(0)
-    net = perturb_(tiny(NCSNpp, MNIST, **options))
+    net = perturb_(tiny(NCSNPP, MNIST, **options))
     x = torch.randn(2, 1, 28, 28)
     y = net(x, torch.zeros(2))
     assert y.shape == x.shape
@@ -75,46 +83,45 @@ def test_architecture_variants_keep_shape(options):
     ("unet_small", 1_029_905),
 ])
 def test_preset_parameter_counts_match_reference(name, expected):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml").net  # the backbone inside the ScoreModel wrapper
     shape = dict(in_channels=1, image_size=28) if name == "unet_small" else dict(in_channels=3, image_size=32)
     with torch.device("meta"):
-        net = hydra.utils.instantiate(cfg, **shape)
-    assert isinstance(net, (DDPMpp, NCSNpp))
+        net = hydra.utils.instantiate(preset(name), **shape)
+    assert type(net) is ScoreUNet
     assert num_params(net) == expected
 
 
 def test_small_preset_runs_on_mnist_batch():
     torch.manual_seed(0)
-    net = hydra.utils.instantiate(OmegaConf.load(CONF / "unet_small.yaml").net, in_channels=1, image_size=28)
+    net = hydra.utils.instantiate(preset("unet_small"), in_channels=1, image_size=28)
     x = torch.randn(2, 1, 28, 28)
     assert net(x, torch.tensor([0.0, 999.0])).shape == x.shape
 
 
-@pytest.mark.parametrize("cls", [DDPMpp, NCSNpp])
-def test_reference_init_starts_with_near_zero_output(cls):
+@pytest.mark.parametrize("family", [DDPMPP, NCSNPP])
+def test_reference_init_starts_with_near_zero_output(family):
     # init_scale=0 gives the last conv variance scale 1e-10 (Ho et al. 2020): an untrained net outputs ~0.
     x, t = torch.randn(2, 1, 28, 28), torch.ones(2)
     torch.manual_seed(0)
-    y_zero = tiny(cls, init_scale=0.0)(x, t)
+    y_zero = tiny(family, init_scale=0.0)(x, t)
     torch.manual_seed(0)
-    y_one = tiny(cls, init_scale=1.0)(x, t)
+    y_one = tiny(family, init_scale=1.0)(x, t)
     assert 0 < y_zero.abs().max() < 1e-3
     assert y_one.abs().max() > 1e-1
 
 
-@pytest.mark.parametrize("cls, labels", [(DDPMpp, (10.0, 900.0)), (NCSNpp, (-3.0, 2.0))])
-def test_output_depends_on_noise_label(cls, labels):
+@pytest.mark.parametrize("family, labels", [(DDPMPP, (10.0, 900.0)), (NCSNPP, (-3.0, 2.0))])
+def test_output_depends_on_noise_label(family, labels):
     torch.manual_seed(0)
-    net = perturb_(tiny(cls)).eval()
+    net = perturb_(tiny(family)).eval()
     x = torch.randn(1, 1, 28, 28).repeat(2, 1, 1, 1)
     y = net(x, torch.tensor(labels))
     assert (y[0] - y[1]).abs().max() > 1e-3 * y.abs().max()
 
 
-@pytest.mark.parametrize("cls", [DDPMpp, NCSNpp])
-def test_channels_last_matches_contiguous(cls):
+@pytest.mark.parametrize("family", [DDPMPP, NCSNPP])
+def test_channels_last_matches_contiguous(family):
     torch.manual_seed(0)
-    net = perturb_(tiny(cls, CIFAR)).eval()
+    net = perturb_(tiny(family, CIFAR)).eval()
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.3, 2.0])
     y = net(x, t)
     net = net.to(memory_format=torch.channels_last)
@@ -124,14 +131,14 @@ def test_channels_last_matches_contiguous(cls):
 
 def test_batch_elements_are_independent():
     torch.manual_seed(0)
-    net = perturb_(tiny(NCSNpp)).eval()
+    net = perturb_(tiny(NCSNPP)).eval()
     x, t = torch.randn(3, 1, 28, 28), torch.tensor([0.1, 1.0, 2.0])
     torch.testing.assert_close(net(x, t)[1:2], net(x[1:2], t[1:2]), atol=1e-5, rtol=1e-4)
 
 
 def test_compiles_without_graph_breaks():
     torch.manual_seed(0)
-    net = perturb_(tiny(NCSNpp, progressive="output_skip")).eval()
+    net = perturb_(tiny(NCSNPP, progressive="output_skip")).eval()
     x, t = torch.randn(2, 1, 28, 28), torch.tensor([0.5, 1.5])
     compiled = torch.compile(net, backend="eager", fullgraph=True)  # fullgraph: fails on any graph break
     torch.testing.assert_close(compiled(x, t), net(x, t))
@@ -140,14 +147,14 @@ def test_compiles_without_graph_breaks():
 @pytest.mark.slow
 def test_inductor_compile_matches_eager():
     torch.manual_seed(0)
-    net = perturb_(tiny(DDPMpp)).eval()
+    net = perturb_(tiny(DDPMPP)).eval()
     x, t = torch.randn(2, 1, 28, 28), torch.tensor([3.0, 700.0])
     torch.testing.assert_close(torch.compile(net)(x, t), net(x, t), atol=1e-4, rtol=1e-4)
 
 
 def test_image_size_must_round_trip():
     with pytest.raises(ValueError, match="divisible"):
-        DDPMpp(in_channels=1, image_size=28, ch=16, ch_mult=(1, 2, 2, 2))
+        ScoreUNet(in_channels=1, image_size=28, ch=16, ch_mult=(1, 2, 2, 2))
 
 
 def test_attention_uses_sdpa_and_matches_softmax_formula(monkeypatch):

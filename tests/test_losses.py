@@ -124,6 +124,23 @@ def test_ddpm_loss_of_exact_eps_is_zero_for_point_mass():
     assert float(loss(wrong, m, generator=torch.Generator().manual_seed(0))) > 1e-3
 
 
+def test_ddpm_loss_takes_the_chain_the_sde_declares():
+    # The SDE states which DDPM chain it is the limit of: VP its beta range; VE and sub-VP none.
+    assert VPSDE(beta_min=0.2, beta_max=10.0).ddpm_beta_range() == (0.2, 10.0)
+    torch.testing.assert_close(DDPMLoss(VPSDE(beta_min=0.2, beta_max=10.0)).alphas_cumprod,
+                               DDPMLoss(beta_min=0.2, beta_max=10.0).alphas_cumprod)
+
+    class Chained(VESDE):  # any SDE that declares a chain is accepted, whatever its class
+        def ddpm_beta_range(self):
+            return 0.3, 12.0
+
+    torch.testing.assert_close(DDPMLoss(Chained()).alphas_cumprod, DDPMLoss(beta_min=0.3, beta_max=12.0).alphas_cumprod)
+    for sde in (VESDE(), SubVPSDE()):
+        assert sde.ddpm_beta_range() is None
+        with pytest.raises(ValueError, match="limit of DDPM's chain"):
+            DDPMLoss(sde)
+
+
 @pytest.mark.parametrize(
     "make, match",
     [

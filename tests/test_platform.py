@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from scorelab.cli import sample, train
-from scorelab.cli.common import build_core
+from scorelab.cli.common import build_core, fill_from_data
 from scorelab.cli.errors import UserError
 from scorelab.sampling.grids import TimeGrid, as_grid
 
@@ -160,6 +161,34 @@ def test_sample_from_checkpoint_and_oracle(tmp_path):
     metrics = json.loads((path.parent / "metrics.json").read_text())
     assert np.allclose(metrics["mode_weights"], 1 / 8, atol=0.03)
     assert np.load(path)["x"].shape == (4000, 2)
+
+
+class Flat(torch.nn.Module):
+    """A network whose data contract names an argument no built-in network has."""
+
+    def __init__(self, numel: int, width: int = 4):
+        super().__init__()
+        self.numel, self.width = numel, width
+
+    @classmethod
+    def data_arguments(cls, sample_shape):
+        return {"numel": int(np.prod(sample_shape))}
+
+
+def test_networks_declare_the_arguments_the_data_fix():
+    flat = OmegaConf.create({"_target_": f"{__name__}.Flat", "numel": None, "width": 8})
+    fill_from_data(flat, (3, 4, 5))
+    assert flat.numel == 60 and flat.width == 8
+    unet = OmegaConf.create({"_target_": "scorelab.models.ScoreUNet", "in_channels": None, "image_size": 16})
+    fill_from_data(unet, (1, 28, 28))
+    assert unet.in_channels == 1 and unet.image_size == 16  # a value given in config is kept
+    mlp = OmegaConf.create({"_target_": "scorelab.models.ScoreMLP", "dim": None})
+    fill_from_data(mlp, (3,))
+    assert mlp.dim == 3
+    with pytest.raises(UserError, match=r"ScoreMLP\) does not fit data of shape \(1, 28, 28\).*model=mlp"):
+        fill_from_data(OmegaConf.create({"_target_": "scorelab.models.ScoreMLP", "dim": None}), (1, 28, 28))
+    with pytest.raises(UserError, match=r"does not fit data of shape \(2,\)"):
+        fill_from_data(OmegaConf.create({"_target_": "scorelab.models.ScoreUNet", "in_channels": None}), (2,))
 
 
 def test_train_without_logger_and_resume_with_wrong_model(tmp_path):

@@ -159,20 +159,19 @@ def test_invalid_sampler_arguments_raise(make, match):
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("predictor", ["none", "euler_maruyama", "reverse_diffusion", "ancestral"])
-@pytest.mark.parametrize("corrector", ["none", "langevin", "ald"])
+@pytest.mark.parametrize("predictor", [NoPredictor, EulerMaruyama, ReverseDiffusion, Ancestral],
+                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("corrector", [NoCorrector, Langevin, AnnealedLangevin], ids=lambda c: c.__name__)
 def test_every_predictor_corrector_combination(sde_name, predictor, corrector):
     """Every SDE x predictor x corrector the mathematics allows runs and stays finite; the others say why not."""
-    from scorelab.sampling import CORRECTORS, PREDICTORS
-
     sde, eps = SDES[sde_name]
-    if predictor == "none" and corrector == "none":
+    if predictor is NoPredictor and corrector is NoCorrector:
         with pytest.raises(ValueError, match="predictor, a corrector or both"):
             PCSampler(NoPredictor(), NoCorrector())
         return
-    sampler = PCSampler(PREDICTORS[predictor](), CORRECTORS[corrector](), steps=20, eps=eps)
+    sampler = PCSampler(predictor(), corrector(), steps=20, eps=eps)
     run = lambda: sampler(MIXTURE.oracle(sde), sde, (256, 2), generator=torch.Generator().manual_seed(0))  # noqa: E731
-    if predictor == "ancestral" and sde_name == "subvp":
+    if predictor is Ancestral and sde_name == "subvp":
         with pytest.raises(ValueError, match="ancestral sampling is not defined"):
             run()
         return

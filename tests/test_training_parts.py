@@ -36,6 +36,7 @@ T = torch.tensor([0.5], dtype=torch.float64)
     ("eps", -OUT / S),  # the network predicts the noise z: s = -z / s(t)
     ("score", OUT),  # the network output is the score
     ("x0", -(X - A * OUT) / S**2),  # the network predicts x0: s = -(x - a x0) / s(t)^2
+    ("scaled_score", OUT / S),  # the network predicts s(t) score (the reference's scale_by_sigma): s = net / s(t)
 ])
 def test_output_parameterisations(output, expected):
     model = ScoreModel(Probe(OUT), VPSDE(), output=output)
@@ -54,6 +55,17 @@ def test_noise_labels(noise_label, expected):
     net = Probe(OUT)
     ScoreModel(net, VPSDE(), noise_label=noise_label)(X, T)
     assert net.seen["label"].item() == pytest.approx(expected, rel=1e-8)
+
+
+def test_uncentered_model_maps_unit_interval_inputs_to_minus_one_one():
+    # The reference's data.centered = False: data in [0, 1], the network sees 2 x - 1.
+    x = torch.tensor([[0.0, 0.25, 1.0]], dtype=torch.float64)
+    net = Probe(OUT[:, :1])
+    ScoreModel(net, VESDE(), centered=False)(x, T)
+    torch.testing.assert_close(net.seen["x"], torch.tensor([[-1.0, -0.5, 1.0]], dtype=torch.float64))
+    net = Probe(OUT[:, :1])
+    ScoreModel(net, VESDE())(x, T)
+    torch.testing.assert_close(net.seen["x"], x)
 
 
 def test_scale_input_divides_by_the_marginal_std_of_the_data():

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import torch
 
-from .sde import SDE, VPSDE
+from .sde import SDE
 from .utils import append_dims, batch_mean, batch_sum, sample_noise
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -84,7 +84,8 @@ class DDPMLoss:
     ``sqrt(1 - alpha_bar_i)``, so the loss reads ``|| sqrt(1 - alpha_bar_i) s_theta + eps ||^2``.
 
     Args:
-        sde: optional VP SDE whose ``beta_min``/``beta_max`` override the two arguments below.
+        sde: optional SDE whose DDPM chain (:meth:`~scorelab.sde.SDE.ddpm_beta_range`, VP) overrides the two
+            arguments below.
         num_steps: N, the number of discrete noise levels (1000 in DDPM).
         beta_min, beta_max: the VP schedule end points (``N * beta_1`` and ``N * beta_N``).
         reduce_mean: average (``True``) or sum over data dimensions.
@@ -93,9 +94,11 @@ class DDPMLoss:
     def __init__(self, sde: SDE | None = None, num_steps: int = 1000, beta_min: float = 0.1, beta_max: float = 20.0,
                  reduce_mean: bool = True):
         if sde is not None:
-            if not isinstance(sde, VPSDE):
-                raise ValueError(f"the DDPM loss needs a VP SDE (a beta schedule), got {type(sde).__name__}")
-            beta_min, beta_max = sde.beta_min, sde.beta_max
+            beta_range = sde.ddpm_beta_range()
+            if beta_range is None:
+                raise ValueError(f"the DDPM loss needs an SDE that is the limit of DDPM's chain (VP), got "
+                                 f"{type(sde).__name__}")
+            beta_min, beta_max = beta_range
         self.num_steps, self.reduce_mean = num_steps, reduce_mean
         self.alphas_cumprod = ddpm_alphas_cumprod(num_steps, beta_min, beta_max)
 

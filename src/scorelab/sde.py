@@ -172,6 +172,14 @@ class SDE(abc.ABC):
         """The scalar a network is conditioned on, per the reference implementation's conventions."""
         return 999.0 * t
 
+    def ddpm_beta_range(self) -> tuple[float, float] | None:
+        """``(beta_min, beta_max)`` of the DDPM chain (Ho et al. 2020) whose continuous limit this SDE is, or None.
+
+        The discrete DDPM loss trains on that chain's ``alpha_bar_i``; an SDE that is not the limit of one (VE,
+        sub-VP) returns None.
+        """
+        return None
+
     # --- the reverse process -----------------------------------------------------------------
     def reverse_drift(
         self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor, probability_flow: bool = False
@@ -310,6 +318,10 @@ class VPSDE(_BetaSchedule, SDE):
         """
         alpha = self.step_alpha(t, t_next)
         return append_dims(alpha.sqrt() - 1.0, x.ndim) * x, self.step_beta(t, t_next).sqrt()
+
+    def ddpm_beta_range(self) -> tuple[float, float]:
+        """VP is the limit of DDPM's chain with ``beta_i = linspace(beta_min / N, beta_max / N, N)``."""
+        return self.beta_min, self.beta_max
 
     def ancestral_step(self, x, t, t_next, score, z):
         """DDPM ancestral step ``x' = (x + beta_i score) / sqrt(alpha_i) + sqrt(beta_i) z`` (Ho et al. 2020, Alg. 2)."""

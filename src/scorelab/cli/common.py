@@ -66,16 +66,25 @@ def compose_group(cfg: DictConfig, group: str, option: str) -> DictConfig:
 
 
 def fill_from_data(net_cfg: DictConfig, sample_shape: tuple[int, ...]) -> None:
-    """Set the network's shape arguments left ``null`` in config from the data module's ``sample_shape``."""
-    fill = {"dim": sample_shape[0] if len(sample_shape) == 1 else None,
-            "in_channels": sample_shape[0] if len(sample_shape) == 3 else None,
-            "image_size": sample_shape[-1] if len(sample_shape) == 3 else None}
+    """Set the network's arguments left ``null`` in config from the data module's ``sample_shape``.
+
+    Which arguments the data fix is the network's own declaration, ``data_arguments(sample_shape) -> {name: value}``
+    (a classmethod of :class:`~scorelab.models.ScoreUNet`, :class:`~scorelab.models.ScoreMLP`, ...); a network
+    without one gets nothing filled in.
+    """
+    from hydra.utils import get_object
+
+    declare = getattr(get_object(net_cfg._target_), "data_arguments", None)
+    if declare is None:
+        return
+    try:
+        values = declare(tuple(sample_shape))
+    except ValueError as exc:
+        raise UserError(f"model.net ({net_cfg._target_}) does not fit data of shape {tuple(sample_shape)}: {exc}; "
+                        "pick a model made for this data (e.g. model=mlp for points)") from None
     with open_dict(net_cfg):
-        for key, value in fill.items():
-            if key in net_cfg and net_cfg[key] is None:
-                if value is None:
-                    raise UserError(f"model.net.{key} cannot be inferred from data of shape {sample_shape}; "
-                                    f"pick a model made for this data (e.g. model=mlp for points)")
+        for key, value in values.items():
+            if net_cfg.get(key) is None:
                 net_cfg[key] = value
 
 

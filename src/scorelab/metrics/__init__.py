@@ -7,10 +7,9 @@ from .toy import (
     exact_nll,
     mode_weight_error,
     mode_weights,
-    sliced_wasserstein,
     toy_metrics,
 )
 
 __all__ = ["FeatureStats", "SampleEvaluator", "StatsMismatchError", "energy_distance", "energy_distance_2d",
            "exact_nll", "extract_features", "frechet_distance", "mode_weight_error", "mode_weights",
-           "sliced_wasserstein", "to_uint8", "toy_metrics"]
+           "to_uint8", "toy_metrics"]

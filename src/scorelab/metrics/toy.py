@@ -48,18 +48,6 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor, max_points: int = 4000,
     return float(2 * xy - xx - yy)
 
 
-def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 256,
-                       generator: torch.Generator | None = None) -> float:
-    """Sliced 2-Wasserstein distance between two equally sized point sets (Rabin et al. 2011)."""
-    n = min(x.shape[0], y.shape[0])
-    x, y = _subsample(x.double().flatten(1), n, generator), _subsample(y.double().flatten(1), n, generator)
-    dirs = torch.randn(x.shape[1], n_projections, generator=generator, dtype=torch.float64)
-    dirs = dirs / dirs.norm(dim=0, keepdim=True)
-    px, _ = (x @ dirs).sort(dim=0)
-    py, _ = (y @ dirs).sort(dim=0)
-    return float(((px - py) ** 2).mean().sqrt())
-
-
 def toy_metrics(mixture: GaussianMixture, x: torch.Tensor, n_reference: int | None = None,
                 generator: torch.Generator | None = None) -> dict:
     """All toy measures at once: mode weights, their max error, exact NLL, entropy and energy distance."""

@@ -46,7 +46,7 @@ class GaussianFourierEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """``t [B] -> [B, dim]``."""
-        args = 2 * math.pi * t.to(self.W.dtype)[:, None] * self.W[None]
+        args = t.to(self.W.dtype)[:, None] * self.W[None] * (2 * math.pi)  # the reference's order of products
         return torch.cat([args.sin(), args.cos()], dim=1)
 
 

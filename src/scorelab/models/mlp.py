@@ -45,6 +45,17 @@ class ScoreMLP(nn.Module):
         self.blocks = nn.ModuleList(_ResidualBlock(width, embed_dim) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, dim))
 
+    @classmethod
+    def data_arguments(cls, sample_shape: tuple[int, ...]) -> dict[str, int]:
+        """The constructor arguments fixed by the data: ``{"dim": D}`` for points of shape ``(D,)``.
+
+        Raises:
+            ValueError: the data are not points (e.g. images).
+        """
+        if len(sample_shape) != 1:
+            raise ValueError(f"{cls.__name__} takes points of shape (D,), not data of shape {tuple(sample_shape)}")
+        return {"dim": int(sample_shape[0])}
+
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor) -> torch.Tensor:
         """``x [B, D]``, ``noise_label [B]`` -> ``[B, D]``."""
         emb = self.embed(noise_label)

@@ -7,7 +7,7 @@ from torch import nn
 from ..sde import SDE
 from ..utils import append_dims
 
-OUTPUTS = ("score", "eps", "x0")
+OUTPUTS = ("score", "eps", "x0", "scaled_score")
 NOISE_LABELS = ("sde", "t", "log_std")
 
 
@@ -16,8 +16,10 @@ class ScoreModel(nn.Module):
 
     Output parameterisations (docs/math.md §3; Song et al. 2021, Appendix C; Karras et al. 2022, Table 1):
 
-    * ``"eps"``: the network predicts the noise, ``s = -net / s(t)`` (reference's ``scale_by_sigma`` and
-      DDPM's epsilon-prediction are this, up to the sign the network learns);
+    * ``"eps"``: the network predicts the noise, ``s = -net / s(t)`` (DDPM's epsilon-prediction; the
+      reference's VP / sub-VP score function);
+    * ``"scaled_score"``: the network predicts ``s(t)`` times the score, ``s = net / s(t)`` (the reference's
+      ``scale_by_sigma``: its NCSN++ divides its last layer by sigma);
     * ``"score"``: the network output is the score;
     * ``"x0"``: the network predicts clean data, ``s = -(x - a(t) net) / s(t)^2``.
 
@@ -32,10 +34,12 @@ class ScoreModel(nn.Module):
         scale_input: divide the input by ``sqrt(a^2 sigma_data^2 + s^2)`` (EDM's ``c_in``), which keeps
             VE inputs at unit scale.
         sigma_data: data standard deviation used by ``scale_input``.
+        centered: the network sees the input as given (True) or maps data in ``[0, 1]`` to ``[-1, 1]`` first
+            (False: the reference's ``data.centered = False``, used by its VE models on ``[0, 1]`` data).
     """
 
     def __init__(self, net: nn.Module, sde: SDE, output: str = "eps", noise_label: str = "sde",
-                 scale_input: bool = False, sigma_data: float = 0.5):
+                 scale_input: bool = False, sigma_data: float = 0.5, centered: bool = True):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -43,6 +47,7 @@ class ScoreModel(nn.Module):
             raise ValueError(f"noise_label must be one of {NOISE_LABELS}, got {noise_label!r}")
         self.net, self.sde = net, sde
         self.output, self.noise_label, self.scale_input, self.sigma_data = output, noise_label, scale_input, sigma_data
+        self.centered = bool(centered)
 
     def label(self, t: torch.Tensor) -> torch.Tensor:
         """The network's conditioning scalar for time ``t [B]``."""
@@ -57,9 +62,13 @@ class ScoreModel(nn.Module):
         a = append_dims(self.sde.mean_coeff(t), x.ndim)
         std = append_dims(self.sde.marginal_std(t), x.ndim)
         x_in = x / torch.sqrt(a**2 * self.sigma_data**2 + std**2) if self.scale_input else x
+        if not self.centered:
+            x_in = 2.0 * x_in - 1.0
         out = self.net(x_in, self.label(t))
         if self.output == "eps":
             return -out / std
+        if self.output == "scaled_score":
+            return out / std
         if self.output == "x0":
             return -(x - a * out) / std**2
         return out

@@ -1,8 +1,10 @@
 """The U-Net backbone shared by DDPM++ and NCSN++ (Song et al. 2021, Appendix H).
 
-One configurable class covers both families: DDPM++ uses sinusoidal time embeddings and nearest/average
-resampling; NCSN++ adds Gaussian Fourier embeddings, FIR resampling (Karras et al. 2020) and an input pyramid
-("progressive growing" of the input, Karras et al. 2020, StyleGAN2's skip/residual architectures).
+One configurable class covers both families (``conf/model/ddpmpp.yaml`` and the presets that change a few of its
+keys): DDPM++ is the DDPM U-Net (Ho et al. 2020) with BigGAN residual blocks, skip rescaling and sinusoidal
+embeddings of ``999 t``; NCSN++ adds Gaussian Fourier embeddings of ``log sigma`` (Tancik et al. 2020), FIR
+resampling (Karras et al. 2020) and an input pyramid ("progressive growing" of the input, StyleGAN2's
+skip/residual architectures); its CelebA-HQ / FFHQ variants add an output pyramid.
 The network is a pure backbone: ``forward(x, noise_label)`` returns the raw output, with no input centering
 and no division by sigma (the ``ScoreModel`` wrapper owns the parameterisation).
 """
@@ -246,6 +248,17 @@ class ScoreUNet(nn.Module):
         if progressive != "output_skip":  # otherwise the output pyramid is the output
             self.norm_out = group_norm(in_ch)
             self.conv_out = conv3x3(in_ch, in_channels, init_scale=init_scale)
+
+    @classmethod
+    def data_arguments(cls, sample_shape: tuple[int, ...]) -> dict[str, int]:
+        """The constructor arguments fixed by the data: ``in_channels`` and ``image_size`` of images ``(C, H, W)``.
+
+        Raises:
+            ValueError: the data are not square images.
+        """
+        if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
+            raise ValueError(f"{cls.__name__} takes square images (C, H, H), not data of shape {tuple(sample_shape)}")
+        return {"in_channels": int(sample_shape[0]), "image_size": int(sample_shape[-1])}
 
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor) -> torch.Tensor:
         """Raw network output for images ``x`` at noise labels ``noise_label``.

@@ -6,7 +6,7 @@ one with ``PCSampler(EulerMaruyama(), Langevin(snr=0.16), steps=1000)``, ``ODESa
 from :class:`TimeGrid` / :func:`time_grid`, outside the solvers.
 """
 from .base import CountingScore
-from .correctors import CORRECTORS, AnnealedLangevin, Corrector, Langevin, NoCorrector
+from .correctors import AnnealedLangevin, Corrector, Langevin, NoCorrector
 from .ddim import DDIMSampler
 from .deis import DEISSampler
 from .dpm_solver import DPMSolverPP, UniPCSampler
@@ -14,12 +14,12 @@ from .edm import EDMSampler
 from .grids import GRIDS, TimeGrid, time_grid
 from .ode import ODESampler, fixed_step, probability_flow
 from .pc import PCSampler
-from .predictors import PREDICTORS, Ancestral, EulerMaruyama, NoPredictor, Predictor, ReverseDiffusion
+from .predictors import Ancestral, EulerMaruyama, NoPredictor, Predictor, ReverseDiffusion
 from .sigma_space import Denoiser, SigmaSampler
 
 __all__ = [
-    "Ancestral", "AnnealedLangevin", "CORRECTORS", "Corrector", "CountingScore", "DDIMSampler", "DEISSampler",
+    "Ancestral", "AnnealedLangevin", "Corrector", "CountingScore", "DDIMSampler", "DEISSampler",
     "DPMSolverPP", "Denoiser", "EDMSampler", "EulerMaruyama", "GRIDS", "Langevin", "NoCorrector", "NoPredictor",
-    "ODESampler", "PCSampler", "PREDICTORS", "Predictor", "ReverseDiffusion", "SigmaSampler", "TimeGrid",
+    "ODESampler", "PCSampler", "Predictor", "ReverseDiffusion", "SigmaSampler", "TimeGrid",
     "UniPCSampler", "fixed_step", "probability_flow", "time_grid",
 ]

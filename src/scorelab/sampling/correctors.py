@@ -95,6 +95,3 @@ class AnnealedLangevin(Corrector):
             x_mean = x + step_size * score_fn(x, t)
             x = x_mean + torch.sqrt(2 * step_size) * noise_like(x, generator)
         return x, x_mean
-
-
-CORRECTORS = {"none": NoCorrector, "langevin": Langevin, "ald": AnnealedLangevin}

@@ -63,11 +63,3 @@ class Ancestral(Predictor):
 
     def step(self, score_fn, sde, x, t, t_next, generator=None):
         return sde.ancestral_step(x, t, t_next, score_fn(x, t), noise_like(x, generator))
-
-
-PREDICTORS = {
-    "none": NoPredictor,
-    "euler_maruyama": EulerMaruyama,
-    "reverse_diffusion": ReverseDiffusion,
-    "ancestral": Ancestral,
-}

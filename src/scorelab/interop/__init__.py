@@ -1,0 +1,1 @@
+"""Other implementations' files as scorelab checkpoints: ``python -m scorelab.convert --help``."""
