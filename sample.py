@@ -1,8 +1,13 @@
-"""Sample from a trained checkpoint or the exact toy oracle: `python sample.py --help` lists the options."""
+"""Sample from a trained checkpoint or the exact toy oracle: `python sample.py --help` lists the options.
+
+Under `torchrun --nproc_per_node=N sample.py ...` every rank draws its share of the seed range (the samples equal a
+1-process run's) and rank 0 writes the one run folder.
+"""
 import hydra
 from omegaconf import DictConfig
 
 from scorelab.cli.errors import run_or_exit
+from scorelab.distributed import hydra_run_folder_on_rank_zero
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
@@ -13,4 +18,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with hydra_run_folder_on_rank_zero():
+        main()

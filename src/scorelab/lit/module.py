@@ -115,21 +115,24 @@ class ScoreModule(L.LightningModule):
         return mix_seed(self.hparams.noise_seed, self.global_step, micro, self.global_rank, stream)
 
     def _step_generator(self, device: torch.device, batch_idx: int, local: int) -> torch.Generator | ShardedGenerator:
-        """Loss noise of (optimizer step, micro-batch): a pure function of the training position.
+        """Loss noise of an optimizer step: a pure function of the training position.
 
-        Under data parallelism the noise belongs to the *global* micro-batch: every rank draws the noise of all
-        ``local * world`` examples from the same generator and keeps the rows of its own examples (rank ``r`` holds
-        positions ``r, r + W, ...``, the way the project's samplers shard the data), so example ``i`` of the global
-        batch gets the same noise on any number of devices, and ``W`` ranks with batch ``B`` train exactly as one
-        process with batch ``W * B``.
+        The noise belongs to the step's *global* batch (``local`` examples x ``world`` ranks x ``accumulate``
+        micro-batches): every rank draws the noise of all of them from the step's generator and keeps the rows of
+        its own examples (micro-batch ``m`` of rank ``r`` holds positions ``m * local * W + r + W * j``, the way the
+        project's samplers deal out the data), so example ``i`` of the global batch gets the same noise on any
+        number of devices and with any accumulation: ``W`` ranks x ``A`` micro-batches of ``B`` train exactly as one
+        process with one batch of ``W * A * B``. One device without accumulation draws directly.
         """
-        micro = batch_idx % self.trainer.accumulate_grad_batches
-        seed = ((self.hparams.noise_seed * 1_000_003 + self.global_step) * 1009 + micro) * 4099
+        seed = (self.hparams.noise_seed * 1_000_003 + self.global_step) * 1009 * 4099
         gen = torch.Generator(device=device).manual_seed(seed % (2**63))
-        world = self.trainer.world_size
-        if world <= 1:
+        world, accumulate = self.trainer.world_size, self.trainer.accumulate_grad_batches
+        if world <= 1 and accumulate <= 1:
             return gen
-        return ShardedGenerator(gen, data_parallel_rows(local, self.global_rank, world), local * world)
+        micro = batch_idx % accumulate
+        rows = data_parallel_rows(local, self.global_rank, world)
+        offset = micro * local * world
+        return ShardedGenerator(gen, [offset + i for i in rows], local * world * accumulate)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Apply the ``nonfinite`` policy: a NaN/Inf loss or gradient skips this update or stops training."""

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ..data.toy import PRESETS, GaussianMixture
+from ..errors import UserError
 from ..utils import mix_seed
 
 
@@ -74,7 +75,7 @@ def train_sampler(trainer: L.Trainer | None, n: int, batch_size: int, seed: int,
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
     global_batch = batch_size * world
     if n < global_batch:
-        raise ValueError(f"the training set ({n} examples) is smaller than one global batch ({batch_size} per "
+        raise UserError(f"the training set ({n} examples) is smaller than one global batch ({batch_size} per "
                          f"device x {world} devices)")
 
     def consumed() -> int:  # samples trained on so far by all ranks together
