@@ -279,3 +279,11 @@ def test_a_requeue_handler_runs_only_after_last_ckpt_is_written(tmp_path):
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert seen == [3]
+
+
+def test_help_names_the_presets_and_the_scale_page(tmp_path):
+    res = run_script("train.py", ["--help"], cwd=tmp_path, timeout=120)
+    assert res.returncode == 0
+    assert "trainer=debug" in res.stdout and "hydra/launcher=slurm_2x8" in res.stdout and "docs/scale.md" in res.stdout
+    trainer_line = next(line for line in res.stdout.splitlines() if line.startswith("trainer:"))
+    assert all(name in trainer_line for name in ("cpu", "ddp", "debug", "gpu"))
