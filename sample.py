@@ -1,10 +1,15 @@
-"""Sample from a trained checkpoint or the exact toy oracle: `python sample.py --help` lists the options."""
+"""Sample from a trained checkpoint or the exact toy oracle: `python sample.py --help` lists the options.
+
+Under `torchrun --nproc_per_node=N sample.py ...` every rank draws its share of the seed range (the samples equal a
+1-process run's) and rank 0 writes the one run folder.
+"""
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from scorelab.cli.errors import run_or_exit
+from scorelab.distributed import hydra_run_folder_on_rank_zero
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
@@ -18,4 +23,5 @@ if __name__ == "__main__":
     from scorelab.cli.sample import sampler_keys_as_appends
 
     sys.argv = sampler_keys_as_appends(sys.argv)  # sampler.steps=20 changes the checkpoint's own sampler
-    main()
+    with hydra_run_folder_on_rank_zero():
+        main()

@@ -75,3 +75,17 @@ class LastCheckpointProbe(L.Callback):
         path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
         saved = torch.load(path, weights_only=True)["global_step"] if path.is_file() else None
         LastCheckpointProbe.seen.append((trainer.global_step, saved))
+
+
+class SignalAtStep(L.Callback):
+    """Send ``signum`` to this process once ``step`` optimizer steps are done (a preemption at a known step)."""
+
+    def __init__(self, step: int, signum: int):
+        self.step, self.signum, self.sent = step, signum, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.sent and trainer.global_step >= self.step:
+            import os
+
+            self.sent = True
+            os.kill(os.getpid(), self.signum)

@@ -147,18 +147,24 @@ def test_position_seeds_differ_per_rank_step_and_stream():
 
 
 def test_every_rank_draws_its_own_training_noise_and_dropout():
+    """Rank r keeps rows r, r + W, ... of the global batch's noise: ranks differ, and together they hold exactly the
+    noise one process with the whole batch draws."""
     from types import SimpleNamespace
 
     from scorelab.lit.module import ScoreModule
     from scorelab.models import ScoreMLP
+    from scorelab.utils import sample_noise
 
-    def draws(rank: int, step: int) -> tuple[torch.Tensor, int]:
+    def draws(rank: int, step: int, world: int = 2, local: int = 4) -> tuple[torch.Tensor, int]:
         module = ScoreModule(ScoreModel(ScoreMLP(dim=2, width=8, depth=1, embed_dim=8), VPSDE()), VPSDE())
-        module._trainer = SimpleNamespace(accumulate_grad_batches=1, global_rank=rank, global_step=step)
-        noise = torch.randn(4, generator=module._step_generator(torch.device("cpu"), batch_idx=step))
-        return noise, module._position_seed(step, stream=1)
+        module._trainer = SimpleNamespace(accumulate_grad_batches=1, global_rank=rank, global_step=step,
+                                          world_size=world)
+        gen = module._step_generator(torch.device("cpu"), batch_idx=step, local=local)
+        return sample_noise((local, 3), torch.empty(()), gen), module._position_seed(step, stream=1)
 
     (n0, d0), (n1, d1), (again, d_again) = draws(0, 7), draws(1, 7), draws(0, 7)
     assert not torch.equal(n0, n1) and d0 != d1  # ranks differ
     assert torch.equal(n0, again) and d0 == d_again  # a rank repeats itself at the same step (exact resume)
     assert not torch.equal(n0, draws(0, 8)[0]) and d0 != draws(0, 8)[1]  # and moves on with the step
+    single, _ = draws(0, 7, world=1, local=8)
+    assert torch.equal(single[0::2], n0) and torch.equal(single[1::2], n1)  # the union is the 1-process noise

@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch
 
 from .sde import SDE
-from .utils import append_dims, batch_mean, batch_sum, sample_noise
+from .utils import ShardedGenerator, append_dims, batch_mean, batch_sum, sample_noise
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 WEIGHTINGS = ("sigma2", "g2", "none")
@@ -105,8 +105,11 @@ class DDPMLoss:
     def per_example(self, score_fn: ScoreFn, x0: torch.Tensor,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-example loss ``[B]``."""
-        gen_device = generator.device if generator else None
-        i = torch.randint(0, self.num_steps, (x0.shape[0],), generator=generator, device=gen_device).to(x0.device)
+        if isinstance(generator, ShardedGenerator):  # this rank's rows of the global batch's draw
+            i = generator.randint(self.num_steps, (x0.shape[0],)).to(x0.device)
+        else:
+            gen_device = generator.device if generator else None
+            i = torch.randint(0, self.num_steps, (x0.shape[0],), generator=generator, device=gen_device).to(x0.device)
         abar = append_dims(self.alphas_cumprod.to(x0.device, x0.dtype)[i], x0.ndim)
         eps = sample_noise(x0.shape, x0, generator)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps

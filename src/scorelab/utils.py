@@ -63,7 +63,56 @@ class PerSampleGenerator:
                             for g in self.generators])
 
 
-Generator = torch.Generator | PerSampleGenerator
+class ShardedGenerator:
+    """This process's rows of draws made for a larger batch: ``rows`` of a ``total``-row draw of ``generator``.
+
+    Every draw first makes the noise of the whole batch (``total`` rows, exactly what a single process would draw
+    from ``generator``) and keeps the rows this process holds. Data-parallel ranks that each hold ``rows`` of one
+    global batch (rank ``r`` of ``W``: ``range(r, total, W)``) thus see, together, the noise of a single process
+    with the whole batch: a run on ``W`` processes matches a run on one, example for example. The cost is drawing
+    ``W`` times the local noise, small next to a network evaluation.
+
+    Args:
+        generator: the generator a single process would use (on the device the noise is drawn on).
+        rows: the row indices of the global batch held here, one per local example, in local order.
+        total: rows of the global batch.
+    """
+
+    def __init__(self, generator: torch.Generator, rows: Sequence[int], total: int):
+        self.generator, self.total = generator, int(total)
+        self.rows = torch.as_tensor(list(rows), dtype=torch.long)
+        if len(self.rows) == 0 or int(self.rows.min()) < 0 or int(self.rows.max()) >= self.total:
+            raise ValueError(f"rows must be a non-empty subset of range({total}), got {list(rows)[:8]}...")
+        self.device = generator.device
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _global_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not shape or shape[0] != len(self.rows):
+            raise ValueError(f"a draw of shape {tuple(shape)} does not have one row per local example ({len(self)})")
+        return (self.total, *shape[1:])
+
+    def draw(self, shape: tuple[int, ...], dtype: torch.dtype, kind: str = "normal") -> torch.Tensor:
+        """Standard normal (or U[0, 1)) noise of ``shape = (len(rows), ...)``, on the generator's device."""
+        fn = torch.randn if kind == "normal" else torch.rand
+        full = fn(self._global_shape(tuple(shape)), generator=self.generator, dtype=dtype, device=self.device)
+        return full[self.rows.to(self.device)]
+
+    def randint(self, high: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Integers in ``[0, high)`` of ``shape = (len(rows), ...)`` (as ``torch.randint`` over the whole batch)."""
+        full = torch.randint(0, high, self._global_shape(tuple(shape)), generator=self.generator, device=self.device)
+        return full[self.rows.to(self.device)]
+
+
+def data_parallel_rows(local: int, rank: int, world: int) -> range:
+    """Rows of a global batch of ``local * world`` examples that rank ``rank`` holds when ranks interleave
+    (rank ``r`` takes positions ``r, r + W, ...``, as :class:`~scorelab.lit.toy_datamodule.EpochSeededSampler`
+    shards the data)."""
+    return range(rank, local * world, world)
+
+
+Generator = torch.Generator | PerSampleGenerator | ShardedGenerator
 
 
 def sample_noise(shape: tuple[int, ...], like: torch.Tensor, generator: Generator | None = None,
@@ -71,11 +120,12 @@ def sample_noise(shape: tuple[int, ...], like: torch.Tensor, generator: Generato
     """Noise of ``shape`` in ``like``'s dtype and device: standard normal or, with ``kind="uniform"``, U[0, 1).
 
     Drawn on the generator's own device (a CPU generator can drive GPU tensors), then moved to ``like``'s. A
-    :class:`PerSampleGenerator` draws each row from its own generator.
+    :class:`PerSampleGenerator` draws each row from its own generator, a :class:`ShardedGenerator` keeps its rows of
+    a larger draw.
     """
     if kind not in ("normal", "uniform"):
         raise ValueError(f"kind must be normal or uniform, got {kind!r}")
-    if isinstance(generator, PerSampleGenerator):
+    if isinstance(generator, (PerSampleGenerator, ShardedGenerator)):
         return generator.draw(tuple(shape), like.dtype, kind).to(like.device)
     device = generator.device if generator is not None else like.device
     draw = torch.randn if kind == "normal" else torch.rand

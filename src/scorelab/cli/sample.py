@@ -1,7 +1,10 @@
 """``sample(cfg)``: draw samples from a checkpoint (or the exact toy oracle), write them as they are made, and
 optionally score them (FID / KID, or the MNIST domain metric).
 
-Sample ``i`` uses seed ``seed + i``, so a seed range gives the same samples at any batch size.
+Sample ``i`` uses seed ``seed + i``, so a seed range gives the same samples at any batch size, and on any number
+of processes: under ``torchrun --nproc_per_node=N sample.py ...`` batch ``b`` of the seed range is drawn by rank
+``b mod N``, every rank writes its own image shards into the one run folder (rank 0's), and rank 0 gathers the
+points, NFE counts and picture into the same files a 1-process run writes (:mod:`scorelab.distributed`).
 """
 from __future__ import annotations
 
@@ -16,12 +19,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.sample_files import write_npz_shard, write_png_images
+from ..distributed import device_for_rank, gather, is_main_process, process_group, run_and_gather, shard, world_size
 from ..io import save_npz_atomic, write_text_atomic
 from ..lit.module import ScoreModule
 from ..lit.plotting import save_samples_picture
 from ..metrics.evaluation import mean_and_stderr, to_uint8
 from ..metrics.toy import toy_metrics
-from ..sampling.seeded import seeded_batches
+from ..sampling.seeded import SeededBatch, seeded_batches
 from .common import (
     build_core,
     check_state_dict,
@@ -147,22 +151,27 @@ def sample(cfg: DictConfig) -> Path:
     Images: ``samples/`` (``.npz`` shards or PNGs, written batch by batch), ``samples.png`` (a grid) and
     ``sample.json`` (NFE, seeds, timing and, with ``eval.fid=true``, the metrics).
 
+    Under ``torchrun`` every rank draws its share of the batches (the samples equal a 1-process run's); rank 0
+    writes the one set of result files into its run folder.
+
     Returns:
         The path of ``samples.npz`` (points) or of the ``samples/`` folder (images).
     """
     _check(cfg)
-    device = resolve_device(cfg.device)
-    trained, sampler_cfg = _source(cfg)
-    sampler = instantiate(sampler_cfg)
-    score = trained.score.to(device).eval()
-    shape = tuple(trained.datamodule.sample_shape)
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if len(shape) == 3:
-        return _sample_images(cfg, trained, sampler, score, shape, device, out)
-    if cfg.eval.fid:
-        raise UserError("eval.fid is for images; toy data get exact metrics (metrics.json) without it")
-    return _sample_points(cfg, trained, sampler, score, shape, device, out)
+    device = device_for_rank(resolve_device(cfg.device))
+    with process_group(device):
+        trained, sampler_cfg = _source(cfg)
+        sampler = instantiate(sampler_cfg)
+        score = trained.score.to(device).eval()
+        shape = tuple(trained.datamodule.sample_shape)
+        out = Path(gather(str(cfg.paths.output_dir))[0])  # rank 0's run folder, the only one of the job
+        if is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+        if len(shape) == 3:
+            return _sample_images(cfg, trained, sampler, score, shape, device, out)
+        if cfg.eval.fid:
+            raise UserError("eval.fid is for images; toy data get exact metrics (metrics.json) without it")
+        return _sample_points(cfg, trained, sampler, score, shape, device, out)
 
 
 def _nfe_summary(nfes: list[int]) -> dict[str, Any]:
@@ -170,14 +179,35 @@ def _nfe_summary(nfes: list[int]) -> dict[str, Any]:
     return {"nfe": max(nfes), "nfe_mean": float(np.mean(nfes)), "nfe_total": int(sum(nfes)), "batches": len(nfes)}
 
 
+def my_batches(seeds: range | list[int], batch_size: int, rank: int | None = None,
+               world: int | None = None) -> list[tuple[int, list[int]]]:
+    """This rank's batches of a seed range: ``(position of the first sample, seeds)`` of batches ``rank,
+    rank + W, ...`` (the batches of a 1-process run, dealt out by index; their union is the whole range)."""
+    seeds = list(seeds)
+    batches = [(start, seeds[start:start + batch_size]) for start in range(0, len(seeds), batch_size)]
+    return [batches[b] for b in shard(len(batches), rank, world)]
+
+
+def _draw(sampler, score, sde, shape, batches: list[tuple[int, list[int]]], device) -> Any:
+    """Yield this rank's :class:`SeededBatch` es, each positioned in the whole seed range."""
+    for start, chunk in batches:
+        for batch in seeded_batches(sampler, score, sde, shape, chunk, len(chunk), device):
+            yield SeededBatch(start, batch.seeds, batch.x, batch.nfe)
+
+
 def _sample_points(cfg, trained: Trained, sampler, score, shape, device, out: Path) -> Path:
     seeds = range(cfg.seed, cfg.seed + cfg.n_samples)
-    chunks, nfes = [], []
-    for batch in seeded_batches(sampler, score, trained.sde, shape, seeds, cfg.batch_size, device):
-        chunks.append(batch.x.cpu())
-        nfes.append(batch.nfe)
-    x, nfe = torch.cat(chunks), _nfe_summary(nfes)
-    path = save_npz_atomic(out / "samples.npz", x=x.numpy(), seeds=np.asarray(list(seeds)), nfe=np.array(nfe["nfe"]),
+    batches = my_batches(seeds, cfg.batch_size)
+
+    def solve() -> list[tuple[int, torch.Tensor, int]]:
+        return [(b.start, b.x.cpu(), b.nfe) for b in _draw(sampler, score, trained.sde, shape, batches, device)]
+
+    parts = sorted((item for part in run_and_gather(solve) for item in part), key=lambda item: item[0])
+    path = out / "samples.npz"
+    if not is_main_process():
+        return path
+    x, nfe = torch.cat([p[1] for p in parts]), _nfe_summary([p[2] for p in parts])
+    path = save_npz_atomic(path, x=x.numpy(), seeds=np.asarray(list(seeds)), nfe=np.array(nfe["nfe"]),
                            nfe_total=np.array(nfe["nfe_total"]))
     mixture = getattr(trained.datamodule, "mixture", None)
     reference = mixture.sample(min(len(x), 5000), generator=torch.Generator().manual_seed(0)) if mixture else None
@@ -185,50 +215,75 @@ def _sample_points(cfg, trained: Trained, sampler, score, shape, device, out: Pa
                          title=f"{type(sampler).__name__}, NFE {nfe['nfe']}")
     if mixture is not None:
         metrics = toy_metrics(mixture, x, generator=torch.Generator().manual_seed(cfg.seed))
-        metrics.update(nfe, sampler=repr(sampler))
+        metrics.update(nfe, sampler=repr(sampler), processes=world_size())
         write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
         print(json.dumps({k: metrics[k] for k in ("mode_weights", "exact_nll", "entropy", "energy_distance")}))
     print(f"wrote {len(x)} samples (NFE {nfe['nfe']}) to {path}")
     return path
 
 
-def _sample_images(cfg, trained: Trained, sampler, score, shape, device, out: Path) -> Path:
+GRID = 64  # images in the preview grid
+
+
+def _build_evaluator(cfg, trained: Trained, device):
+    """The evaluator on every rank; reference statistics made (and cached) by rank 0 first, then read by the rest."""
+    if not cfg.eval.fid:
+        return None
+    evaluator = build_evaluator(cfg, trained, device) if is_main_process() else None
+    gather(None)  # the others wait until the statistics are cached
+    return evaluator if evaluator is not None else build_evaluator(cfg, trained, device)
+
+
+def _solve_images(cfg, trained: Trained, sampler, score, shape, batches, device, folder: Path, evaluator,
+                  desc: str) -> dict[str, Any]:
+    """This rank's batches: shards written as made, features added, the grid's first images and the NFE kept."""
     data_range = tuple(trained.datamodule.data_range)
-    evaluator = build_evaluator(cfg, trained, device) if cfg.eval.fid else None
+    grid, nfes, began = [], [], time.perf_counter()
+    bar, update = progress_bar(sum(len(c) for _, c in batches), desc, cfg.get("progress", True) and is_main_process())
+    try:
+        for batch in _draw(sampler, score, trained.sde, shape, batches, device):
+            images = to_uint8(batch.x, data_range)
+            if cfg.format == "png":
+                write_png_images(images, folder, batch.start)
+            else:
+                write_npz_shard(images, folder, batch.start, batch.seeds)
+            if evaluator is not None:
+                evaluator.update(images)
+            if batch.start < GRID:
+                grid.append((batch.start, images[: GRID - batch.start].cpu()))
+            nfes.append((batch.start, batch.nfe))
+            update(len(batch.seeds))
+    finally:
+        bar.close()
+    return {"grid": grid, "nfes": nfes, "seconds": time.perf_counter() - began}
+
+
+def _sample_images(cfg, trained: Trained, sampler, score, shape, device, out: Path) -> Path:
+    evaluator = _build_evaluator(cfg, trained, device)
     n = cfg.n_samples
     starts = [cfg.seed] if cfg.eval.protocol == "single" else [cfg.seed + k * n for k in range(3)]
     runs, folders = [], []
     for base in starts:
         folder = out / ("samples" if len(starts) == 1 else f"samples_seeds_{base}-{base + n - 1}")
-        grid, nfes, began = [], [], time.perf_counter()
-        bar, update = progress_bar(n, f"sampling seeds {base}..{base + n - 1}", cfg.get("progress", True))
-        try:
-            for batch in seeded_batches(sampler, score, trained.sde, shape, range(base, base + n), cfg.batch_size,
-                                        device):
-                images = to_uint8(batch.x, data_range)
-                if cfg.format == "png":
-                    write_png_images(images, folder, batch.start)
-                else:
-                    write_npz_shard(images, folder, batch.start, batch.seeds)
-                if evaluator is not None:
-                    evaluator.update(images)
-                if sum(len(g) for g in grid) < 64:
-                    grid.append(images[: 64 - sum(len(g) for g in grid)].cpu())
-                nfes.append(batch.nfe)
-                update(len(batch.seeds))
-        finally:
-            bar.close()
-        run = {"seeds": [base, base + n - 1], "folder": str(folder), "seconds": round(time.perf_counter() - began, 2),
-               **_nfe_summary(nfes)}
+        batches = my_batches(range(base, base + n), cfg.batch_size)
+        parts = run_and_gather(_solve_images, cfg, trained, sampler, score, shape, batches, device, folder,
+                               evaluator, f"sampling seeds {base}..{base + n - 1}")
+        nfes = [nfe for _, nfe in sorted(item for p in parts for item in p["nfes"])]
+        run = {"seeds": [base, base + n - 1], "folder": str(folder),
+               "seconds": round(max(p["seconds"] for p in parts), 2), "processes": len(parts), **_nfe_summary(nfes)}
         if evaluator is not None:
-            run.update(evaluator.compute(seed=cfg.seed))
+            run.update(evaluator.compute(seed=cfg.seed))  # all-reduces the features: every rank calls it
             evaluator.reset()
-        picture = out / ("samples.png" if len(starts) == 1 else f"{folder.name}.png")
-        save_samples_picture(torch.cat(grid).float() / 255.0, picture, data_range=(0.0, 1.0))
+        if is_main_process():
+            grid = torch.cat([g for _, g in sorted((item for p in parts for item in p["grid"]), key=lambda i: i[0])])
+            picture = out / ("samples.png" if len(starts) == 1 else f"{folder.name}.png")
+            save_samples_picture(grid.float() / 255.0, picture, data_range=(0.0, 1.0))
         runs.append(run)
         folders.append(folder)
+    if not is_main_process():
+        return folders[0]
     summary = {"n_samples": n, "sampler": repr(sampler), "format": cfg.format, "protocol": cfg.eval.protocol,
-               "ckpt_path": cfg.get("ckpt_path"), "runs": runs}
+               "ckpt_path": cfg.get("ckpt_path"), "processes": world_size(), "runs": runs}
     if evaluator is not None:
         summary.update(_eval_summary(runs, evaluator.metric_name, evaluator.kernel_name))
     write_text_atomic(out / "sample.json", json.dumps(summary, indent=2))

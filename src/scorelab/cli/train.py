@@ -1,7 +1,11 @@
 """``train(cfg)``: the whole training job, callable from ``train.py`` and from tests with a composed config."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,11 @@ from ..lit.checkpointing import AtomicCheckpointIO, PreemptionCallback
 from ..lit.fid_callback import domain_mismatch
 from ..lit.module import ScoreModule
 from .common import build_core, check_state_dict, load_checkpoint
+from .errors import UserError
 from .resume import resolve_ckpt_path
+
+# trainer.precision values the presets support (Lightning's names; 32 is 32-true)
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
 
 
 def _instantiate_group(cfg: DictConfig | None, skip: tuple[str, ...] = (), **kwargs) -> list:
@@ -40,6 +48,7 @@ def train(cfg: DictConfig) -> float | None:
     SIGUSR1 stops training after the current step with ``checkpoints/last.ckpt`` written (exit status 0), which
     ``ckpt_path=auto`` (or ``last``, a run folder, a file) continues.
     """
+    check_trainer_config(cfg.trainer)
     resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     ckpt_path, ckpt = load_checkpoint(resume_from) if resume_from else (None, None)
     L.seed_everything(cfg.seed, workers=True)
@@ -61,11 +70,14 @@ def train(cfg: DictConfig) -> float | None:
     callbacks.insert(0, PreemptionCallback(_checkpoint_dir(cfg, callbacks), save_at_end=_saves_last(callbacks)))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      plugins=[AtomicCheckpointIO()])
+    batch = global_batch(trainer, parts["datamodule"].batch_size)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "global_batch": batch["global_batch"]})
     rank_zero_info(f"run folder: {cfg.paths.output_dir}")
+    rank_zero_info(describe_global_batch(batch, cfg.optimizer.get("lr")))
     try:
-        trainer.fit(module, datamodule=parts["datamodule"], ckpt_path=ckpt_path, weights_only=True)
+        with _sweep_job_as_single_run(trainer, cfg):
+            trainer.fit(module, datamodule=parts["datamodule"], ckpt_path=ckpt_path, weights_only=True)
         metrics = _final_metrics(trainer, callbacks)
         if trainer.is_global_zero:
             write_text_atomic(Path(cfg.paths.output_dir) / "final_metrics.json", json.dumps(metrics, indent=2))
@@ -92,6 +104,82 @@ def _unfitting_callbacks(cfg: DictConfig | None, datamodule) -> tuple[str, ...]:
         return ()
     rank_zero_warn(note)
     return ("fid",)
+
+
+def check_trainer_config(trainer_cfg: DictConfig) -> None:
+    """Refuse trainer values the presets do not support with one clear line, before anything is built."""
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise UserError(f"trainer.precision must be one of 32, bf16-mixed, 16-mixed, got {precision!r}")
+    if precision == "16-mixed" and trainer_cfg.get("accelerator") == "cpu":
+        raise UserError("trainer.precision=16-mixed needs a GPU (trainer=gpu or trainer=ddp); on the CPU use "
+                        "bf16-mixed or 32")
+    accumulate = trainer_cfg.get("accumulate_grad_batches", 1)
+    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+        raise UserError(f"trainer.accumulate_grad_batches must be a positive integer, got {accumulate!r}")
+    nodes = trainer_cfg.get("num_nodes", 1)
+    if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
+        raise UserError(f"trainer.num_nodes must be a positive integer, got {nodes!r}")
+
+
+def global_batch(trainer: L.Trainer, per_device: int) -> dict[str, int]:
+    """The examples behind one optimizer step: per-device batch x devices x nodes x gradient accumulation."""
+    devices, nodes, accumulate = trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches
+    return {"per_device": int(per_device), "devices": devices, "nodes": nodes, "accumulate": accumulate,
+            "global_batch": int(per_device) * devices * nodes * accumulate}
+
+
+def describe_global_batch(batch: dict[str, int], lr: float | None) -> str:
+    """The line printed at the start of training (the learning rate is never scaled with the batch)."""
+    line = (f"global batch {batch['global_batch']} = {batch['per_device']} per device x {batch['devices']} "
+            f"device(s) x {batch['nodes']} node(s) x {batch['accumulate']} accumulation step(s)")
+    if lr is not None:
+        line += f"; learning rate {lr} as configured (not scaled with the global batch)"
+    return line
+
+
+# what Lightning's ddp launcher writes into this process's environment when it starts the other ranks
+_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def _sweep_job_as_single_run(trainer: L.Trainer, cfg: DictConfig) -> Iterator[None]:
+    """Let ``python train.py -m ... trainer=ddp`` start each job's extra ranks as a single run of that job.
+
+    Lightning's ``ddp`` launcher starts ranks > 0 by re-running ``sys.argv``, which under ``-m`` is the whole sweep:
+    the children would run every job again and make extra sweep folders. For the duration of ``fit`` the command
+    line becomes this job's own overrides, and Hydra's run folder this job's folder, so each child joins exactly
+    this job, in its folder; afterwards the process group is closed and the launch variables Lightning put into
+    the environment are restored, so the next job (run by the same process) starts its own ranks and group. Runs
+    that are not sweep jobs, and other strategies, are left alone.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+    from omegaconf import open_dict, read_write
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+            and isinstance(launcher, _SubprocessScriptLauncher)):
+        yield
+        return
+    hydra_cfg = HydraConfig.get()  # this job's own copy: the next job of the sweep gets a fresh one
+    argv = list(sys.argv)
+    env = {key: os.environ.get(key) for key in _LAUNCH_ENV}
+    sys.argv[1:] = list(hydra_cfg.overrides.task)
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = str(cfg.paths.output_dir)
+    try:
+        yield
+    finally:
+        sys.argv[:] = argv
+        for key, value in env.items():  # LOCAL_RANK left set would make the next job wait for ranks never started
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # the next job starts its own ranks and group
 
 
 def _checkpoint_dir(cfg: DictConfig, callbacks: list) -> Path:

@@ -83,14 +83,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
+def _is_lightnings(handler: Any) -> bool:
+    """Whether a signal handler is Lightning's own (its SLURM requeue), which returns; others may exit."""
+    return str(getattr(handler, "__module__", "") or "").startswith("lightning")
+
+
 class PreemptionCallback(L.Callback):
-    """On SIGTERM or SIGUSR1 during training: write ``<dirpath>/last.ckpt`` at the current step and exit with 0.
+    """On SIGTERM, SIGUSR1 or SIGUSR2 during training: write ``<dirpath>/last.ckpt`` at the current step and exit
+    with 0.
 
     SIGTERM is Lightning's own: its signal connector stops the loop once the current step (and any validation it
     triggers) is complete, with ``SIGTERMException`` (a ``SystemExit``, so status 0), and this callback saves in
     ``on_exception``, so the checkpoint holds the state of a finished step. SIGUSR1 is re-raised as SIGTERM and
     takes the same path; under SLURM with auto-requeue Lightning's own SIGUSR1 handler runs first
     (``hpc_ckpt_N.ckpt`` and ``scontrol requeue``). Every rank calls ``save_checkpoint``; rank 0 writes.
+    SIGUSR2 is submitit's preemption signal (``hydra/launcher=slurm_*``): its handler requeues the job and exits
+    the process, so any handler that is not Lightning's runs only after ``last.ckpt`` is written.
 
     With ``save_at_end`` it also writes ``last.ckpt`` at the final step in ``on_train_end``; placed first among the
     callbacks, that happens before end-of-training evaluations (samples, metrics, FID), so a preemption during
@@ -98,16 +106,18 @@ class PreemptionCallback(L.Callback):
 
     Args:
         dirpath: the checkpoint folder (ModelCheckpoint's ``dirpath``).
-        signals: the extra signals that stop training like SIGTERM (default SIGUSR1).
+        signals: the extra signals that stop training like SIGTERM (default SIGUSR1 and SIGUSR2).
         save_at_end: write ``last.ckpt`` when training ends normally too.
     """
 
-    def __init__(self, dirpath: str | Path, signals: tuple[str, ...] = ("SIGUSR1",), save_at_end: bool = False):
+    def __init__(self, dirpath: str | Path, signals: tuple[str, ...] = ("SIGUSR1", "SIGUSR2"),
+                 save_at_end: bool = False):
         self.dirpath = Path(dirpath)
         self.save_at_end = save_at_end
         self.signal_names = signals
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._after_save: list[tuple[Any, int]] = []  # replaced handlers that must wait for last.ckpt
         self.full_state = True  # resuming needs optimizer, loops and callbacks, not only the weights
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -128,10 +138,14 @@ class PreemptionCallback(L.Callback):
                 self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        """SIGUSR1: run the handler it replaced (SLURM requeue), then stop as on SIGTERM."""
+        """SIGUSR1/2: run Lightning's handler it replaced (SLURM requeue) now, others after the save; stop as on
+        SIGTERM."""
         previous = self._previous.get(signum)
         if callable(previous):
-            previous(signum, frame)  # Lightning's SLURM requeue handler, if any
+            if _is_lightnings(previous):
+                previous(signum, frame)  # Lightning's SLURM requeue handler
+            else:
+                self._after_save.append((previous, signum))  # e.g. submitit's requeue, which exits the process
         self.received = signum
         signal.raise_signal(signal.SIGTERM)  # from here on exactly Lightning's SIGTERM path
 
@@ -155,6 +169,9 @@ class PreemptionCallback(L.Callback):
                    "(or ckpt_path=auto hydra.run.dir=<this run folder>)")
         if trainer.is_global_zero:
             print(message, file=sys.stderr, flush=True)
+        pending, self._after_save = self._after_save, []
+        for handler, signum in pending:
+            handler(signum, None)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Give SIGUSR1 back to its previous handler; with ``save_at_end``, write ``last.ckpt`` at the final step

@@ -45,7 +45,7 @@ from scorelab.data.lazy_images import (
     default_split_kwargs,
     torchvision_class,
 )
-from scorelab.lit.toy_datamodule import EpochSeededSampler
+from scorelab.lit.toy_datamodule import EpochSeededSampler, train_sampler
 
 
 def split_indices(n: int, val_size: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,14 +208,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _train_sampler(self, n: int) -> EpochSeededSampler:
         """Per-epoch permutation and per-image seeds derived from the training position (as the toy data's)."""
-        trainer = self.trainer
-
-        def consumed() -> int:  # images trained on so far; under DDP Lightning shards each epoch with set_epoch
-            return trainer.global_step * trainer.accumulate_grad_batches * self.batch_size
-
-        position = consumed if trainer is not None and trainer.world_size == 1 else None
-        return EpochSeededSampler(n, self.seed, position, epoch_size=n // self.batch_size * self.batch_size,
-                                  with_seeds=True)
+        return train_sampler(self.trainer, n, self.batch_size, self.seed, with_seeds=True)
 
 
 class MNISTDataModule(ImageDataModule):

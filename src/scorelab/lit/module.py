@@ -11,7 +11,7 @@ from torch import nn
 from ..losses import DSMLoss
 from ..models.score_model import ScoreModel
 from ..sde import SDE
-from ..utils import mix_seed
+from ..utils import ShardedGenerator, data_parallel_rows, mix_seed
 from .ema import EMA
 from .nonfinite import NonFiniteGuard
 
@@ -31,9 +31,10 @@ class ScoreModule(L.LightningModule):
         channels_last: keep image batches and weights in channels-last memory format.
         score_error_times: times at which validation logs the error against an exact oracle score, when the
             data module has one (toy mixtures): ``E ||s(t) (s_theta - s*)||^2``, the eps-space error.
-        noise_seed: the training noise (t and z of the loss) of step k on rank r is drawn from a generator seeded
-            with ``(noise_seed, k, r)``, and the global random generator (dropout) is reseeded from the same position
-            before every step, so a resumed run continues exactly as an uninterrupted one would.
+        noise_seed: the training noise (t and z of the loss) of step k is drawn from a generator seeded with
+            ``(noise_seed, k)`` for the whole global batch (each rank keeps its examples' rows), and the global random
+            generator (dropout) is reseeded from ``(noise_seed, k, rank)`` before every step, so a resumed run
+            continues exactly as an uninterrupted one would, and W ranks match one process with the global batch.
         nonfinite: what a step with a NaN/Inf loss or gradient does: ``"skip"`` (no optimizer or EMA update,
             counted in ``train/skipped_steps``) or ``"stop"`` (an error naming the step; checkpoints are kept).
         nonfinite_patience: with ``"skip"``, stop after this many non-finite steps in a row.
@@ -103,7 +104,7 @@ class ScoreModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = self._inputs(batch)
         torch.manual_seed(self._position_seed(batch_idx, stream=1))  # dropout: a function of the position too
-        loss = self.loss(self._train_model, x, generator=self._step_generator(x.device, batch_idx))
+        loss = self.loss(self._train_model, x, generator=self._step_generator(x.device, batch_idx, x.shape[0]))
         self.nonfinite_guard.observe_loss(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
@@ -113,11 +114,25 @@ class ScoreModule(L.LightningModule):
         micro = batch_idx % self.trainer.accumulate_grad_batches
         return mix_seed(self.hparams.noise_seed, self.global_step, micro, self.global_rank, stream)
 
-    def _step_generator(self, device: torch.device, batch_idx: int) -> torch.Generator:
-        """Loss noise of (optimizer step, micro-batch, rank): a pure function of the training position."""
-        micro = batch_idx % self.trainer.accumulate_grad_batches
-        seed = ((self.hparams.noise_seed * 1_000_003 + self.global_step) * 1009 + micro) * 4099 + self.global_rank
-        return torch.Generator(device=device).manual_seed(seed % (2**63))
+    def _step_generator(self, device: torch.device, batch_idx: int, local: int) -> torch.Generator | ShardedGenerator:
+        """Loss noise of an optimizer step: a pure function of the training position.
+
+        The noise belongs to the step's *global* batch (``local`` examples x ``world`` ranks x ``accumulate``
+        micro-batches): every rank draws the noise of all of them from the step's generator and keeps the rows of
+        its own examples (micro-batch ``m`` of rank ``r`` holds positions ``m * local * W + r + W * j``, the way the
+        project's samplers deal out the data), so example ``i`` of the global batch gets the same noise on any
+        number of devices and with any accumulation: ``W`` ranks x ``A`` micro-batches of ``B`` train exactly as one
+        process with one batch of ``W * A * B``. One device without accumulation draws directly.
+        """
+        seed = (self.hparams.noise_seed * 1_000_003 + self.global_step) * 1009 * 4099
+        gen = torch.Generator(device=device).manual_seed(seed % (2**63))
+        world, accumulate = self.trainer.world_size, self.trainer.accumulate_grad_batches
+        if world <= 1 and accumulate <= 1:
+            return gen
+        micro = batch_idx % accumulate
+        rows = data_parallel_rows(local, self.global_rank, world)
+        offset = micro * local * world
+        return ShardedGenerator(gen, [offset + i for i in rows], local * world * accumulate)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Apply the ``nonfinite`` policy: a NaN/Inf loss or gradient skips this update or stops training."""

@@ -6,33 +6,47 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ..data.toy import GaussianMixture, mixture_from_spec
+from ..errors import UserError
 from ..utils import mix_seed
 
 
-class EpochSeededSampler(Sampler[int]):
-    """A random permutation per epoch drawn from ``seed + epoch``, so the data order is a function of position.
+class EpochSeededSampler(DistributedSampler):
+    """A random permutation per epoch drawn from ``seed + epoch``, so the data order is a function of position,
+    sharded over data-parallel ranks by the sampler itself.
 
-    With ``position_fn`` (samples consumed so far, e.g. ``global_step * batch_size``) the epoch and the samples
-    already seen in it are derived from the training position itself, not from Lightning's epoch counter (which
-    differs between a fresh run and one restored from a checkpoint): a resumed run, at an epoch end or
-    mid-epoch, sees exactly the batches an uninterrupted run would. Without it, ``set_epoch`` decides.
+    With ``position_fn`` (samples consumed so far by all ranks together, e.g. ``global_step * global batch``) the
+    epoch and the samples already seen in it are derived from the training position itself, not from Lightning's
+    epoch counter (which differs between a fresh run and one restored from a checkpoint): a resumed run, at an epoch
+    end or mid-epoch, sees exactly the batches an uninterrupted run would. Without it, ``set_epoch`` decides.
+
+    Under data parallelism (``world > 1``) rank ``r`` takes positions ``r, r + W, ...`` of the epoch's permutation
+    (after the samples already seen), so the union of the ranks' ``k``-th batches is the ``k``-th batch a single
+    process with ``W`` times the batch size would draw. Being a ``DistributedSampler`` itself, Lightning leaves it
+    in place instead of wrapping it, so the data order does not depend on Lightning passing ``set_epoch`` on.
 
     Args:
         n: dataset size.
         seed: base seed of the permutations.
-        position_fn: returns the number of samples consumed so far.
-        epoch_size: samples per epoch (``n`` rounded down to whole batches when the loader drops the last one).
+        position_fn: returns the number of samples consumed so far (all ranks).
+        epoch_size: samples per epoch, all ranks together (``n`` rounded down to whole global batches when the
+            loader drops the last one); a multiple of ``world``.
         with_seeds: yield ``(index, seed)`` pairs, ``seed`` a function of ``(seed, epoch, index)``, for datasets
             whose random augmentation must also follow the position (see ``UInt8ImageDataset``).
+        rank: this process's data-parallel rank.
+        world: number of data-parallel ranks.
     """
 
     def __init__(self, n: int, seed: int = 0, position_fn: Callable[[], int] | None = None,
-                 epoch_size: int | None = None, with_seeds: bool = False):
+                 epoch_size: int | None = None, with_seeds: bool = False, rank: int = 0, world: int = 1):
+        super().__init__(range(n), num_replicas=world, rank=rank, shuffle=False, drop_last=True)
         self.n, self.seed, self.epoch, self.position_fn = n, seed, 0, position_fn
-        self.epoch_size = epoch_size or n
+        self.epoch_size = epoch_size or n // world * world
+        if not 0 < self.epoch_size <= n or self.epoch_size % world:
+            raise ValueError(f"epoch_size must be a positive multiple of world={world} up to n={n}, "
+                             f"got {self.epoch_size}")
         self.with_seeds = with_seeds
 
     def set_epoch(self, epoch: int) -> None:
@@ -43,13 +57,33 @@ class EpochSeededSampler(Sampler[int]):
         if self.position_fn is not None:
             epoch, skip = divmod(self.position_fn(), self.epoch_size)
         gen = torch.Generator().manual_seed(self.seed + epoch)
-        order = torch.randperm(self.n, generator=gen)[skip:].tolist()
+        order = torch.randperm(self.n, generator=gen)[skip:self.epoch_size][self.rank::self.num_replicas].tolist()
         if self.with_seeds:
             return iter([(i, mix_seed(self.seed, epoch, i)) for i in order])
         return iter(order)
 
     def __len__(self) -> int:
-        return self.n
+        return self.epoch_size // self.num_replicas
+
+
+def train_sampler(trainer: L.Trainer | None, n: int, batch_size: int, seed: int,
+                  with_seeds: bool = False) -> EpochSeededSampler:
+    """The training sampler of a data module: order and sharding from the trainer's position, rank and world size.
+
+    An epoch is ``n`` rounded down to whole global batches (``batch_size`` per device times the devices).
+    """
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    global_batch = batch_size * world
+    if n < global_batch:
+        raise UserError(f"the training set ({n} examples) is smaller than one global batch ({batch_size} per "
+                         f"device x {world} devices)")
+
+    def consumed() -> int:  # samples trained on so far by all ranks together
+        return trainer.global_step * trainer.accumulate_grad_batches * global_batch
+
+    return EpochSeededSampler(n, seed, consumed if trainer is not None else None,
+                              epoch_size=n // global_batch * global_batch, with_seeds=with_seeds, rank=rank,
+                              world=world)
 
 
 class ToyDataModule(L.LightningDataModule):
@@ -104,14 +138,7 @@ class ToyDataModule(L.LightningDataModule):
             self.val_set = TensorDataset(*self.mixture.sample(self.n_val, generator=gen, return_labels=True))
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-
-        def consumed() -> int:  # samples trained on so far; under DDP Lightning re-shards per epoch with set_epoch
-            return trainer.global_step * trainer.accumulate_grad_batches * self.batch_size
-
-        position = consumed if trainer is not None and trainer.world_size == 1 else None
-        sampler = EpochSeededSampler(self.n_train, self.seed, position,
-                                     epoch_size=self.n_train // self.batch_size * self.batch_size)
+        sampler = train_sampler(self.trainer, self.n_train, self.batch_size, self.seed)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
