@@ -76,7 +76,10 @@ def test_every_config_option_composes_and_instantiates(tmp_path, group, option):
             assert opt.param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr / node.warmup_steps)
     elif group == "trainer":
         trainer = instantiate(node, accelerator="cpu", devices=1, strategy="auto", logger=False)
-        assert trainer.max_steps == cfg.trainer.max_steps
+        if node.get("fast_dev_run"):  # Lightning replaces max_steps by the fast_dev_run batch count
+            assert trainer.fast_dev_run == node.fast_dev_run and trainer.max_steps == node.fast_dev_run
+        else:
+            assert trainer.max_steps == cfg.trainer.max_steps
     else:
         kwargs = {"sde": instantiate(cfg.sde)} if group == "loss" else {}
         _assert_built_from(instantiate(node, **kwargs), node)
