@@ -82,3 +82,30 @@ def test_own_config_targets_pass_the_allowlist(tmp_path):
         check_stored_targets({"x": {"_target_": name}}, "own")
     with pytest.raises(UnsafeFileError, match="builtins.eval"):
         check_stored_targets({"a": [{"b": {"_target_": "builtins.eval"}}]}, "nested")
+
+
+def _old_net(target: str, **keys) -> dict:
+    """A ``model`` node as checkpoints of earlier scorelab versions stored it: the preset class by name."""
+    return {"_target_": "scorelab.models.ScoreModel", "output": "eps",
+            "net": {"_target_": target, "in_channels": None, "image_size": None, **keys}}
+
+
+@pytest.mark.parametrize("old, embedding, fir, progressive_input", [
+    ("scorelab.models.ddpmpp.DDPMpp", "positional", False, "none"),
+    ("scorelab.models.ncsnpp.NCSNpp", "fourier", True, "residual"),
+])
+def test_checkpoints_of_earlier_versions_name_today_s_network(old, embedding, fir, progressive_input):
+    from scorelab.cli.common import upgrade_stored_config
+
+    stored = {"model": _old_net(old, ch=16, ch_mult=[1, 2]), "sde": {"_target_": "scorelab.sde.VPSDE"}}
+    with pytest.raises(UnsafeFileError):  # the old name itself no longer resolves
+        check_stored_targets(stored, "old.ckpt")
+    new = upgrade_stored_config(stored)
+    check_stored_targets(new, "old.ckpt")
+    net = new["model"]["net"]
+    assert net["_target_"] == "scorelab.models.ScoreUNet" and stored["model"]["net"]["_target_"] == old
+    # keys the file holds win (null ones are filled from the data later); absent ones take the old class's defaults
+    assert (net["ch"], net["ch_mult"], net["in_channels"], net["image_size"]) == (16, [1, 2], None, None)
+    assert (net["embedding_type"], net["fir"], net["progressive_input"]) == (embedding, fir, progressive_input)
+    assert net["num_res_blocks"] == 4 and net["attn_resolutions"] == [16]
+    assert new["sde"] == stored["sde"]

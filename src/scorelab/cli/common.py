@@ -121,6 +121,38 @@ def load_checkpoint(path: str) -> tuple[str, dict]:
     return str(p.resolve()), ckpt
 
 
+# Networks that earlier scorelab versions stored by their own class name and that are now presets (configs) of
+# ``ScoreUNet``: old name -> the old class's defaults, filled in wherever a stored config left a key out.
+_UNET_DEFAULTS = dict(in_channels=3, image_size=32, ch=128, ch_mult=[1, 2, 2, 2], num_res_blocks=4,
+                      attn_resolutions=[16], dropout=0.1, embedding_type="positional", fourier_scale=16.0,
+                      resblock_type="biggan", resamp_with_conv=True, fir=False, fir_kernel=[1, 3, 3, 1],
+                      skip_rescale=True, progressive="none", progressive_input="none", progressive_combine="sum",
+                      init_scale=0.0)
+RENAMED_TARGETS = {
+    "scorelab.models.ddpmpp.DDPMpp": ("scorelab.models.ScoreUNet", _UNET_DEFAULTS),
+    "scorelab.models.ncsnpp.NCSNpp": ("scorelab.models.ScoreUNet", {
+        **_UNET_DEFAULTS, "embedding_type": "fourier", "fir": True, "progressive_input": "residual"}),
+}
+
+
+def upgrade_stored_config(node: Any) -> Any:
+    """A stored config (plain containers) with the ``_target_``s of earlier scorelab versions renamed to today's.
+
+    Only exact names in :data:`RENAMED_TARGETS` change, so the allowlist check that follows still sees every other
+    name as written in the file.
+    """
+    if isinstance(node, Mapping):
+        out = {k: upgrade_stored_config(v) for k, v in node.items()}
+        renamed = RENAMED_TARGETS.get(out.get("_target_")) if isinstance(out.get("_target_"), str) else None
+        if renamed is not None:
+            target, defaults = renamed
+            out = {**defaults, **out, "_target_": target}  # keys the file has (even null: filled from data) win
+        return out
+    if isinstance(node, (list, tuple)):
+        return [upgrade_stored_config(v) for v in node]
+    return node
+
+
 def _target_allowed(name: Any) -> bool:
     """Whether ``name`` is on the allowlist *and* resolves to a class or function defined there.
 

@@ -34,6 +34,7 @@ from .common import (
     load_checkpoint,
     progress_bar,
     resolve_device,
+    upgrade_stored_config,
 )
 from .errors import UserError
 from .evaluate import build_evaluator
@@ -62,8 +63,9 @@ def load_trained(ckpt_path: str, use_ema: bool = True, data_dir: str | None = No
     path, ckpt = load_checkpoint(ckpt_path)
     if "scorelab_config" not in ckpt:
         raise UserError(f"{path} has no stored scorelab config; it was not written by scorelab's train.py")
-    check_stored_targets(ckpt["scorelab_config"], path)  # before anything from the file is instantiated
-    train_cfg = OmegaConf.create(ckpt["scorelab_config"])
+    stored = upgrade_stored_config(ckpt["scorelab_config"])  # class names of earlier scorelab versions
+    check_stored_targets(stored, path)  # before anything from the file is instantiated
+    train_cfg = OmegaConf.create(stored)
     if data_dir is not None and "data_dir" in train_cfg.data:
         train_cfg.data.data_dir = str(data_dir)
     parts = build_core(train_cfg)
