@@ -3,7 +3,9 @@ each against closed forms written out here, independently of the code."""
 from __future__ import annotations
 
 import glob
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -379,3 +381,67 @@ def test_a_score_model_becomes_the_chains_noise_prediction(sde):
     oracle = GaussianMixture([1.0], [[MU]], stds=[C]).oracle(sde)
     x, i = torch.linspace(-2, 2, 5, dtype=torch.float64)[:, None], torch.tensor([1, 10, 50, 90, 99])
     assert torch.allclose(eps_from_score(oracle, sde, abar)(x, i), gaussian_eps(abar)(x, i), rtol=1e-6, atol=1e-9)
+
+
+# --- the likelihood command's method=vlb ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cosine_checkpoint(tmp_path_factory) -> dict:
+    """A 2-step tiny DDPM++ trained with the DDPM loss on the cosine chain (sde=vp_cosine loss=ddpm), 8x8 images."""
+    from scorelab.cli import train
+
+    from .platform_utils import make_cfg
+
+    root = tmp_path_factory.mktemp("cosine")
+    rng = np.random.default_rng(0)
+    np.savez(root / "tiny.npz", x=rng.integers(0, 256, (24, 8, 8, 1), dtype=np.uint8))
+    np.savez(root / "tiny_test.npz", x=rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8))
+    cfg = make_cfg(root / "train", [
+        "experiment=mnist_small", "sde=vp_cosine", "loss=ddpm", "data=npz", f"paths.data_dir={root}",
+        "data.path=tiny.npz", "data.test_path=tiny_test.npz", "data.val_size=4", "data.batch_size=4",
+        "data.num_workers=0", "trainer.max_steps=2", "trainer.max_time=null", "trainer.enable_progress_bar=false",
+        "logger=none", "callbacks.samples.n_samples=2", "callbacks.fid=null", "sampler.steps=2",
+        "model.net.ch=8", "model.net.num_res_blocks=1", "model.net.ch_mult=[1,2]", "model.net.attn_resolutions=[4]"])
+    train(cfg)
+    return {"ckpt": Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", "data_dir": root}
+
+
+def run_likelihood(tmp_path, overrides):
+    from scorelab.cli.likelihood import likelihood
+
+    from .platform_utils import make_cfg
+
+    cfg = make_cfg(tmp_path, overrides, config_name="likelihood")
+    return likelihood(cfg), Path(cfg.paths.output_dir)
+
+
+@pytest.mark.parametrize("timesteps, nfe", [("null", 20), ("4", 5)], ids=["full", "subset"])
+def test_likelihood_cli_reports_the_bound_of_a_cosine_checkpoint(tmp_path, cosine_checkpoint, timesteps, nfe):
+    result, out = run_likelihood(tmp_path, [
+        f"ckpt_path={cosine_checkpoint['ckpt']}", f"paths.data_dir={cosine_checkpoint['data_dir']}", "split=test",
+        "method=vlb", "vlb.num_steps=20", f"vlb.timesteps={timesteps}", "n=5", "batch_size=2", "repeats=2",
+        "device=cpu"])
+    saved = json.loads((out / "likelihood.json").read_text())
+    arrays = np.load(out / "likelihood_values.npz")
+    assert saved["unit"] == "bits/dim" and saved["n"] == 5 and arrays["values"].shape == (5, 2)
+    assert saved["vlb"]["num_steps"] == 20 and saved["nfe"]["per_solve_mean"] == nfe
+    parts = arrays["vlb_prior"] + arrays["vlb_decoder"] + arrays["vlb_diffusion"]
+    assert np.allclose(arrays["values"], parts) and np.isfinite(arrays["values"]).all()
+    assert (arrays["vlb_decoder"] > 0).all() and (arrays["vlb_prior"] >= 0).all()
+    assert not np.array_equal(arrays["values"][:, 0], arrays["values"][:, 1])  # fresh noise per repeat
+    assert saved["mean"] == pytest.approx(float(arrays["values"].mean()))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=oracle", "data=toy_two_modes"], "needs image data"),
+    (["ckpt_path={ckpt}", "vlb.num_steps=20", "vlb.timesteps=20"], "at most vlb.num_steps - 1 = 19"),
+    (["ckpt_path={ckpt}", "vlb.variance=learned"], "vlb.variance must be one of"),
+    (["ckpt_path={ckpt}", "vlb.num_steps=1"], "vlb.num_steps must be an integer >= 2"),
+])
+def test_likelihood_cli_refuses_bad_vlb_settings(tmp_path, cosine_checkpoint, overrides, message):
+    from scorelab.cli.errors import UserError
+
+    overrides = [o.format(ckpt=cosine_checkpoint["ckpt"]) for o in overrides]
+    with pytest.raises(UserError, match=message):
+        run_likelihood(tmp_path, overrides + ["method=vlb", f"paths.data_dir={cosine_checkpoint['data_dir']}",
+                                              "device=cpu"])
+    assert not (tmp_path / "run").exists()
