@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import torch
 
-from .sde import SDE
+from .sde import SDE, ddpm_alphas_cumprod
 from .utils import ShardedGenerator, append_dims, batch_mean, batch_sum, sample_noise
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -60,23 +60,6 @@ class DSMLoss:
         return self.per_example(score_fn, x0, generator).mean()
 
 
-def ddpm_alphas_cumprod(num_steps: int, beta_min: float = 0.1, beta_max: float = 20.0) -> torch.Tensor:
-    """DDPM's ``alpha_bar_i = prod_{j<=i} (1 - beta_j)``, ``beta_j = linspace(beta_min/N, beta_max/N, N)``.
-
-    With the defaults this is Ho et al. 2020's schedule (``beta`` from 1e-4 to 0.02 for N = 1000); as
-    ``N -> inf``, ``alpha_bar_i -> a(t_i)^2`` of the VP SDE at ``t_i = (i + 1) / N`` (Song et al. 2021, App. B).
-
-    Returns:
-        ``[N]`` float64 tensor.
-    """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    betas = torch.linspace(beta_min / num_steps, beta_max / num_steps, num_steps, dtype=torch.float64)
-    if (betas >= 1).any():
-        raise ValueError(f"discrete beta_i exceed 1 for num_steps={num_steps} < beta_max={beta_max}; use more steps")
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
 class DDPMLoss:
     """DDPM's discrete ``L_simple = E_i E || eps - eps_theta(x_i, i) ||^2`` (Ho et al. 2020, Eq. 14).
 
@@ -84,8 +67,8 @@ class DDPMLoss:
     ``sqrt(1 - alpha_bar_i)``, so the loss reads ``|| sqrt(1 - alpha_bar_i) s_theta + eps ||^2``.
 
     Args:
-        sde: optional SDE whose DDPM chain (:meth:`~scorelab.sde.SDE.ddpm_beta_range`, VP) overrides the two
-            arguments below.
+        sde: optional SDE whose DDPM chain (:meth:`~scorelab.sde.SDE.ddpm_alphas_cumprod`: VP's linear one or
+            the cosine one) overrides the two arguments below.
         num_steps: N, the number of discrete noise levels (1000 in DDPM).
         beta_min, beta_max: the VP schedule end points (``N * beta_1`` and ``N * beta_N``).
         reduce_mean: average (``True``) or sum over data dimensions.
@@ -93,14 +76,15 @@ class DDPMLoss:
 
     def __init__(self, sde: SDE | None = None, num_steps: int = 1000, beta_min: float = 0.1, beta_max: float = 20.0,
                  reduce_mean: bool = True):
-        if sde is not None:
-            beta_range = sde.ddpm_beta_range()
-            if beta_range is None:
+        if sde is None:
+            alphas_cumprod = ddpm_alphas_cumprod(num_steps, beta_min, beta_max)
+        else:
+            alphas_cumprod = sde.ddpm_alphas_cumprod(num_steps)
+            if alphas_cumprod is None:
                 raise ValueError(f"the DDPM loss needs an SDE that is the limit of DDPM's chain (VP), got "
                                  f"{type(sde).__name__}")
-            beta_min, beta_max = beta_range
         self.num_steps, self.reduce_mean = num_steps, reduce_mean
-        self.alphas_cumprod = ddpm_alphas_cumprod(num_steps, beta_min, beta_max)
+        self.alphas_cumprod = alphas_cumprod
 
     def per_example(self, score_fn: ScoreFn, x0: torch.Tensor,
                     generator: torch.Generator | None = None) -> torch.Tensor:

@@ -180,6 +180,19 @@ class SDE(abc.ABC):
         """
         return None
 
+    def ddpm_alphas_cumprod(self, num_steps: int) -> torch.Tensor | None:
+        """``alpha_bar_i``, ``i = 1..N``, of the discrete DDPM chain whose continuous limit this SDE is, or None.
+
+        The DDPM loss (Ho et al. 2020, Eq. 14) and the variational bound (Eq. 5, :mod:`scorelab.vlb`) work on this
+        chain. The default is the linear chain of :meth:`ddpm_beta_range`; a VP SDE with another schedule overrides
+        it (:class:`CosineVPSDE`); VE and sub-VP have none.
+
+        Returns:
+            ``[N]`` float64 tensor, or None.
+        """
+        beta_range = self.ddpm_beta_range()
+        return None if beta_range is None else ddpm_alphas_cumprod(num_steps, *beta_range)
+
     # --- the reverse process -----------------------------------------------------------------
     def reverse_drift(
         self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor, probability_flow: bool = False
@@ -231,6 +244,23 @@ class ReverseSDE:
         weight = 0.5 if self.probability_flow else 1.0
         rev_f = f - weight * append_dims(G**2, x.ndim) * self.score_fn(x, t)
         return rev_f, torch.zeros_like(G) if self.probability_flow else G
+
+
+def ddpm_alphas_cumprod(num_steps: int, beta_min: float = 0.1, beta_max: float = 20.0) -> torch.Tensor:
+    """DDPM's ``alpha_bar_i = prod_{j<=i} (1 - beta_j)``, ``beta_j = linspace(beta_min/N, beta_max/N, N)``.
+
+    With the defaults this is Ho et al. 2020's schedule (``beta`` from 1e-4 to 0.02 for N = 1000); as
+    ``N -> inf``, ``alpha_bar_i -> a(t_i)^2`` of the VP SDE at ``t_i = (i + 1) / N`` (Song et al. 2021, App. B).
+
+    Returns:
+        ``[N]`` float64 tensor.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    betas = torch.linspace(beta_min / num_steps, beta_max / num_steps, num_steps, dtype=torch.float64)
+    if (betas >= 1).any():
+        raise ValueError(f"discrete beta_i exceed 1 for num_steps={num_steps} < beta_max={beta_max}; use more steps")
+    return torch.cumprod(1.0 - betas, dim=0)
 
 
 def _check_positive(**values: float) -> None:
@@ -415,3 +445,117 @@ class VESDE(SDE):
     def noise_label(self, t):
         """``log sigma(t)``: what NCSN++'s Fourier embedding is conditioned on in the reference."""
         return torch.log(self.sigma(t))
+
+
+class CosineVPSDE(SDE):
+    """VP SDE with the cosine schedule of improved DDPM (Nichol & Dhariwal 2021, Eq. 17; docs/cosine_and_vlb.md).
+
+    ``alpha_bar(t) = f(t) / f(0)`` with ``f(t) = cos^2(theta(t))``, ``theta(t) = (t + s) / (1 + s) * pi / 2``, so
+    ``a(t) = cos theta(t) / cos theta(0)``, ``s(t) = sqrt(1 - a(t)^2)`` and
+    ``beta(t) = -d log alpha_bar / dt = pi / (1 + s) * tan theta(t)``; the SDE is VP's
+    ``dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw`` with this ``beta``. Prior ``N(0, I)``.
+
+    ``beta(t) -> inf`` and ``a(t) -> 0`` as ``t -> 1``, where ``sigma(t) = s / a`` is infinite, so the continuous
+    process stops at ``T < 1``: the default ``T = 0.9946`` (DPM-Solver's choice for this schedule, Lu et al. 2022)
+    has ``alpha_bar(T) = 7.1e-5`` (VP's ``a(1)^2`` is 4.3e-5), ``sigma(T) = 119`` and ``beta(T) = 370``. The
+    discrete chain (:meth:`ddpm_alphas_cumprod`) is the paper's, on ``t = i / N`` up to 1, with ``beta_i`` clipped
+    at ``max_beta``.
+
+    Args:
+        s: the offset ``s > 0`` keeping ``beta`` away from 0 near ``t = 0`` (0.008 in the paper).
+        T: the end time of the continuous process, in ``(0, 1)``.
+        max_beta: the clip of the discrete chain's ``beta_i``, in ``(0, 1)`` (0.999 in the paper).
+    """
+
+    def __init__(self, s: float = 0.008, T: float = 0.9946, max_beta: float = 0.999):
+        _check_positive(s=s)
+        for name, value in (("T", T), ("max_beta", max_beta)):
+            if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
+                raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+        self.s, self.T, self.max_beta = float(s), float(T), float(max_beta)
+        self._theta0 = self.s / (1.0 + self.s) * math.pi / 2
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def _dtheta(self, t: torch.Tensor) -> torch.Tensor:
+        """``theta(t) - theta(0) = t / (1 + s) * pi / 2``: differences of angles keep precision at small t."""
+        return t * (math.pi / (2.0 * (1.0 + self.s)))
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        """``beta(t) = pi / (1 + s) * tan theta(t)``, shape ``[B]``."""
+        return math.pi / (1.0 + self.s) * torch.tan(self._theta0 + self._dtheta(t))
+
+    def sde(self, x, t):
+        beta = self.beta(t)
+        return -0.5 * append_dims(beta, x.ndim) * x, beta.sqrt()
+
+    def mean_coeff(self, t):
+        """``a(t) = sqrt(alpha_bar(t)) = cos theta(t) / cos theta(0)``."""
+        return torch.cos(self._theta0 + self._dtheta(t)) / math.cos(self._theta0)
+
+    def _sin_product(self, t: torch.Tensor) -> torch.Tensor:
+        """``cos^2 theta(0) - cos^2 theta(t) = sin(theta - theta0) sin(theta + theta0)``, exact at small t."""
+        d = self._dtheta(t)
+        return torch.sin(d) * torch.sin(2.0 * self._theta0 + d)
+
+    def marginal_std(self, t):
+        """``s(t) = sqrt(1 - alpha_bar(t)) = sqrt(cos^2 theta0 - cos^2 theta) / cos theta0``."""
+        return torch.sqrt(self._sin_product(t)) / math.cos(self._theta0)
+
+    def sigma(self, t):
+        """``sigma(t) = s / a = sqrt(cos^2 theta0 - cos^2 theta) / cos theta``."""
+        return torch.sqrt(self._sin_product(t)) / torch.cos(self._theta0 + self._dtheta(t))
+
+    def t_of_sigma(self, sigma):
+        """Closed form: ``tan^2 theta = tan^2 theta0 + sigma^2 / cos^2 theta0``, and ``theta - theta0`` from
+        ``tan(theta - theta0) = (tan theta - tan theta0) / (1 + tan theta tan theta0)`` (precise at small sigma)."""
+        sigma = torch.as_tensor(sigma)
+        tan0 = math.tan(self._theta0)
+        u = sigma**2 / math.cos(self._theta0) ** 2  # tan^2 theta - tan^2 theta0
+        tan = torch.sqrt(tan0**2 + u)
+        dtheta = torch.atan2(u / (tan + tan0), 1.0 + tan * tan0)
+        return dtheta * (2.0 * (1.0 + self.s) / math.pi)
+
+    def step_alpha(self, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+        """``alpha_i = a(t)^2 / a(t_next)^2 = cos^2 theta(t) / cos^2 theta(t_next)``, in (0, 1) on any grid."""
+        return (torch.cos(self._theta0 + self._dtheta(t)) / torch.cos(self._theta0 + self._dtheta(t_next))) ** 2
+
+    def step_beta(self, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+        """``beta_i = 1 - alpha_i = sin(theta - theta') sin(theta + theta') / cos^2 theta'``, precise on fine grids."""
+        theta, theta_next = self._theta0 + self._dtheta(t), self._theta0 + self._dtheta(t_next)
+        return torch.sin(self._dtheta(t - t_next)) * torch.sin(theta + theta_next) / torch.cos(theta_next) ** 2
+
+    def discretize(self, x, t, t_next):
+        """The exact Markov chain between two grid times: ``f_i = (sqrt(alpha_i) - 1) x``, ``G_i = sqrt(beta_i)``
+        with ``alpha_i = a(t)^2 / a(t_next)^2`` (as :meth:`VPSDE.discretize`)."""
+        alpha = self.step_alpha(t, t_next)
+        return append_dims(alpha.sqrt() - 1.0, x.ndim) * x, self.step_beta(t, t_next).sqrt()
+
+    def ancestral_step(self, x, t, t_next, score, z):
+        """DDPM ancestral step ``x' = (x + beta_i score) / sqrt(alpha_i) + sqrt(beta_i) z`` (Ho et al. 2020, Alg. 2)."""
+        alpha = append_dims(self.step_alpha(t, t_next), x.ndim)
+        beta = append_dims(self.step_beta(t, t_next), x.ndim)
+        x_mean = (x + beta * score) / alpha.sqrt()
+        return x_mean + beta.sqrt() * z, x_mean
+
+    def langevin_alpha(self, t, dt):
+        """``alpha_i = exp(-beta(t) dt)``, the continuous version of DDPM's ``1 - beta_i``."""
+        return torch.exp(-self.beta(t) * dt)
+
+    def ddpm_alphas_cumprod(self, num_steps: int) -> torch.Tensor:
+        """The paper's discrete chain: ``beta_i = min(1 - alpha_bar(i/N) / alpha_bar((i-1)/N), max_beta)``,
+        ``alpha_bar_i = prod_{j<=i} (1 - beta_j)``, ``i = 1..N`` (Nichol & Dhariwal 2021, Eq. 17 and Sec. 3.2).
+
+        Below the clip ``alpha_bar_i = alpha_bar(i / N)`` exactly; at ``N = 1000`` only the last step is clipped.
+
+        Returns:
+            ``[N]`` float64 tensor.
+        """
+        if not (isinstance(num_steps, int) and num_steps >= 1):
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+        t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+        abar = (torch.cos(self._theta0 + self._dtheta(t)) / math.cos(self._theta0)) ** 2
+        betas = (1.0 - abar[1:] / abar[:-1]).clamp(max=self.max_beta)
+        return torch.cumprod(1.0 - betas, dim=0)

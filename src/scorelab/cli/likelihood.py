@@ -6,9 +6,14 @@ Sec. 4.3 and App. D.2: RK45, rtol = atol = 1e-5, from eps = 1e-5). Images are un
 estimator with Rademacher probes (Grathwohl et al. 2019, FFJORD). Toy points are reported in nats, next to the exact
 NLL of the same points under the true mixture and the mixture's entropy.
 
-``repeats`` draws independent dequantisation noise and probes. The reported standard error is over examples: each
-example's values are averaged over the repeats, and ``se = std / sqrt(n)`` of those per-example means (the error of
-the split's mean as an estimate of the expected NLL; it includes the estimator's noise).
+``method=vlb`` reports DDPM's variational bound instead (Ho et al. 2020, Eq. 5; :mod:`scorelab.vlb`): the discrete
+chain of the checkpoint's SDE (``sde.ddpm_alphas_cumprod``), the 8-bit values themselves under the discretised
+decoder (no dequantisation), the sum over times in full or estimated without bias from ``vlb.timesteps`` times.
+
+``repeats`` draws independent dequantisation noise and probes (for the bound: times and noises). The reported
+standard error is over examples: each example's values are averaged over the repeats, and ``se = std / sqrt(n)`` of
+those per-example means (the error of the split's mean as an estimate of the expected NLL; it includes the
+estimator's noise).
 
 Randomness is seeded per (seed, repeat, example) and batches are fixed by index, so results do not depend on the
 number of processes: under ``torchrun`` each rank solves its own batches and the results are gathered once at the end
@@ -33,6 +38,7 @@ from ..io import save_npz_atomic, write_text_atomic
 from ..likelihood import PROBES, bits_per_dim, dequantize, log_likelihood
 from ..sampling.ode import ADAPTIVE
 from ..utils import PerSampleGenerator
+from ..vlb import VARIANCES, eps_from_score, pixels_to_data, variational_bound
 from .common import resolve_device
 from .errors import UserError
 from .sample import load_score_model
@@ -42,6 +48,8 @@ DIVERGENCES = ("auto", "exact", "hutchinson")
 PRIORS = ("auto", "sde", "exact")
 EXACT_MAX_DIM = 16  # divergence=auto: exact (D backward passes) up to this dimension, Hutchinson above
 ENTROPY_POINTS = 200_000
+VLB = "vlb"  # method=vlb: DDPM's variational bound instead of the ODE
+VLB_TERMS = ("prior", "decoder", "diffusion")
 RESULT_FILE, VALUES_FILE = "likelihood.json", "likelihood_values.npz"
 _TEST_POINTS_STREAM = 2**40  # seed key of toy test points, apart from the (repeat, example) keys of the probes
 
@@ -66,6 +74,9 @@ class Options:
     eps: float
     prior: str
     prior_logp: Any = None
+    vlb_alphas: torch.Tensor | None = None  # method=vlb: the chain's alpha_bar_1..N
+    vlb_timesteps: int | None = None
+    vlb_variance: str = "beta"
 
 
 def derive_seed(*keys: int) -> int:
@@ -92,10 +103,20 @@ def _check_config(cfg: DictConfig) -> None:
         (cfg.divergence in DIVERGENCES, f"divergence must be one of {DIVERGENCES}, got {cfg.divergence!r}"),
         (cfg.probe in PROBES, f"probe must be one of {PROBES}, got {cfg.probe!r}"),
         (cfg.prior in PRIORS, f"prior must be one of {PRIORS}, got {cfg.prior!r}"),
-        (cfg.method in ADAPTIVE, f"method must be an adaptive solver {ADAPTIVE}, got {cfg.method!r}"),
+        (cfg.method in ADAPTIVE or cfg.method == VLB,
+         f"method must be an adaptive solver {ADAPTIVE} or {VLB!r} (the variational bound), got {cfg.method!r}"),
         (float(cfg.rtol) > 0 and float(cfg.atol) > 0, f"rtol and atol must be positive, got {cfg.rtol}, {cfg.atol}"),
         (float(cfg.eps) > 0, f"eps must be positive (the start time of the integration), got {cfg.eps}"),
     ]
+    if cfg.method == VLB:
+        vlb = cfg.get("vlb") or {}
+        checks += [
+            (positive_int(vlb.get("num_steps")) and vlb.get("num_steps") >= 2,
+             f"vlb.num_steps must be an integer >= 2, got {vlb.get('num_steps')!r}"),
+            (positive_int(vlb.get("timesteps"), allow_none=True),
+             f"vlb.timesteps must be a positive integer or null (all), got {vlb.get('timesteps')!r}"),
+            (vlb.get("variance") in VARIANCES, f"vlb.variance must be one of {VARIANCES}, got {vlb.get('variance')!r}"),
+        ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
@@ -177,6 +198,8 @@ def resolve_options(cfg: DictConfig, score, sde, datamodule, x: torch.Tensor, de
         raise UserError(f"eps must be smaller than the SDE's end time T = {sde.T}, got {cfg.eps}")
     prior = cfg.prior if cfg.prior != "auto" else ("exact" if oracle else "sde")
     prior_logp = None
+    if cfg.method == VLB:
+        return _vlb_options(cfg, score, sde, datamodule, images, device, oracle)
     if prior == "exact":
         if images:
             raise UserError("prior=exact needs toy data (the exact p_T of the mixture); use prior=sde for images")
@@ -190,6 +213,29 @@ def resolve_options(cfg: DictConfig, score, sde, datamodule, x: torch.Tensor, de
                    repeats=repeats, batch_size=int(cfg.batch_size), stochastic=stochastic, divergence=divergence,
                    probe=cfg.probe, method=cfg.method, rtol=float(cfg.rtol), atol=float(cfg.atol), eps=float(cfg.eps),
                    prior=prior, prior_logp=prior_logp)
+
+
+def _vlb_options(cfg: DictConfig, score, sde, datamodule, images: bool, device: torch.device,
+                 oracle: bool) -> Options:
+    """Options of ``method=vlb``: 8-bit images and an SDE with a discrete DDPM chain (VP, linear or cosine)."""
+    if not images:
+        raise UserError("method=vlb bounds the probability of 8-bit values: it needs image data, not toy points")
+    num_steps, timesteps = int(cfg.vlb.num_steps), cfg.vlb.timesteps
+    try:
+        alphas = sde.ddpm_alphas_cumprod(num_steps)
+    except ValueError as exc:
+        raise UserError(f"vlb.num_steps={num_steps}: {exc}") from None
+    if alphas is None:
+        raise UserError(f"method=vlb needs an SDE that is the limit of a discrete DDPM chain (VP: sde=vp or "
+                        f"sde=vp_cosine), got {type(sde).__name__}")
+    if timesteps is not None and timesteps > num_steps - 1:
+        raise UserError(f"vlb.timesteps must be at most vlb.num_steps - 1 = {num_steps - 1} (null: all), "
+                        f"got {timesteps}")
+    return Options(images=True, data_range=getattr(datamodule, "data_range", None), device=device,
+                   dtype=torch.float64 if oracle else next(score.parameters()).dtype, seed=int(cfg.seed),
+                   repeats=cfg.repeats, batch_size=int(cfg.batch_size), stochastic=True, divergence="none",
+                   probe=cfg.probe, method=VLB, rtol=float(cfg.rtol), atol=float(cfg.atol), eps=float(cfg.eps),
+                   prior="sde", vlb_alphas=alphas, vlb_timesteps=timesteps, vlb_variance=cfg.vlb.variance)
 
 
 def exact_prior(mixture, sde):
@@ -206,7 +252,8 @@ def exact_prior(mixture, sde):
 
 
 # --- solves -----------------------------------------------------------------------------------------------------
-def solve_batch(score, sde, x: torch.Tensor, index: range, repeat: int, opts: Options) -> tuple[torch.Tensor, int]:
+def solve_batch(score, sde, x: torch.Tensor, index: range, repeat: int,
+                opts: Options) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
     """Per-example NLL of one batch and one repeat: bits/dim for images, nats for points; and the solve's NFE.
 
     Args:
@@ -218,9 +265,12 @@ def solve_batch(score, sde, x: torch.Tensor, index: range, repeat: int, opts: Op
         opts: the resolved options.
 
     Returns:
-        ``(values [B] float64 on the CPU, nfe)``.
+        ``(values [B] float64 on the CPU, nfe, parts)``; ``parts`` holds the bound's terms ``{prior, decoder,
+        diffusion}`` in bits/dim (``[B]`` each) for ``method=vlb``, else nothing.
     """
     gen = example_generator(opts.seed, repeat, index) if opts.stochastic else None
+    if opts.method == VLB:
+        return _vlb_batch(score, sde, x, gen, opts)
     if opts.images:
         x = dequantize(x, opts.data_range, gen)  # uniform noise over each 8-bit bin, then onto the data range
     x = x.to(opts.device, opts.dtype)
@@ -229,14 +279,26 @@ def solve_batch(score, sde, x: torch.Tensor, index: range, repeat: int, opts: Op
                              method=opts.method, rtol=opts.rtol, atol=opts.atol, generator=gen,
                              prior_logp=opts.prior_logp)
     values = bits_per_dim(res.log_prob, x[0].numel(), opts.data_range) if opts.images else -res.log_prob
-    return values.detach().double().cpu(), res.nfe
+    return values.detach().double().cpu(), res.nfe, {}
+
+
+def _vlb_batch(score, sde, x: torch.Tensor, gen, opts: Options) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+    """The variational bound of one batch of 8-bit images, in bits/dim, with its terms (see :func:`solve_batch`)."""
+    x0 = pixels_to_data(x, opts.data_range).to(opts.device, opts.dtype)
+    with torch.no_grad():
+        res = variational_bound(eps_from_score(score, sde, opts.vlb_alphas), x0, opts.vlb_alphas,
+                                timesteps=opts.vlb_timesteps, variance=opts.vlb_variance,
+                                data_range=opts.data_range, generator=gen)
+    scale = x0[0].numel() * math.log(2.0)  # nats -> bits/dim; no dequantisation offset: these are probabilities
+    parts = {name: (getattr(res, name) / scale).double().cpu() for name in VLB_TERMS}
+    return (res.total / scale).double().cpu(), res.nfe, parts
 
 
 def solve_shard(score, sde, x: torch.Tensor, batches: list[int], opts: Options) -> list[tuple[int, np.ndarray, list]]:
     """Solve this rank's batches alone (no collective: adaptive step counts differ per rank), with a progress bar.
 
     Returns:
-        ``[(batch index, values [B, repeats], [nfe per repeat]), ...]``.
+        ``[(batch index, values [B, repeats], [nfe per repeat], {part: [B, repeats]}), ...]``.
     """
     from tqdm.auto import tqdm
 
@@ -245,14 +307,16 @@ def solve_shard(score, sde, x: torch.Tensor, batches: list[int], opts: Options) 
     with tqdm(total=len(batches) * opts.repeats, desc=label, unit="solve", disable=not is_main_process()) as bar:
         for b in batches:
             index = range(b * opts.batch_size, min((b + 1) * opts.batch_size, len(x)))
-            columns, nfes = [], []
+            columns, nfes, parts = [], [], []
             for repeat in range(opts.repeats):
-                values, nfe = solve_batch(score, sde, x[index.start:index.stop], index, repeat, opts)
+                values, nfe, part = solve_batch(score, sde, x[index.start:index.stop], index, repeat, opts)
                 columns.append(values)
                 nfes.append(nfe)
+                parts.append(part)
                 bar.set_postfix(nfe=nfe)
                 bar.update(1)
-            out.append((b, torch.stack(columns, dim=1).numpy(), nfes))
+            stacked = {k: torch.stack([p[k] for p in parts], dim=1).numpy() for k in parts[0]}
+            out.append((b, torch.stack(columns, dim=1).numpy(), nfes, stacked))
     return out
 
 
@@ -289,10 +353,12 @@ def toy_reference(mixture, x: torch.Tensor, model_nll: np.ndarray, seed: int) ->
             "entropy": {"mean": entropy, "se": entropy_se, "points": ENTROPY_POINTS}}, exact
 
 
-def _merge(parts: list) -> tuple[np.ndarray, list[int]]:
-    """Put every rank's batches back in index order: values ``[n, repeats]`` and the NFE of every solve."""
+def _merge(parts: list) -> tuple[np.ndarray, list[int], dict[str, np.ndarray]]:
+    """Put every rank's batches back in index order: values ``[n, repeats]``, the NFE of every solve, and the
+    bound's terms ``{name: [n, repeats]}`` (``method=vlb``; else empty)."""
     batches = sorted((item for part in parts for item in part), key=lambda item: item[0])
-    return np.concatenate([values for _, values, _ in batches]), [nfe for *_, nfes in batches for nfe in nfes]
+    extra = {k: np.concatenate([b[3][k] for b in batches]) for k in batches[0][3]} if batches else {}
+    return (np.concatenate([b[1] for b in batches]), [nfe for b in batches for nfe in b[2]], extra)
 
 
 def _fmt(stats: dict, spec: str = ".4f") -> str:
@@ -303,10 +369,18 @@ def _fmt(stats: dict, spec: str = ".4f") -> str:
 def report(result: dict) -> None:
     """Print the result: mean ± standard error, the toy comparison when there is one, and NFE."""
     unit, n, r = result["unit"], result["n"], result["repeats"]
+    vlb = result.get("vlb")
+    how = (f"variational bound, N={vlb['num_steps']}, timesteps={vlb['timesteps'] or 'all'}, "
+           f"variance={vlb['variance']}" if vlb else f"divergence={result['divergence']}, prior={result['prior']}")
     print(f"split={result['split']}: {n} examples x {r} repeat(s); ± is the standard error over examples "
-          f"(of each example's mean over repeats); divergence={result['divergence']}, prior={result['prior']}")
+          f"(of each example's mean over repeats); {how}")
     toy = result.get("toy")
-    if toy is None:
+    if vlb:
+        print(f"{'VLB ' + unit:>16}  {_fmt(result)}")
+        for name, meaning in (("prior", "L_N, KL(q(x_N | x_0) || N(0, I))"), ("decoder", "L_0, -log p(x_0 | x_1)"),
+                              ("diffusion", "sum_{t=2}^N L_{t-1}")):
+            print(f"{name:>16}  {_fmt(vlb[name])}  ({meaning})")
+    elif toy is None:
         print(f"{unit:>12}  {_fmt(result)}")
     else:
         print(f"{'model NLL':>12}  {_fmt(result)} nats")
@@ -323,7 +397,8 @@ def report(result: dict) -> None:
 
 def likelihood(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the NLL over ``cfg.split``; rank 0 prints it and writes ``likelihood.json`` and
-    ``likelihood_values.npz`` (``index``, ``values [n, repeats]``, toy: ``exact_nll``) into ``cfg.paths.output_dir``.
+    ``likelihood_values.npz`` (``index``, ``values [n, repeats]``, toy: ``exact_nll``, ``method=vlb``:
+    ``vlb_prior``, ``vlb_decoder``, ``vlb_diffusion``) into ``cfg.paths.output_dir``.
 
     Everything that can be refused (config values, checkpoint, data, split) is checked before the first solve, and
     the files are written atomically at the end: a failed run leaves no result behind.
@@ -342,13 +417,17 @@ def likelihood(cfg: DictConfig) -> dict[str, Any]:
         batches = shard(math.ceil(len(x) / opts.batch_size))  # by batch index: batches are the same at any W
         parts = run_and_gather(solve_shard, score, sde, x, batches, opts)
         elapsed, processes = time.perf_counter() - start, world_size()
-    values, nfes = _merge(parts)
+    values, nfes, terms = _merge(parts)
     result = {"unit": "bits/dim" if opts.images else "nats", "split": cfg.split, **summarize(values),
               "se_over": "examples (each example's values averaged over repeats first)",
               "nfe": {"total": sum(nfes), "solves": len(nfes), "per_solve_mean": sum(nfes) / len(nfes)},
               "time_s": elapsed, "world_size": processes, "checkpoint": ckpt, "divergence": opts.divergence,
               "prior": opts.prior, "dtype": str(opts.dtype).removeprefix("torch.")}
     arrays = {"index": np.arange(len(x)), "values": values}
+    if opts.method == VLB:
+        result["vlb"] = {"num_steps": len(opts.vlb_alphas), "timesteps": opts.vlb_timesteps,
+                         "variance": opts.vlb_variance, **{k: summarize(v) for k, v in terms.items()}}
+        arrays.update({f"vlb_{k}": v for k, v in terms.items()})
     mixture = getattr(datamodule, "mixture", None)
     if mixture is not None:
         result["toy"], arrays["exact_nll"] = toy_reference(mixture, x, values, cfg.seed)
