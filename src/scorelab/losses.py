@@ -29,8 +29,8 @@ class LikelihoodTimes:
     same objective has a far smaller variance. The inverse CDF is tabulated once, for any SDE: the unnormalised
     density in ``u = log t`` is evaluated on ``grid_size`` points uniform in ``u`` and integrated by the trapezoid
     rule. The distribution sampled *is* that table's (density piecewise constant in ``u``, CDF piecewise linear),
-    and :meth:`density` returns exactly its density, so importance weights built from it are exactly unbiased; it
-    differs from the smooth ``p(t)`` by the trapezoid rule's error (about 1e-6 relative with the default grid).
+    and :meth:`density` returns exactly its density, so importance weights built from it are exactly unbiased. With
+    the default grid it lies within about 1e-4 (relative) of the smooth ``p(t)`` pointwise, its CDF within 1e-8.
 
     Args:
         sde: the forward SDE (``g`` from ``sde.sde``, ``s`` from ``sde.marginal_std``).
@@ -38,7 +38,7 @@ class LikelihoodTimes:
         grid_size: points of the table.
     """
 
-    def __init__(self, sde: SDE, eps: float = 1e-5, grid_size: int = 8193):
+    def __init__(self, sde: SDE, eps: float = 1e-5, grid_size: int = 65537):
         if not 0.0 < eps < sde.T:
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
         if grid_size < 2:
