@@ -33,11 +33,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = (0.05, 0.2, 0.5, 0.9)
+REFERENCE = "DSM (sigma2)"
 # row label -> overrides of the training config
 ROWS = {
     "DSM (sigma2)": ["loss=dsm"],
     "ISM, exact trace": ["loss=ism", "loss.trace=exact"],
     "SSM-VR, 1 projection": ["loss=ssm"],
+    "SSM-VR, 4 projections": ["loss=ssm", "loss.num_projections=4"],
+    "SSM-VR, 1 Rademacher projection": ["loss=ssm", "loss.probe=rademacher"],
     "SSM, 1 projection": ["loss=ssm", "loss.variance_reduction=false"],
     "DSM g2, uniform t": ["loss=dsm", "loss.weighting=g2"],
     "DSM g2, importance t": ["loss=dsm_likelihood"],
@@ -114,11 +117,11 @@ def run(mixtures: list[str], steps: int, nll_n: int, rows: list[str], emit) -> N
              + " | mean err | / DSM | NLL - true [nats] | time [s] |")
         emit("| --- " * (len(TIMES) + 5) + "|")
         reference = None
-        for label in rows:
+        for label in [REFERENCE] + [r for r in rows if r != REFERENCE]:  # DSM first: the ratios' reference
             module, dm, seconds = train_row(compose(mixture, ROWS[label], steps))
             errors = score_errors(module, dm)
             mean = sum(errors) / len(errors)
-            reference = mean if reference is None else reference
+            reference = mean if label == REFERENCE else reference
             gap, se = nll_gap(module, dm, nll_n)
             emit(f"| {label} | " + " | ".join(f"{e:.4f}" for e in errors)
                  + f" | {mean:.4f} | {mean / reference:.2f} | {gap:+.4f} ± {se:.4f} | {seconds:.0f} |")
