@@ -38,6 +38,7 @@ REFERENCE = "DSM (sigma2)"
 ROWS = {
     "DSM (sigma2)": ["loss=dsm"],
     "ISM, exact trace": ["loss=ism", "loss.trace=exact"],
+    "ISM, exact trace, importance t": ["loss=ism", "loss.trace=exact", "loss.importance_sampling=true"],
     "SSM-VR, 1 projection": ["loss=ssm"],
     "SSM-VR, 4 projections": ["loss=ssm", "loss.num_projections=4"],
     "SSM-VR, 1 Rademacher projection": ["loss=ssm", "loss.probe=rademacher"],
