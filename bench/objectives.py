@@ -15,7 +15,7 @@ batch 512, EMA 0.999, seed 0) for the same number of steps, through the same par
 Rows share the seed (same initialisation, data order and validation noise), so differences between rows are less
 noisy than the values. Run it with one thread::
 
-    OMP_NUM_THREADS=1 python bench/objectives.py                  # 3000 steps, both mixtures (about 25 min)
+    OMP_NUM_THREADS=1 python bench/objectives.py                  # 3000 steps, both mixtures, 9 rows (about 40 min)
     OMP_NUM_THREADS=1 python bench/objectives.py --quick          # smoke run: 100 steps, 200 NLL points
     OMP_NUM_THREADS=1 python bench/objectives.py --steps 2000 --mixtures two_modes --out table.md
 """
