@@ -1,7 +1,13 @@
-"""Training objectives: continuous-time denoising score matching and DDPM's discrete L_simple."""
+"""Training objectives: score matching in its three forms (denoising, implicit, sliced) and DDPM's L_simple.
+
+Every continuous-time objective shares the time weighting ``lambda(t)``, the draw of ``t`` (uniform, or importance
+sampled for the likelihood weighting) and the reduction over data dimensions: see :class:`TimeWeighting`.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import math
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -10,12 +16,85 @@ from .utils import ShardedGenerator, append_dims, batch_mean, batch_sum, sample_
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 WEIGHTINGS = ("sigma2", "g2", "none")
+TRACES = ("exact", "hutchinson", "auto")
+PROBES = ("rademacher", "gaussian")
+AUTO_EXACT_MAX_DIM = 16  # trace="auto": the exact trace up to this many dimensions per example, Hutchinson above
 
 
-class DSMLoss:
-    """Denoising score matching (Vincent 2011; Song et al. 2021, Eq. 7; docs/math.md §3).
+class LikelihoodTimes:
+    """The importance distribution ``p(t) ∝ g(t)^2 / s(t)^2`` on ``[eps, T]`` (Song, Durkan, Murray, Ermon 2021, §5).
 
-    ``L = E_t lambda(t) E_{x0, z} || s_theta(a(t) x0 + s(t) z, t) + z / s(t) ||^2`` with ``t ~ U(eps, T)``.
+    With the likelihood weighting ``lambda(t) = g(t)^2`` the DSM integrand behaves like ``g^2 / s^2`` (about ``1 / t``
+    near 0 for VP): drawing ``t`` from this density and dividing by it flattens the integrand, so the estimator of the
+    same objective has a far smaller variance. The inverse CDF is tabulated once, for any SDE: the unnormalised
+    density in ``u = log t`` is evaluated on ``grid_size`` points uniform in ``u`` and integrated by the trapezoid
+    rule. The distribution sampled *is* that table's (density piecewise constant in ``u``, CDF piecewise linear),
+    and :meth:`density` returns exactly its density, so importance weights built from it are exactly unbiased. With
+    the default grid it lies within about 1e-4 (relative) of the smooth ``p(t)`` pointwise, its CDF within 1e-8.
+
+    Args:
+        sde: the forward SDE (``g`` from ``sde.sde``, ``s`` from ``sde.marginal_std``).
+        eps: the smallest time, ``0 < eps < T``.
+        grid_size: points of the table.
+    """
+
+    def __init__(self, sde: SDE, eps: float = 1e-5, grid_size: int = 65537):
+        if not 0.0 < eps < sde.T:
+            raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+        if grid_size < 2:
+            raise ValueError(f"grid_size must be >= 2, got {grid_size}")
+        self.sde, self.eps, self.grid_size = sde, float(eps), int(grid_size)
+        u = torch.linspace(math.log(eps), math.log(sde.T), grid_size, dtype=torch.float64)
+        t = u.exp()
+        g2 = sde.sde(torch.zeros(grid_size, 1, dtype=torch.float64), t)[1].to(torch.float64) ** 2
+        f = g2 / sde.marginal_std(t).to(torch.float64) ** 2 * t  # density in u = log t, unnormalised
+        if not bool(torch.isfinite(f).all()) or bool((f <= 0).any()):
+            raise ValueError(f"g(t)^2 / s(t)^2 of {type(sde).__name__} is not positive and finite on [eps, T]")
+        mass = 0.5 * (f[1:] + f[:-1]) * (u[1:] - u[:-1])  # per cell
+        self.normaliser = float(mass.sum())  # Z = int_eps^T g^2 / s^2 dt
+        self._u = u
+        self._cdf = torch.cat([torch.zeros(1, dtype=torch.float64), mass.cumsum(0) / self.normaliser])
+        self._cdf[-1] = 1.0
+        self._cell_density = 0.5 * (f[1:] + f[:-1]) / self.normaliser  # density in u of each cell
+        self._cache: dict = {}
+
+    def _tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = tuple(x.to(like.device) for x in (self._u, self._cdf, self._cell_density))
+        return self._cache[key]
+
+    def sample(self, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
+        """``n`` times ``[n]`` drawn by inverting the tabulated CDF at uniform draws (``like``'s dtype and device)."""
+        u_tab, cdf, _ = self._tables(like)
+        r = sample_noise((n,), like, generator, kind="uniform").to(torch.float64)
+        i = torch.searchsorted(cdf, r, right=True).clamp(1, len(cdf) - 1) - 1
+        frac = (r - cdf[i]) / (cdf[i + 1] - cdf[i])
+        u = u_tab[i] + frac * (u_tab[i + 1] - u_tab[i])
+        return u.exp().clamp(self.eps, self.sde.T).to(like.dtype)
+
+    def density(self, t: torch.Tensor) -> torch.Tensor:
+        """The density ``p(t)`` of :meth:`sample` at ``t [B]`` in ``[eps, T]`` (normalised over ``[eps, T]``)."""
+        u_tab, _, cell = self._tables(t)
+        u = t.to(torch.float64).log()
+        i = (torch.searchsorted(u_tab, u, right=True) - 1).clamp(0, len(cell) - 1)
+        return (cell[i] / u.exp()).to(t.dtype)
+
+    def cdf(self, t: torch.Tensor) -> torch.Tensor:
+        """``P(T' <= t)`` under :meth:`sample`, ``[B]``."""
+        u_tab, cdf, cell = self._tables(t)
+        u = t.to(torch.float64).log().clamp(float(u_tab[0]), float(u_tab[-1]))
+        i = (torch.searchsorted(u_tab, u, right=True) - 1).clamp(0, len(cell) - 1)
+        return (cdf[i] + cell[i] * (u - u_tab[i])).to(t.dtype)
+
+
+class TimeWeighting:
+    """What every continuous-time score-matching objective shares: ``lambda(t)``, the draw of ``t``, the reduction.
+
+    The objective is ``L = E_{t ~ U(eps, T)} lambda(t) l(t)``. With ``importance_sampling`` the times are drawn from
+    :class:`LikelihoodTimes` instead (``p(t) ∝ g^2 / s^2``, Song, Durkan, Murray, Ermon 2021, Sec. 5) and each term
+    is multiplied by ``1 / ((T - eps) p(t))``: the estimator has the same expectation as with uniform times, and
+    with ``weighting="g2"`` a much smaller variance.
 
     Args:
         sde: the forward SDE.
@@ -23,14 +102,20 @@ class DSMLoss:
             (``g(t)^2``, likelihood weighting, Song et al. 2021b) or ``"none"`` (1).
         reduce_mean: average over data dimensions (``True``) or sum them.
         eps: smallest training time (1e-5 in the paper) avoiding the singularity of ``z / s(t)`` at 0.
+        importance_sampling: draw ``t`` from ``p(t) ∝ g(t)^2 / s(t)^2`` and reweight (unbiased for any weighting).
     """
 
-    def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5):
+    def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5,
+                 importance_sampling: bool = False):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if not 0.0 < eps < sde.T:
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+        if not isinstance(importance_sampling, bool):
+            raise ValueError(f"importance_sampling must be true or false, got {importance_sampling!r}")
         self.sde, self.weighting, self.reduce_mean, self.eps = sde, weighting, reduce_mean, eps
+        self.importance_sampling = importance_sampling
+        self.time_distribution = LikelihoodTimes(sde, eps) if importance_sampling else None
 
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         """``lambda(t)``, shape ``[B]``."""
@@ -40,24 +125,241 @@ class DSMLoss:
             return self.sde.sde(torch.zeros_like(t)[:, None], t)[1] ** 2
         return torch.ones_like(t)
 
-    def per_example(self, score_fn: ScoreFn, x0: torch.Tensor, generator: torch.Generator | None = None,
+    def sample_times(self, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
+        """``n`` training times ``[n]``: ``U(eps, T)``, or :class:`LikelihoodTimes` with ``importance_sampling``."""
+        if self.time_distribution is not None:
+            return self.time_distribution.sample(n, like, generator)
+        return sample_noise((n,), like, generator, kind="uniform") * (self.sde.T - self.eps) + self.eps
+
+    def time_factor(self, t: torch.Tensor) -> torch.Tensor | float:
+        """The importance weight ``1 / ((T - eps) p(t))`` of each time ``[B]`` (1 with uniform times)."""
+        if self.time_distribution is None:
+            return 1.0
+        return 1.0 / ((self.sde.T - self.eps) * self.time_distribution.density(t))
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, ...] -> [B]``: mean or sum over the data dimensions (``reduce_mean``)."""
+        return batch_mean(x) if self.reduce_mean else batch_sum(x)
+
+    def __call__(self, score_fn: ScoreFn, x0: torch.Tensor, generator=None) -> torch.Tensor:
+        """Scalar loss: the batch mean of ``per_example``."""
+        return self.per_example(score_fn, x0, generator).mean()
+
+
+class DSMLoss(TimeWeighting):
+    """Denoising score matching (Vincent 2011; Song et al. 2021, Eq. 7; docs/math.md §3).
+
+    ``L = E_t lambda(t) E_{x0, z} || s_theta(a(t) x0 + s(t) z, t) + z / s(t) ||^2`` with ``t ~ U(eps, T)``, or
+    ``t`` importance sampled (:class:`TimeWeighting`; with ``weighting="g2"`` this is the likelihood training of
+    Song, Durkan, Murray, Ermon 2021, Eq. 12 with the importance sampling of their Sec. 5).
+
+    Args:
+        sde: the forward SDE.
+        weighting: ``lambda(t)``: ``"sigma2"`` (``s(t)^2``, noise prediction, default), ``"g2"``
+            (``g(t)^2``, likelihood weighting, Song et al. 2021b) or ``"none"`` (1).
+        reduce_mean: average over data dimensions (``True``) or sum them.
+        eps: smallest training time (1e-5 in the paper) avoiding the singularity of ``z / s(t)`` at 0.
+        importance_sampling: draw ``t`` from ``p(t) ∝ g(t)^2 / s(t)^2`` and reweight by ``1 / ((T - eps) p(t))``.
+    """
+
+    def per_example(self, score_fn: ScoreFn, x0: torch.Tensor, generator=None,
                     t: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-example loss ``[B]`` for data ``x0 [B, ...]``; ``t [B]`` is drawn from ``U(eps, T)`` unless given."""
-        b = x0.shape[0]
+        """Per-example loss ``[B]`` for data ``x0 [B, ...]``; ``t [B]`` is drawn (:meth:`sample_times`) unless given."""
         if t is None:
-            t = sample_noise((b,), x0, generator, kind="uniform") * (self.sde.T - self.eps) + self.eps
+            t = self.sample_times(x0.shape[0], x0, generator)
         z = sample_noise(x0.shape, x0, generator)
         mean, std = self.sde.marginal_prob(x0, t)
         std_b = append_dims(std, x0.ndim)
         score = score_fn(mean + std_b * z, t)
-        reduce = batch_mean if self.reduce_mean else batch_sum
         if self.weighting == "sigma2":  # || s score + z ||^2 avoids dividing by a tiny s(t)
-            return reduce((std_b * score + z) ** 2)
-        return self.weight(t) * reduce((score + z / std_b) ** 2)
+            loss = self.reduce((std_b * score + z) ** 2)
+        else:
+            loss = self.weight(t) * self.reduce((score + z / std_b) ** 2)
+        return loss * self.time_factor(t)
 
-    def __call__(self, score_fn: ScoreFn, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scalar loss: the batch mean of :meth:`per_example`."""
-        return self.per_example(score_fn, x0, generator).mean()
+
+# --- implicit and sliced score matching ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def input_gradients() -> Iterator[bool]:
+    """Autograd on, even inside ``torch.no_grad`` or ``torch.inference_mode`` (Lightning's validation).
+
+    The implicit and sliced objectives differentiate the score with respect to its input, so they need autograd
+    even where nothing is trained. Yields whether the caller records gradients: only then is the graph of those
+    derivatives kept (``create_graph``) so that the parameters get gradients through them.
+    """
+    record = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    with torch.inference_mode(False), torch.enable_grad():
+        yield record
+
+
+def _grad(output: torch.Tensor, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    (grad,) = torch.autograd.grad(output, x, create_graph=create_graph, retain_graph=True, allow_unused=True,
+                                  materialize_grads=True)
+    return grad
+
+
+def exact_trace(score: torch.Tensor, x: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
+    """``tr ∇_x s(x) = sum_i ∂s_i / ∂x_i`` by autograd, one backward pass per data dimension (for small D).
+
+    Assumes example ``b`` of ``score`` depends on example ``b`` of ``x`` only (no batch statistics).
+
+    Args:
+        score: ``s(x) [B, ...]``, computed from ``x`` with autograd on.
+        x: the input ``[B, ...]`` (``requires_grad``).
+        create_graph: keep the graph of the derivatives (so that a loss built on them trains the parameters).
+
+    Returns:
+        The trace ``[B]``.
+    """
+    flat = score.flatten(1)
+    trace = torch.zeros(x.shape[0], dtype=score.dtype, device=score.device)
+    for i in range(flat.shape[1]):
+        trace = trace + _grad(flat[:, i].sum(), x, create_graph).flatten(1)[:, i]
+    return trace
+
+
+def projected_jacobian(score: torch.Tensor, x: torch.Tensor, v: torch.Tensor,
+                       create_graph: bool = True) -> torch.Tensor:
+    """``v^T ∇_x s(x) v`` by one vector-Jacobian product: Hutchinson's estimate of the trace when ``E[v v^T] = I``
+    (Hutchinson 1989), the first term of sliced score matching (Song, Garg, Shi, Ermon 2019, Eq. 7).
+
+    Args:
+        score: ``s(x) [B, ...]``, computed from ``x`` with autograd on.
+        x: the input ``[B, ...]`` (``requires_grad``).
+        v: one projection per example ``[B, ...]``.
+        create_graph: keep the graph of the derivatives.
+
+    Returns:
+        ``[B]``.
+    """
+    return batch_sum(_grad((score * v).sum(), x, create_graph) * v)
+
+
+def draw_probes(x: torch.Tensor, num: int, kind: str = "rademacher", generator=None) -> list[torch.Tensor]:
+    """``num`` probes ``[B, ...]`` with ``E[v v^T] = I``: Rademacher (random signs) or standard Gaussian."""
+    if kind not in PROBES:
+        raise ValueError(f"probe must be one of {PROBES}, got {kind!r}")
+    v = sample_noise((x.shape[0], num, *x.shape[1:]), x, generator)  # examples first: per-sample/sharded generators
+    v = v.sign() if kind == "rademacher" else v
+    return list(v.unbind(1))
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class _InputDerivativeLoss(TimeWeighting):
+    """Objectives on the perturbed marginals ``p_t`` that differentiate the score in its input (ISM, SSM).
+
+    Both are written on the scale of :class:`DSMLoss` (twice the papers' ``½``-forms): for every ``t``,
+    ``lambda(t) E_{p_t}[||s_theta||^2 + 2 tr ∇ s_theta]`` equals ``lambda(t) E||s_theta - ∇ log p_t||^2`` minus a
+    constant, and DSM equals it plus ``lambda(t) D / s(t)^2`` (docs/objectives.md), so the three have the same
+    gradients in expectation, and ISM = DSM - E_t lambda(t) / s(t)^2 (per dimension with ``reduce_mean``).
+    """
+
+    def _terms(self, score: torch.Tensor, x: torch.Tensor, generator, create_graph: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def per_example(self, score_fn: ScoreFn, x0: torch.Tensor, generator=None,
+                    t: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example loss ``[B]`` for data ``x0 [B, ...]``; ``t [B]`` is drawn (:meth:`sample_times`) unless given.
+
+        ``x_t = a(t) x0 + s(t) z`` is drawn with the same noise as :class:`DSMLoss` under the same generator (``t``,
+        then ``z``, then the probes). Without gradient recording (validation) the value is returned detached.
+        """
+        with input_gradients() as record:
+            x0 = x0.clone() if x0.is_inference() else x0  # tensors made under inference_mode cannot enter a graph
+            if t is None:
+                t = self.sample_times(x0.shape[0], x0, generator)
+            elif t.is_inference():
+                t = t.clone()
+            z = sample_noise(x0.shape, x0, generator)
+            mean, std = self.sde.marginal_prob(x0, t)
+            x = (mean + append_dims(std, x0.ndim) * z).detach().requires_grad_(True)
+            score = score_fn(x, t)
+            value = self._terms(score, x, generator, record)
+            dims = x0[0].numel() if self.reduce_mean else 1
+            loss = self.weight(t) * value / dims * self.time_factor(t)
+        return loss if record else loss.detach()
+
+
+class ISMLoss(_InputDerivativeLoss):
+    """Implicit score matching (Hyvärinen 2005, Eq. 4) on the perturbed marginals ``p_t`` of the SDE.
+
+    ``L = E_t lambda(t) E_{x_t ~ p_t} [ ||s_theta(x_t, t)||^2 + 2 tr ∇_x s_theta(x_t, t) ]`` (twice Hyvärinen's
+    ``½||s||^2 + tr ∇s``, on :class:`DSMLoss`'s scale), ``x_t = a(t) x0 + s(t) z``. No conditional score is used:
+    only samples of ``p_t``. The trace is exact (one backward pass per dimension) or Hutchinson's estimate
+    ``v^T ∇s v`` averaged over ``num_probes`` probes (one vector-Jacobian product each; Hutchinson 1989).
+
+    Args:
+        sde: the forward SDE.
+        weighting, reduce_mean, eps, importance_sampling: as in :class:`TimeWeighting`.
+        trace: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact up to ``AUTO_EXACT_MAX_DIM`` = 16 dimensions).
+        probe: Hutchinson probes, ``"rademacher"`` (lower variance) or ``"gaussian"``.
+        num_probes: Hutchinson probes per example.
+    """
+
+    def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5,
+                 importance_sampling: bool = False, trace: str = "auto", probe: str = "rademacher",
+                 num_probes: int = 1):
+        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling)
+        if trace not in TRACES:
+            raise ValueError(f"trace must be one of {TRACES}, got {trace!r}")
+        if probe not in PROBES:
+            raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
+        _check_count("num_probes", num_probes)
+        self.trace, self.probe, self.num_probes = trace, probe, num_probes
+
+    def uses_exact_trace(self, x: torch.Tensor) -> bool:
+        """Whether the trace of data like ``x [B, ...]`` is computed exactly."""
+        return self.trace == "exact" or (self.trace == "auto" and x[0].numel() <= AUTO_EXACT_MAX_DIM)
+
+    def _terms(self, score, x, generator, create_graph):
+        if self.uses_exact_trace(x):
+            trace = exact_trace(score, x, create_graph)
+        else:
+            probes = draw_probes(x, self.num_probes, self.probe, generator)
+            trace = sum(projected_jacobian(score, x, v, create_graph) for v in probes) / self.num_probes
+        return batch_sum(score**2) + 2 * trace
+
+
+class SSMLoss(_InputDerivativeLoss):
+    """Sliced score matching (Song, Garg, Shi, Ermon 2019, Eq. 7; SSM-VR Eq. 8) on the perturbed marginals ``p_t``.
+
+    Per projection ``v`` with ``E[v v^T] = I``: ``2 v^T ∇_x s_theta v + (v^T s_theta)^2`` (SSM) or, with
+    ``variance_reduction``, ``2 v^T ∇_x s_theta v + ||s_theta||^2`` (SSM-VR: the second term's expectation over
+    ``v`` taken exactly), averaged over ``num_projections`` projections and weighted by ``lambda(t)`` as in
+    :class:`ISMLoss` (twice the paper's ``½``-form, on :class:`DSMLoss`'s scale). Its expectation equals ISM's.
+
+    Args:
+        sde: the forward SDE.
+        weighting, reduce_mean, eps, importance_sampling: as in :class:`TimeWeighting`.
+        num_projections: random projections per example (one vector-Jacobian product each).
+        variance_reduction: SSM-VR (default) instead of plain SSM.
+        probe: distribution of ``v``: ``"gaussian"`` (the paper's) or ``"rademacher"``.
+    """
+
+    def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5,
+                 importance_sampling: bool = False, num_projections: int = 1, variance_reduction: bool = True,
+                 probe: str = "gaussian"):
+        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling)
+        _check_count("num_projections", num_projections)
+        if not isinstance(variance_reduction, bool):
+            raise ValueError(f"variance_reduction must be true or false, got {variance_reduction!r}")
+        if probe not in PROBES:
+            raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
+        self.num_projections, self.variance_reduction, self.probe = num_projections, variance_reduction, probe
+
+    def _terms(self, score, x, generator, create_graph):
+        probes = draw_probes(x, self.num_projections, self.probe, generator)
+        total = 0.0
+        for v in probes:
+            total = total + 2 * projected_jacobian(score, x, v, create_graph)
+            if not self.variance_reduction:
+                total = total + batch_sum(score * v) ** 2
+        total = total / self.num_projections
+        return total + batch_sum(score**2) if self.variance_reduction else total
 
 
 class DDPMLoss:

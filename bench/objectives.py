@@ -1,0 +1,158 @@
+"""Score-matching objectives on the toy mixtures: DSM, implicit (ISM), sliced (SSM, SSM-VR), likelihood weighting.
+
+Every row trains the default toy job (``conf/experiment/toy_<mixture>.yaml``: the MLP, VP SDE, Adam 2e-3 with warm-up,
+batch 512, EMA 0.999, seed 0) for the same number of steps, through the same parts ``train.py`` builds (``build_core``,
+``ScoreModule``, the Lightning Trainer; no callbacks), changing only ``loss=``. Then, with the EMA weights:
+
+* **score err**: the validation metric of ``ScoreModule``, ``E ||s(t) (s_theta - s*)||^2`` (the eps-space error
+  against the exact oracle score) at t = 0.05, 0.2, 0.5, 0.9 on the 8192 validation points, and their mean;
+  **/ DSM** is the mean's ratio to the DSM row's (the issue's acceptance: ISM and SSM within 2x);
+* **NLL - true**: the model's exact NLL (probability-flow ODE, exact divergence, dopri5 at 1e-5) of ``--nll-n`` fresh
+  test points minus their exact NLL under the true mixture, paired, in nats, ± its standard error: how far the
+  model's density is from the truth (0 is perfect; the floor is the mixture's entropy, printed above each table);
+* **time**: wall time of the training run (one torch thread; shared machines make it noisy).
+
+Rows share the seed (same initialisation, data order and validation noise), so differences between rows are less
+noisy than the values. Run it with one thread::
+
+    OMP_NUM_THREADS=1 python bench/objectives.py                  # 3000 steps, both mixtures, 9 rows (about 40 min)
+    OMP_NUM_THREADS=1 python bench/objectives.py --quick          # smoke run: 100 steps, 200 NLL points
+    OMP_NUM_THREADS=1 python bench/objectives.py --steps 2000 --mixtures two_modes --out table.md
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMES = (0.05, 0.2, 0.5, 0.9)
+REFERENCE = "DSM (sigma2)"
+# row label -> overrides of the training config
+ROWS = {
+    "DSM (sigma2)": ["loss=dsm"],
+    "ISM, exact trace": ["loss=ism", "loss.trace=exact"],
+    "ISM, exact trace, importance t": ["loss=ism", "loss.trace=exact", "loss.importance_sampling=true"],
+    "SSM-VR, 1 projection": ["loss=ssm"],
+    "SSM-VR, 4 projections": ["loss=ssm", "loss.num_projections=4"],
+    "SSM-VR, 1 Rademacher projection": ["loss=ssm", "loss.probe=rademacher"],
+    "SSM, 1 projection": ["loss=ssm", "loss.variance_reduction=false"],
+    "DSM g2, uniform t": ["loss=dsm", "loss.weighting=g2"],
+    "DSM g2, importance t": ["loss=dsm_likelihood"],
+}
+
+
+def compose(mixture: str, overrides: list[str], steps: int):
+    """The training config of ``experiment=toy_<mixture>`` with ``overrides`` (as ``train.py`` composes it)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=[
+            f"experiment=toy_{mixture}", *overrides, f"trainer.max_steps={steps}", "logger=none", "callbacks=none",
+            "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+            "trainer.limit_val_batches=0", f"paths.output_dir={tempfile.mkdtemp(prefix='bench_objectives_')}"])
+
+
+def train_row(cfg):
+    """Train as ``train.py`` does (same parts, seed and trainer settings) without callbacks; return the module."""
+    import lightning as L
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from scorelab.cli.common import build_core
+    from scorelab.lit.module import ScoreModule
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    parts = build_core(cfg)
+    module = ScoreModule(parts["score_model"], parts["sde"], loss=parts["loss"], optimizer=instantiate(cfg.optimizer),
+                         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+                         **OmegaConf.to_container(cfg.module, resolve=True))
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=parts["datamodule"])
+    return module, parts["datamodule"], time.perf_counter() - start
+
+
+@torch.no_grad()
+def score_errors(module, datamodule) -> list[float]:
+    """``E ||s(t) (s_theta - s*)||^2`` of the EMA model at :data:`TIMES` (ScoreModule's validation metric)."""
+    x = datamodule.val_set.tensors[0]
+    sde, model = module.sde, module.score_fn(use_ema=True).eval()
+    oracle = datamodule.mixture.oracle(sde)
+    gen = torch.Generator().manual_seed(0)
+    errors = []
+    for t_val in TIMES:
+        t = torch.full((len(x),), t_val)
+        std = sde.marginal_std(t)[:, None]
+        xt = sde.marginal_prob(x, t)[0] + std * torch.randn(x.shape, generator=gen)
+        errors.append(float((((model(xt, t) - oracle(xt, t).float()) * std) ** 2).sum(1).mean()))
+    return errors
+
+
+def nll_gap(module, datamodule, n: int) -> tuple[float, float]:
+    """Paired model NLL - exact NLL (nats) of ``n`` fresh test points, mean and standard error."""
+    from scorelab.likelihood import log_likelihood
+
+    mixture = datamodule.mixture
+    x = mixture.sample(n, generator=torch.Generator().manual_seed(123))
+    model = module.score_fn(use_ema=True).eval()
+    logp = log_likelihood(model, module.sde, x, divergence="exact").log_prob.double()
+    gap = -logp + mixture.log_prob(x.double())
+    return float(gap.mean()), float(gap.std() / math.sqrt(n))
+
+
+def run(mixtures: list[str], steps: int, nll_n: int, rows: list[str], emit) -> None:
+    from scorelab.data import PRESETS
+
+    for mixture in mixtures:
+        entropy, entropy_se = PRESETS[mixture]().entropy(generator=torch.Generator().manual_seed(0))
+        emit(f"\n### {mixture}: {steps} steps, batch 512 (true entropy {entropy:.4f} ± {entropy_se:.4f} nats)\n")
+        emit("| objective | " + " | ".join(f"err t={t:g}" for t in TIMES)
+             + " | mean err | / DSM | NLL - true [nats] | time [s] |")
+        emit("| --- " * (len(TIMES) + 5) + "|")
+        reference = None
+        for label in [REFERENCE] + [r for r in rows if r != REFERENCE]:  # DSM first: the ratios' reference
+            module, dm, seconds = train_row(compose(mixture, ROWS[label], steps))
+            errors = score_errors(module, dm)
+            mean = sum(errors) / len(errors)
+            reference = mean if label == REFERENCE else reference
+            gap, se = nll_gap(module, dm, nll_n)
+            emit(f"| {label} | " + " | ".join(f"{e:.4f}" for e in errors)
+                 + f" | {mean:.4f} | {mean / reference:.2f} | {gap:+.4f} ± {se:.4f} | {seconds:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mixtures", nargs="+", default=["two_modes", "eight_gaussians"])
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--nll-n", type=int, default=2000, help="test points of the exact NLL")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--quick", action="store_true", help="100 steps, 200 NLL points")
+    parser.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.nll_n = 100, 200
+    torch.set_num_threads(1)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    lines: list[str] = []
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    run(args.mixtures, args.steps, args.nll_n, args.rows, emit)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
