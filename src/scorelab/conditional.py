@@ -118,13 +118,21 @@ def grey_level(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=1, keepdim=True)
 
 
+def color_space_score(score_fn: ScoreFn) -> ScoreFn:
+    """The score of ``c = M x`` given the score of RGB data ``x``: ``M s(M^T c, t)`` (``M`` orthogonal, so the
+    transformed data diffuse under the same isotropic SDE; Song et al. 2021, App. I.3)."""
+    def score(c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return to_color_space(score_fn(from_color_space(c), t))
+    return score
+
+
 @torch.no_grad()
 def colorize(sampler, score_fn: ScoreFn, sde: SDE, grey: torch.Tensor, generator: Generator | None = None,
              callback=None) -> tuple[torch.Tensor, int]:
     """RGB images whose channel mean is ``grey`` (Song et al. 2021, App. I.3).
 
-    The score of the data in colour space ``c = M x`` is ``M s(M^T c, t)`` (``M`` orthogonal and every SDE here
-    isotropic), the grey channel ``c_0 = sqrt(3) grey`` is the known value, and :func:`inpaint` fills in the other two.
+    In colour space ``c = M x`` (:func:`color_space_score`) the grey channel ``c_0 = sqrt(3) grey`` is the known value,
+    and :func:`inpaint` fills in the other two.
 
     Args:
         sampler, score_fn, sde, generator, callback: as for :func:`inpaint`; ``score_fn`` works on RGB ``[B, 3, ...]``.
@@ -135,14 +143,10 @@ def colorize(sampler, score_fn: ScoreFn, sde: SDE, grey: torch.Tensor, generator
     """
     if grey.ndim < 2 or grey.shape[1] != 1:
         raise ValueError(f"grey must have shape [B, 1, ...], got {tuple(grey.shape)}")
-
-    def color_score(c: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return to_color_space(score_fn(from_color_space(c), t))
-
     y = torch.cat([math.sqrt(3.0) * grey, torch.zeros_like(grey), torch.zeros_like(grey)], dim=1)
     known = torch.zeros((1, 3) + (1,) * (grey.ndim - 2), dtype=torch.bool, device=grey.device)
     known[:, 0] = True
-    c, nfe = inpaint(sampler, color_score, sde, y, known, generator, callback)
+    c, nfe = inpaint(sampler, color_space_score(score_fn), sde, y, known, generator, callback)
     return from_color_space(c), nfe
 
 
