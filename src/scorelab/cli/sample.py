@@ -88,6 +88,9 @@ def _check(cfg: DictConfig) -> None:
         raise UserError(f"format must be one of {FORMATS}, got {cfg.format!r}")
     if cfg.eval.protocol not in PROTOCOLS:
         raise UserError(f"eval.protocol must be one of {PROTOCOLS}, got {cfg.eval.protocol!r}")
+    from .conditional import check_task
+
+    check_task(cfg)
 
 
 DEFAULT_SAMPLER = "dpmpp_2m_sde"  # what train.py stores by default, for model=oracle and older checkpoints
@@ -156,10 +159,16 @@ def sample(cfg: DictConfig) -> Path:
     Under ``torchrun`` every rank draws its share of the batches (the samples equal a 1-process run's); rank 0
     writes the one set of result files into its run folder.
 
+    With ``task=inpaint | colorize | interpolate`` it runs that task instead (:mod:`scorelab.cli.conditional`).
+
     Returns:
-        The path of ``samples.npz`` (points) or of the ``samples/`` folder (images).
+        The path of ``samples.npz`` (points) or of the ``samples/`` folder (images); for a task, its ``.npz``.
     """
     _check(cfg)
+    if cfg.get("task", "sample") != "sample":
+        from .conditional import run_task
+
+        return run_task(cfg, *_source(cfg))
     device = device_for_rank(resolve_device(cfg.device))
     with process_group(device):
         trained, sampler_cfg = _source(cfg)

@@ -11,6 +11,9 @@ from .grids import GRIDS, check_eps, time_grid  # noqa: F401  (re-exported: the 
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
+# ``project(x [B, ...], t [B]) -> x [B, ...]``: a map applied to the state after every step (e.g. replacing known
+# pixels, :mod:`scorelab.conditional`); the sampler continues from what it returns.
+Project = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class CountingScore:

@@ -40,7 +40,7 @@ class DDIMSampler(SigmaSampler):
             c = self.eta * sigma_next * math.sqrt(max(0.0, 1.0 - (sigma_next / sigma) ** 2))
             y_mean = d + math.sqrt(sigma_next**2 - c**2) / sigma * (y - d)
             y = y_mean + c * noise_like(y, generator) if c > 0 else y_mean
-            report(i, y, y_mean)
+            y = report(i, y, y_mean)
         return y
 
     def __repr__(self) -> str:

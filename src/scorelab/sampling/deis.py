@@ -75,7 +75,7 @@ class DEISSampler(SigmaSampler):
             else:
                 weights = lagrange_integrals(sigmas[:k], sigma, sigma_next)
             y = y + sum(w * s for w, s in zip(weights, slopes[:k], strict=True))
-            report(i, y)
+            y = report(i, y)
         return y
 
     def __repr__(self) -> str:

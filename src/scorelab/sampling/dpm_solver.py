@@ -108,7 +108,7 @@ class DPMSolverPP(SigmaSampler):
             lambdas, ds = (lambdas + [path.lambdas[i]])[-order:], (ds + [denoiser(y, path.ts[i])])[-order:]
             k = min(order, len(ds), path.steps - i if self.lower_order_final else order)
             y = multistep_update(y, lambdas[-k:], ds[-k:], path.lambdas[i + 1], first_weight=_dpm_2m_weight)
-            report(i, y)
+            y = report(i, y)
         return y
 
     def _single_step(self, denoiser, path, y, report, r: float = 0.5):
@@ -120,7 +120,7 @@ class DPMSolverPP(SigmaSampler):
             u = math.exp(-r * h) * y + phi(1, r * h) * d_0
             d_mid = denoiser(u, t_mid)
             y = math.exp(-h) * y + phi(1, h) * ((1.0 - 0.5 / r) * d_0 + (0.5 / r) * d_mid)
-            report(i, y)
+            y = report(i, y)
         return y
 
     def _multistep_sde(self, denoiser, path, y, generator, report):
@@ -134,7 +134,7 @@ class DPMSolverPP(SigmaSampler):
             y_mean = decay * y + (1.0 - decay) * d_hat
             y = y_mean + path.sigmas[i + 1] * math.sqrt(1.0 - decay) * noise_like(y, generator)
             d_prev, h_prev = d, h
-            report(i, y, y_mean)
+            y = report(i, y, y_mean)
         return y
 
     def __repr__(self) -> str:
@@ -188,7 +188,7 @@ class UniPCSampler(SigmaSampler):
                 y = multistep_update(y, lambdas[-k:-1] + [lam_next, lambdas[-1]], ds[-k:-1] + [d_next, ds[-1]],
                                      lam_next, first_weight=lambda h, u: self._b(h) * 0.5)
                 lambdas, ds = (lambdas + [lam_next])[-self.order:], (ds + [d_next])[-self.order:]
-            report(i, y)
+            y = report(i, y)
         return y
 
     def __repr__(self) -> str:

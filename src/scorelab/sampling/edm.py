@@ -60,7 +60,7 @@ class EDMSampler(SigmaSampler):
             y_euler = y + (sigma_next - sigma_hat) * slope
             slope_next = (y_euler - denoiser(y_euler, path.ts[i + 1])) / sigma_next  # line 7: Heun's correction
             y = y + (sigma_next - sigma_hat) * 0.5 * (slope + slope_next)
-            report(i, y)
+            y = report(i, y)
         return y
 
     def __repr__(self) -> str:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
 from ..sde import SDE
 from ..utils import append_dims
-from .base import Callback, CountingScore, ScoreFn, batch_time, initial_noise
+from .base import Callback, CountingScore, Project, ScoreFn, batch_time, initial_noise
 from .grids import TimeGrid, as_grid
 
 FIXED = ("euler", "heun", "rk4")
@@ -66,8 +67,15 @@ class ODESampler:
     def __call__(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...] | None = None,
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32, callback: Callback | None = None,
-                 x_init: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-        """Integrate from a prior sample at ``T`` to ``eps``; same arguments and returns as ``PCSampler``."""
+                 x_init: torch.Tensor | None = None, project: Project | None = None) -> tuple[torch.Tensor, int]:
+        """Integrate from a prior sample at ``T`` to ``eps``; same arguments and returns as ``PCSampler``.
+
+        ``project`` (applied after every step) needs a fixed-step method: an adaptive solver's steps are its own.
+        """
+        if project is not None and self.method not in FIXED:
+            raise UserError(f"{self!r} cannot replace known values after each step: an adaptive solver chooses its "
+                            f"own steps and rejects some; use a fixed-step method ({', '.join(FIXED)}) or another "
+                            "sampler (e.g. sampler=dpmpp_2m_sde)")
         counted = CountingScore(score_fn)
         velocity = probability_flow(counted, sde)
         x = initial_noise(sde, shape, generator, device, dtype, x_init)
@@ -75,6 +83,8 @@ class ODESampler:
             ts = self.grid(self.steps, self.eps, sde.T, sde=sde)
             for i in range(self.steps):
                 x = fixed_step(velocity, x, batch_time(ts[i], x), batch_time(ts[i + 1], x), self.method)
+                if project is not None:
+                    x = project(x, batch_time(ts[i + 1], x))
                 if callback is not None:
                     callback({"i": i, "t": float(ts[i + 1]), "x": x, "x_mean": x})
         else:

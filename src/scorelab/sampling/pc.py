@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..sde import SDE
-from .base import Callback, CountingScore, ScoreFn, batch_time, initial_noise
+from .base import Callback, CountingScore, Project, ScoreFn, batch_time, initial_noise
 from .correctors import Corrector, NoCorrector
 from .grids import TimeGrid, as_grid
 from .predictors import NoPredictor, Predictor
@@ -43,7 +43,7 @@ class PCSampler:
     def __call__(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...] | None = None,
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32, callback: Callback | None = None,
-                 x_init: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+                 x_init: torch.Tensor | None = None, project: Project | None = None) -> tuple[torch.Tensor, int]:
         """Draw samples.
 
         Args:
@@ -54,6 +54,8 @@ class PCSampler:
             device, dtype: where the samples live.
             callback: called after each step with ``{"i", "t", "x", "x_mean"}``.
             x_init: initial state at ``t = T`` (default: a prior sample).
+            project: ``(x, t [B]) -> x`` applied to the state after every predictor step and after every corrector
+                step (Song et al. 2021, App. I.2: replacing the known pixels when inpainting).
 
         Returns:
             ``(samples [B, ...], nfe)``, NFE counting every batched score evaluation.
@@ -63,13 +65,18 @@ class PCSampler:
         ts = self.grid(self.steps, self.eps, sde.T, sde=sde)
         x_mean = x
         has_predictor = not isinstance(self.predictor, NoPredictor)
+        has_corrector = not isinstance(self.corrector, NoCorrector)
         for i in range(self.steps):
             t, t_next = batch_time(ts[i], x), batch_time(ts[i + 1], x)
             x, x_mean = self.predictor.step(counted, sde, x, t, t_next, generator)
+            if project is not None and has_predictor:
+                x = project(x, t_next)
             # After the final predictor step the noise-free predictor mean is the output; a corrector there would
             # only add Langevin noise that denoising then strips, shrinking the spread by a step-independent amount.
             if not (has_predictor and i == self.steps - 1):
                 x, x_mean = self.corrector.step(counted, sde, x, t_next, t - t_next, generator)
+                if project is not None and has_corrector:
+                    x = project(x, t_next)
             if callback is not None:
                 callback({"i": i, "t": float(ts[i + 1]), "x": x, "x_mean": x_mean})
         return (x_mean if self.denoise else x), counted.nfe

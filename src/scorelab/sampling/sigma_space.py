@@ -20,7 +20,7 @@ import torch
 
 from ..sde import SDE
 from ..utils import append_dims
-from .base import Callback, CountingScore, ScoreFn, batch_time, initial_noise
+from .base import Callback, CountingScore, Project, ScoreFn, batch_time, initial_noise
 from .grids import TimeGrid, as_grid
 
 
@@ -102,7 +102,8 @@ class SigmaPath:
 class SigmaSampler(abc.ABC):
     """Skeleton of a sampler in sigma space: grid, prior, NFE count, callback and the optional final denoising.
 
-    Subclasses implement :meth:`solve`, which moves ``y = x / a(T)`` along the grid and returns ``y`` at ``eps``.
+    Subclasses implement :meth:`solve`, which moves ``y = x / a(T)`` along the grid and returns ``y`` at ``eps``,
+    continuing after each step from what ``report`` returns (the state, changed by the caller's ``project`` if any).
 
     Args:
         steps: N, the number of grid steps (see each sampler for the NFE per step).
@@ -122,7 +123,7 @@ class SigmaSampler(abc.ABC):
     def __call__(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...] | None = None,
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32, callback: Callback | None = None,
-                 x_init: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+                 x_init: torch.Tensor | None = None, project: Project | None = None) -> tuple[torch.Tensor, int]:
         """Draw samples.
 
         Args:
@@ -133,6 +134,9 @@ class SigmaSampler(abc.ABC):
             device, dtype: where the samples live.
             callback: called after each step with ``{"i", "t", "x", "x_mean"}`` (``x`` in the SDE's own scale).
             x_init: initial state at ``t = T`` (default: a prior sample).
+            project: ``(x, t [B]) -> x`` applied to the state ``x = a(t) y`` after every step (Song et al. 2021,
+                App. I.2). Multistep solvers keep their history of denoiser outputs, which a change of the state
+                leaves valid as data predictions at the earlier points.
 
         Returns:
             ``(samples [B, ...], nfe)``, NFE counting every batched score evaluation.
@@ -142,10 +146,13 @@ class SigmaSampler(abc.ABC):
         x = initial_noise(sde, shape, generator, device, dtype, x_init)
         path = SigmaPath(sde, self.time_grid(sde))
 
-        def report(i: int, y: torch.Tensor, y_mean: torch.Tensor | None = None) -> None:
+        def report(i: int, y: torch.Tensor, y_mean: torch.Tensor | None = None) -> torch.Tensor:
+            a = path.a[i + 1]
+            if project is not None:
+                y = project(a * y, batch_time(path.ts[i + 1], y)) / a
             if callback is not None:
-                a = path.a[i + 1]
                 callback({"i": i, "t": path.ts[i + 1], "x": a * y, "x_mean": a * (y if y_mean is None else y_mean)})
+            return y
 
         y = self.solve(denoiser, path, x / path.a[0], generator, report)
         if self.denoise:
@@ -158,7 +165,7 @@ class SigmaSampler(abc.ABC):
 
     @abc.abstractmethod
     def solve(self, denoiser: Denoiser, path: SigmaPath, y: torch.Tensor, generator, report) -> torch.Tensor:
-        """Integrate ``y [B, ...]`` from ``sigma_0`` to ``sigma_N``, calling ``report(i, y, y_mean)`` after step i."""
+        """Integrate ``y [B, ...]`` from ``sigma_0`` to ``sigma_N``; after step i, ``y = report(i, y, y_mean)``."""
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(steps={self.steps}, eps={self.eps}, grid={self.grid!r}, "
