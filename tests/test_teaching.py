@@ -14,7 +14,7 @@ from scorelab.cli import sample, train
 from scorelab.cli.errors import UserError
 from scorelab.data.sample_files import ImageSet
 from scorelab.data.toy import GaussianMixture, eight_gaussians
-from scorelab.lit.teaching_plots import epsilon_error, frame_indices, strip_grid
+from scorelab.lit.teaching_plots import epsilon_error, frame_indices, highlighted, strip_grid
 from scorelab.metrics.evaluation import to_uint8
 from scorelab.sampling import (
     DDIMSampler,
@@ -120,6 +120,11 @@ def test_the_recorder_keeps_one_state_per_target_time_and_copies_it():
         recorder({"i": 0, "t": t, "x": x, "x_mean": x})
     assert recorder.times == [0.7, 0.5, 0.1]
     assert [float(s[0, 0]) for s in recorder.states] == [3.0, 5.0, 7.0]  # copies, not the live tensor
+
+
+def test_bold_paths_reach_every_component_first():
+    assert highlighted(np.array([0, 0, 1, 2, 1, 2]), 4).tolist() == [0, 1, 2, 3]
+    assert highlighted(np.array([3, 3, 3, 1]), 2).tolist() == [0, 3]
 
 
 def test_frames_are_thinned_evenly_keeping_both_ends():

@@ -225,7 +225,7 @@ def denoising_progression(recording: Recording, score_fn, sde, device: torch.dev
     """The network's estimate of the clean sample ``E[x0 | x_t] = (x_t + s(t)^2 s_theta(x_t, t)) / a(t)`` at every
     recorded state (one score evaluation each); the returned sample (``t = 0``) is its own estimate."""
     denoised = []
-    for t, x in zip(recording.times.tolist(), recording.states):
+    for t, x in zip(recording.times.tolist(), recording.states, strict=True):
         if t <= 0.0:
             denoised.append(x)
             continue

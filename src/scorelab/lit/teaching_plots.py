@@ -52,7 +52,7 @@ def draw_score_field(field, path: Path, exact_fn=None) -> Path:
         cap = float(scaled[-1].norm(dim=-1).quantile(0.75)) or 1.0  # arrows longer than this are drawn this long
         scaled = [v * (cap / v.norm(dim=-1, keepdim=True).clamp(min=cap)) for v in scaled]
         cell = 2 * limit / (len(xs) - 1)
-        for r, ((name, _), v) in enumerate(zip(rows, scaled)):
+        for r, ((name, _), v) in enumerate(zip(rows, scaled, strict=True)):
             ax = axes[r, k]
             if background is not None:
                 ax.imshow(background, extent=(-limit, limit, -limit, limit), origin="lower", cmap="Greys",
@@ -84,7 +84,7 @@ def draw_trajectories(recording, path: Path, limit: float, points: int, referenc
                       mixture=None) -> Path:
     """The reverse paths of the first ``points`` recorded samples, from a dot at ``x(T)`` to a cross at the sample,
     coloured by the mixture component the sample lands in (or by the sample's angle without a mixture), over the
-    data in grey."""
+    data in grey; a few paths, one per component first, are drawn boldly so single paths can be followed."""
     plt = _pyplot()
     from matplotlib.collections import LineCollection
 
@@ -99,7 +99,9 @@ def draw_trajectories(recording, path: Path, limit: float, points: int, referenc
     fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=80)
     if reference is not None:
         ax.scatter(reference[:, 0], reference[:, 1], s=1, c="0.8", rasterized=True)
-    ax.add_collection(LineCollection(paths, colors=colours, linewidths=0.5, alpha=0.35))
+    ax.add_collection(LineCollection(paths, colors=colours, linewidths=0.5, alpha=0.3))
+    bold = highlighted(labels if mixture is not None else np.zeros(len(paths), dtype=int), 8)
+    ax.add_collection(LineCollection(paths[bold], colors=colours[bold], linewidths=1.4, alpha=0.95))
     ax.scatter(paths[:, 0, 0], paths[:, 0, 1], s=4, c="0.4", label="x(T), from the prior")
     ax.scatter(paths[:, -1, 0], paths[:, -1, 1], s=12, c=colours, marker="x", linewidths=0.8, label="sample")
     ax.set_xlim(-limit, limit)
@@ -112,6 +114,13 @@ def draw_trajectories(recording, path: Path, limit: float, points: int, referenc
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def highlighted(labels: np.ndarray, count: int) -> np.ndarray:
+    """Indices of ``count`` paths to draw boldly: one ending in each label first, then the next ones in order."""
+    first = [int(np.flatnonzero(labels == label)[0]) for label in np.unique(labels)]
+    rest = [i for i in range(len(labels)) if i not in set(first)]
+    return np.array(sorted((first + rest)[:count]), dtype=int)
 
 
 def frame_indices(n_states: int, frames: int) -> list[int]:
