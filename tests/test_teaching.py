@@ -3,11 +3,12 @@ run's samples do not change."""
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
 from scorelab.cli import sample, train
@@ -34,6 +35,7 @@ from scorelab.teaching import (
     record_paths,
     score_field,
     strip_times,
+    write_teaching_pictures,
 )
 
 from .evaluation_utils import TINY_IMAGE_RUN, write_images_npz
@@ -179,6 +181,19 @@ def test_teach_writes_valid_pictures_and_leaves_the_samples_unchanged(tmp_path):
                              range(40))
     assert len(recording.times) == 8
     np.testing.assert_allclose(recording.states[-1].numpy(), plain[:40], atol=1e-5)
+
+
+def test_2d_data_without_an_exact_score_get_the_model_row_and_paths_over_the_samples(tmp_path):
+    """A 2-D data module without a mixture (e.g. points from a file): no exact row, paths coloured by angle."""
+    sde = VPSDE()
+    oracle = eight_gaussians().oracle(sde)
+    trained = SimpleNamespace(sde=sde, datamodule=SimpleNamespace(sample_shape=(2,)))
+    cfg = OmegaConf.create({"teach": True, "seed": 3, "teaching": {"cloud": 30, "points": 5, "frames": 3,
+                                                                   "grid": 4, "times": [0.5]}})
+    paths = write_teaching_pictures(cfg, trained, ODESampler("euler", steps=4), oracle, (2,), "cpu", tmp_path)
+    assert [p.name for p in paths] == ["score_field.png", "trajectories.png", "marginals.gif"]
+    assert _valid(tmp_path / "marginals.gif", "GIF").n_frames == 3
+    _valid(tmp_path / "score_field.png", "PNG")
 
 
 @pytest.fixture(scope="module")
