@@ -31,6 +31,13 @@ from .utils import ShardedGenerator, append_dims, batch_mean, batch_sum, sample_
 from .vlb import DDPMChain, chain_times, term_from_prediction
 
 ModelFn = Callable[..., torch.Tensor]
+DECODERS = ("discretized", "gaussian")
+
+
+def gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """``-log N(x0; mean, var)`` summed over dimensions, ``[B]`` nats: the continuous decoder ``L_0``."""
+    var = var.expand_as(x0)
+    return batch_sum(0.5 * (torch.log(2 * math.pi * var) + (x0 - mean) ** 2 / var))
 
 
 def draw_chain_times(num_steps: int, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
@@ -63,12 +70,15 @@ class HybridLoss:
         num_steps: ``N``, the steps of the training chain (1000 in Ho et al.; 4000 in Nichol & Dhariwal).
         vlb_weight: ``lambda`` (0.001 in the paper).
         data_range: the interval of the 8-bit grid (the decoder ``L_0``).
+        decoder: ``L_0`` at ``t = 1``: ``"discretized"`` (8-bit data, Ho et al. 2020, Eq. 13, as the paper) or
+            ``"gaussian"`` (continuous data such as the toy mixtures: ``-log N(x_0; mu_theta(x_1, 1), Sigma_theta)``, a
+            density, so the bound is then one on ``-log p_theta(x_0)`` of continuous data).
         reduce_mean: per dimension, as the paper (``True``: the mean squared error and bits/dim), or summed over
             dimensions (``False``: the squared error and bits per example); the ratio of the two terms is the same.
     """
 
     def __init__(self, sde: SDE, num_steps: int = 1000, vlb_weight: float = 0.001,
-                 data_range: tuple[float, float] = (-1.0, 1.0), reduce_mean: bool = True):
+                 data_range: tuple[float, float] = (-1.0, 1.0), decoder: str = "discretized", reduce_mean: bool = True):
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
             raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
         if not (isinstance(vlb_weight, (int, float)) and math.isfinite(vlb_weight) and vlb_weight >= 0):
@@ -80,10 +90,12 @@ class HybridLoss:
         if alphas is None:
             raise ValueError(f"the hybrid loss needs an SDE that is the limit of a discrete DDPM chain (VP: sde=vp or "
                              f"sde=vp_cosine), got {type(sde).__name__}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if not isinstance(reduce_mean, bool):
             raise ValueError(f"reduce_mean must be true or false, got {reduce_mean!r}")
         self.num_steps, self.vlb_weight, self.data_range = num_steps, float(vlb_weight), (lo, hi)
-        self.reduce_mean = reduce_mean
+        self.reduce_mean, self.decoder = reduce_mean, decoder
         self.chain = DDPMChain(alphas)
         self.times = chain_times(sde, alphas)  # [N] float64: SDE time of step i at index i - 1
         self.stds = torch.sqrt(1.0 - torch.as_tensor(alphas, dtype=torch.float64))
@@ -111,6 +123,8 @@ class HybridLoss:
         mean = self.chain.model_mean(xt, t, eps.detach())  # stop-gradient: L_vlb trains the variance only
         var = self.chain.interpolated_variance(t, v)
         nats = term_from_prediction(self.chain, x0, xt, t, mean, var, self.data_range)
+        if self.decoder == "gaussian":
+            nats = torch.where(t == 1, gaussian_nll(x0, mean, var).to(nats.dtype), nats)
         dims = x0[0].numel() if self.reduce_mean else 1
         return simple, nats / (dims * math.log(2.0))
 
