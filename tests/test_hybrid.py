@@ -189,6 +189,17 @@ def test_hybrid_terms_are_l_simple_and_the_learned_bound_term():
     assert torch.allclose(vlb, want, rtol=1e-4)
     total = loss.per_example(model, x0, torch.Generator().manual_seed(1), t)
     assert torch.allclose(total, simple + 0.001 * 50 * vlb)
+    # decoder="gaussian" (continuous data): L_0 is the density -log N(x0; mu_theta(x_1, 1), Sigma_theta(x_1, 1))
+    _, vlb_g = HybridLoss(sde, num_steps=50, decoder="gaussian").terms(model, x0, torch.Generator().manual_seed(1), t)
+    assert torch.equal(vlb_g[1:], vlb[1:])
+    ab = abar.tolist()
+    mean = (xt[0] - (1 - ab[0]) / math.sqrt(1 - ab[0]) * raw[0, :3]) / math.sqrt(ab[0])  # beta_1 = 1 - abar_1
+    tilde_2 = (1 - ab[1] / ab[0]) * (1 - ab[0]) / (1 - ab[1])
+    var = torch.exp((raw[0, 3:] + 1) / 2 * math.log(1 - ab[0]) + (1 - (raw[0, 3:] + 1) / 2) * math.log(tilde_2))
+    nll = -torch.distributions.Normal(mean, var.sqrt()).log_prob(x0[0]).sum()
+    assert float(vlb_g[0]) == pytest.approx(float(nll) / (3 * math.log(2)), rel=1e-4)
+    with pytest.raises(ValueError, match="decoder"):
+        HybridLoss(sde, decoder="logistic")
 
 
 def test_l_vlb_trains_only_the_variance_and_l_simple_only_the_mean():
