@@ -1,4 +1,4 @@
-"""Learned vs fixed reverse variances on a 2-D toy mixture: DDPM's bound with a continuous decoder, short and long chains.
+"""Learned vs fixed reverse variances on a 2-D toy mixture: DDPM's bound with a continuous decoder, short/long chains.
 
 Trains the toy MLP with a learned variance (``ScoreMLP(learn_variance=True)``) by improved DDPM's hybrid objective
 (``HybridLoss(decoder="gaussian")``: ``L_simple + 0.001 L_vlb`` on the linear VP chain of ``--train-steps`` steps,

@@ -26,12 +26,13 @@ def run(ckpt: str, data_dir: str, steps: int, timesteps: int | None, variance: s
 
     from scorelab.cli.likelihood import likelihood
 
+    out = tempfile.mkdtemp(prefix="bench_hybrid_")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="likelihood", overrides=[
             f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}", f"split={split}", f"n={n}", f"batch_size={n}",
             "method=vlb", f"vlb.num_steps={steps}", f"vlb.timesteps={'null' if timesteps is None else timesteps}",
             f"vlb.variance={variance}", "device=cpu",
-            f"paths.output_dir={tempfile.mkdtemp(prefix='bench_hybrid_')}"])
+            f"paths.root_dir={ROOT}", f"paths.output_dir={out}", f"paths.log_dir={out}/logs"])
     return likelihood(cfg)
 
 
@@ -46,7 +47,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the table here")
     args = parser.parse_args()
     settings = [(s, None) for s in args.steps] + ([(1000, args.long)] if args.long else [])
-    lines = ["| N | K | variance | bits/dim | L_0 | Σ L_{t−1} | L_N | time |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| N | K | variance | bits/dim | L_0 | Σ L_{t−1} | L_N | time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for steps, timesteps in settings:
         for variance in VARIANCES:
             start = time.perf_counter()

@@ -9,8 +9,8 @@ NLL of the same points under the true mixture and the mixture's entropy.
 ``method=vlb`` reports DDPM's variational bound instead (Ho et al. 2020, Eq. 5; :mod:`scorelab.vlb`): the discrete
 chain of the checkpoint's SDE (``sde.ddpm_alphas_cumprod``), the 8-bit values themselves under the discretised
 decoder (no dequantisation), the sum over times in full or estimated without bias from ``vlb.timesteps`` times;
-the reverse variance ``vlb.variance`` is the model's learned one when it has one (improved DDPM, :mod:`scorelab.hybrid`),
-else ``beta_t``, or forced to ``beta`` / ``beta_tilde``.
+the reverse variance ``vlb.variance`` is the model's learned one when it has one (improved DDPM,
+:mod:`scorelab.hybrid`), else ``beta_t``, or forced to ``beta`` / ``beta_tilde``.
 
 ``repeats`` draws independent dequantisation noise and probes (for the bound: times and noises). The reported
 standard error is over examples: each example's values are averaged over the repeats, and ``se = std / sqrt(n)`` of
