@@ -263,7 +263,8 @@ def test_checkpoints_without_the_learn_variance_keys_still_load(tmp_path):
 
 @pytest.fixture(scope="module")
 def hybrid_checkpoint(tmp_path_factory) -> dict:
-    """A tiny DDPM++ with a learned variance trained 3 steps with loss=hybrid (non-finite steps stop it), 8x8."""
+    """A tiny DDPM++ with a learned variance trained 6 steps with loss=hybrid (non-finite steps stop it), 8x8: one
+    epoch of 5 steps, so validation (the loss under inference mode, EMA weights) runs once too."""
     from scorelab.cli import train
 
     root = tmp_path_factory.mktemp("hybrid")
@@ -273,7 +274,7 @@ def hybrid_checkpoint(tmp_path_factory) -> dict:
     cfg = make_cfg(root / "train", [
         "experiment=mnist_small", "loss=hybrid", "loss.num_steps=100", "model.learn_variance=true", "data=npz",
         f"paths.data_dir={root}", "data.path=tiny.npz", "data.test_path=tiny_test.npz", "data.val_size=4",
-        "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=3", "trainer.max_time=null",
+        "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=6", "trainer.max_time=null",
         "trainer.enable_progress_bar=false", "logger=none", "callbacks.samples.n_samples=2", "callbacks.fid=null",
         "sampler.steps=2", "module.nonfinite=stop", "model.net.ch=8", "model.net.num_res_blocks=1",
         "model.net.ch_mult=[1,2]", "model.net.attn_resolutions=[4]"])
@@ -283,6 +284,10 @@ def hybrid_checkpoint(tmp_path_factory) -> dict:
 
 def test_train_loss_hybrid_gives_a_finite_learned_variance_model(hybrid_checkpoint):
     from scorelab.cli.sample import load_trained
+
+    state = torch.load(hybrid_checkpoint["ckpt"], weights_only=True)
+    assert state["global_step"] == 6 and math.isfinite(float(state["callbacks"][next(
+        k for k in state["callbacks"] if k.startswith("ModelCheckpoint"))]["best_model_score"]))  # val/loss
 
     trained = load_trained(str(hybrid_checkpoint["ckpt"]), data_dir=str(hybrid_checkpoint["data_dir"]))
     assert trained.score.learn_variance and trained.config.loss._target_ == "scorelab.hybrid.HybridLoss"
