@@ -23,6 +23,10 @@ class ScoreModel(nn.Module):
     * ``"score"``: the network output is the score;
     * ``"x0"``: the network predicts clean data, ``s = -(x - a(t) net) / s(t)^2``.
 
+    Class-conditional backbones (``num_classes > 0``: ``net(x, noise_label, y)``) take class labels ``y``;
+    ``y=None`` is the null class, the unconditional score the same network learns under label dropout
+    (Ho & Salimans 2022), so every sampler, which calls ``model(x, t)``, samples unconditionally.
+
     Noise labels the network is conditioned on: ``"sde"`` (the SDE's own convention: ``999 t`` for
     VP/sub-VP, ``log sigma(t)`` for VE), ``"t"`` or ``"log_std"`` (``log s(t)``).
 
@@ -57,14 +61,22 @@ class ScoreModel(nn.Module):
             return self.sde.marginal_std(t).log()
         return self.sde.noise_label(t)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Score estimate; ``x [B, ...]``, ``t [B]`` -> ``[B, ...]``."""
+    @property
+    def num_classes(self) -> int:
+        """Classes the backbone is conditioned on (0: unconditional)."""
+        return int(getattr(self.net, "num_classes", 0) or 0)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Score estimate; ``x [B, ...]``, ``t [B]``, class labels ``y [B]`` (None: unconditional) -> ``[B, ...]``."""
+        if y is not None and not self.num_classes:
+            raise ValueError("this model has no classes (its network was built with num_classes=0): it takes no "
+                             "labels")
         a = append_dims(self.sde.mean_coeff(t), x.ndim)
         std = append_dims(self.sde.marginal_std(t), x.ndim)
         x_in = x / torch.sqrt(a**2 * self.sigma_data**2 + std**2) if self.scale_input else x
         if not self.centered:
             x_in = 2.0 * x_in - 1.0
-        out = self.net(x_in, self.label(t))
+        out = self.net(x_in, self.label(t)) if y is None else self.net(x_in, self.label(t), y)
         if self.output == "eps":
             return -out / std
         if self.output == "scaled_score":
