@@ -13,7 +13,7 @@ from omegaconf import OmegaConf, open_dict
 from scorelab.cli import sample, train
 from scorelab.cli.common import fill_from_data
 from scorelab.cli.errors import UserError
-from scorelab.data.toy import GaussianMixture, eight_gaussians
+from scorelab.data.toy import GaussianMixture
 from scorelab.guidance import ClassifierFreeGuidance
 from scorelab.lit.module import BoundLabels, ScoreModule
 from scorelab.losses import DSMLoss, ISMLoss
@@ -92,9 +92,9 @@ def _two_gaussians_by_hand(x, a, s, y, w):
     weights, means, stds = [0.7, 0.3], [-2.0, 1.0], [0.5, 0.3]
     var = [a**2 * sd**2 + s**2 for sd in stds]
     dens = [wk * math.exp(-(x - a * m) ** 2 / (2 * v)) / math.sqrt(2 * math.pi * v)
-            for wk, m, v in zip(weights, means, var)]
-    comp = [-(x - a * m) / v for m, v in zip(means, var)]
-    uncond = sum(d * c for d, c in zip(dens, comp)) / sum(dens)
+            for wk, m, v in zip(weights, means, var, strict=True)]
+    comp = [-(x - a * m) / v for m, v in zip(means, var, strict=True)]
+    uncond = sum(d * c for d, c in zip(dens, comp, strict=True)) / sum(dens)
     return uncond + w * (comp[y] - uncond)
 
 
@@ -108,7 +108,7 @@ def test_guided_oracle_equals_the_closed_form_and_the_score_of_p_times_p_y_given
     y = torch.tensor([0, 1] * 5 + [1])
     guided = ClassifierFreeGuidance(oracle, y, w)(x, t)
     a, s = float(sde.mean_coeff(t[:1])), float(sde.marginal_std(t[:1]))
-    expected = [_two_gaussians_by_hand(float(xi), a, s, int(yi), w) for xi, yi in zip(x[:, 0], y)]
+    expected = [_two_gaussians_by_hand(float(xi), a, s, int(yi), w) for xi, yi in zip(x[:, 0], y, strict=True)]
     torch.testing.assert_close(guided[:, 0], torch.tensor(expected, dtype=torch.float64))
     # ... which is grad log [p_t(x) p_t(y | x)^w]: the unconditional score plus w times that of the posterior
     xg = x.clone().requires_grad_(True)
@@ -156,7 +156,8 @@ def test_losses_train_the_score_of_the_bound_labels():
     wrong = loss(BoundLabels(oracle, 1 - y), x0, generator=torch.Generator().manual_seed(1))
     unconditional = loss(oracle, x0, generator=torch.Generator().manual_seed(1))
     assert right < unconditional < wrong
-    ism = ISMLoss(VPSDE(), trace="exact")(BoundLabels(oracle, y[:64]), x0[:64], generator=torch.Generator().manual_seed(1))
+    ism = ISMLoss(VPSDE(), trace="exact")(BoundLabels(oracle, y[:64]), x0[:64],
+                                          generator=torch.Generator().manual_seed(1))
     assert torch.isfinite(ism)
     with pytest.raises(ValueError, match="4000 labels are bound but the score was asked for 3"):
         BoundLabels(oracle, y)(x0[:3], torch.full((3,), 0.5))

@@ -80,7 +80,7 @@ class LabelEmbedding(nn.Module):
         self.table = nn.Embedding(num_classes + 1, dim)
 
     def forward(self, y: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """``y [B]`` integer labels in ``0..num_classes`` (``num_classes``: null), or None (all null) -> ``[B, dim]``."""
+        """``y [B]`` integer labels in ``0..num_classes`` (``num_classes``: null), or None (all null): ``[B, dim]``."""
         if y is None:
             y = torch.full((batch,), self.num_classes, dtype=torch.long, device=self.table.weight.device)
         elif y.shape != (batch,) or y.dtype.is_floating_point:
