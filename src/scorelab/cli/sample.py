@@ -28,6 +28,7 @@ from ..metrics.evaluation import mean_and_stderr, to_uint8
 from ..metrics.label_accuracy import LabelAccuracy, label_accuracy, mixture_label_accuracy, mnist_label_accuracy
 from ..metrics.toy import toy_metrics
 from ..sampling.seeded import SeededBatch, seeded_batches
+from ..teaching import write_teaching_pictures
 from .classes import ClassRequest, check_class_keys, class_request
 from .common import (
     build_core,
@@ -190,6 +191,8 @@ def sample(cfg: DictConfig) -> Path:
         out = Path(gather(str(cfg.paths.output_dir))[0])  # rank 0's run folder, the only one of the job
         if is_main_process():
             out.mkdir(parents=True, exist_ok=True)
+        # Pictures that teach (teach=true, docs/teaching_pictures.md): own small sampler calls, samples unchanged.
+        write_teaching_pictures(cfg, trained, sampler, score, shape, device, out)
         if len(shape) == 3:
             return _sample_images(cfg, trained, sampler, score, shape, device, out, classes)
         if cfg.eval.fid:
