@@ -18,6 +18,9 @@ noisy than the values. Run it with one thread::
     OMP_NUM_THREADS=1 python bench/objectives.py                  # 3000 steps, both mixtures, 9 rows (about 40 min)
     OMP_NUM_THREADS=1 python bench/objectives.py --quick          # smoke run: 100 steps, 200 NLL points
     OMP_NUM_THREADS=1 python bench/objectives.py --steps 2000 --mixtures two_modes --out table.md
+    OMP_NUM_THREADS=1 python bench/objectives.py --nll-n 0 --overrides optimizer.lr=5e-3 scheduler=warmup_stable_decay
+
+``--overrides`` changes every row alike (DSM included), so the ratios stay a same-recipe comparison.
 """
 from __future__ import annotations
 
