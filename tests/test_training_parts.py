@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from scorelab.lit.ema import EMA, ema_decay_at
-from scorelab.lit.schedules import linear_warmup, warmup_cosine
+from scorelab.lit.schedules import linear_warmup, warmup_cosine, warmup_stable_decay
 from scorelab.models import ScoreModel
 from scorelab.sde import VESDE, VPSDE
 from scorelab.utils import mix_seed
@@ -131,8 +131,17 @@ def test_warmup_cosine_schedule():
     assert lrs == pytest.approx([2.0 * f for f in factors])
 
 
+def test_warmup_stable_decay_schedule():
+    # Warm-up over 2 steps, the base rate up to step 6 = 10 - 0.4 * 10, then linearly down to 0.2 at step 10.
+    factors = [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2, 0.2]
+    lrs = _lrs(lambda o: warmup_stable_decay(o, warmup_steps=2, total_steps=10, decay_fraction=0.4, min_ratio=0.2), 12)
+    assert lrs == pytest.approx([2.0 * f for f in factors])
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda o: linear_warmup(o, warmup_steps=-1), "warmup_steps"),
+    (lambda o: warmup_stable_decay(o, decay_fraction=0.0), "decay_fraction"),
+    (lambda o: warmup_stable_decay(o, warmup_steps=90, total_steps=100, decay_fraction=0.2), "warmup_steps"),
     (lambda o: warmup_cosine(o, warmup_steps=10, total_steps=10), "total_steps"),
 ])
 def test_invalid_schedules_raise(make, match):

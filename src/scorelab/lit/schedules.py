@@ -27,3 +27,27 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int = 100, total_steps: in
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def warmup_stable_decay(optimizer: Optimizer, warmup_steps: int = 100, total_steps: int = 3000,
+                        decay_fraction: float = 0.2, min_ratio: float = 0.05) -> LambdaLR:
+    """Linear warm-up, the base rate held, then a linear decay to ``min_ratio`` over the last ``decay_fraction`` of
+    ``total_steps`` (warmup-stable-decay: Hu et al., *MiniCPM*, 2024; Hägele et al., *Scaling Laws and
+    Compute-Optimal Training beyond Fixed Training Durations*, 2024). Keeps the full rate for most of the run
+    (unlike the cosine, which starts decaying right after the warm-up) and anneals the gradient noise at the end.
+    """
+    if not 0.0 < decay_fraction <= 1.0:
+        raise ValueError(f"decay_fraction must lie in (0, 1], got {decay_fraction}")
+    decay_steps = max(1, round(decay_fraction * total_steps))
+    decay_start = total_steps - decay_steps
+    if decay_start < warmup_steps:
+        raise ValueError(f"total_steps ({total_steps}) minus the decay ({decay_steps} steps) must be at least "
+                         f"warmup_steps ({warmup_steps})")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, max(0.0, (step - decay_start) / decay_steps))
+        return 1.0 - (1.0 - min_ratio) * progress
+
+    return LambdaLR(optimizer, factor)
