@@ -26,6 +26,7 @@ from ..lit.plotting import save_samples_picture
 from ..metrics.evaluation import mean_and_stderr, to_uint8
 from ..metrics.toy import toy_metrics
 from ..sampling.seeded import SeededBatch, seeded_batches
+from .classifier import BatchGuidance, guided_score, refuse_score_as_classifier, report_labels
 from .common import (
     build_core,
     check_state_dict,
@@ -65,6 +66,7 @@ def load_trained(ckpt_path: str, use_ema: bool = True, data_dir: str | None = No
         raise UserError(f"{path} has no stored scorelab config; it was not written by scorelab's train.py")
     stored = upgrade_stored_config(ckpt["scorelab_config"])  # class names of earlier scorelab versions
     check_stored_targets(stored, path)  # before anything from the file is instantiated
+    refuse_score_as_classifier(path, stored)
     train_cfg = OmegaConf.create(stored)
     if data_dir is not None and "data_dir" in train_cfg.data:
         train_cfg.data.data_dir = str(data_dir)
@@ -174,15 +176,20 @@ def sample(cfg: DictConfig) -> Path:
         trained, sampler_cfg = _source(cfg)
         sampler = instantiate(sampler_cfg)
         score = trained.score.to(device).eval()
+        score, cfg, labels = guided_score(cfg, trained, score, device)  # classifier guidance (classifier=, label=)
         shape = tuple(trained.datamodule.sample_shape)
         out = Path(gather(str(cfg.paths.output_dir))[0])  # rank 0's run folder, the only one of the job
         if is_main_process():
             out.mkdir(parents=True, exist_ok=True)
         if len(shape) == 3:
-            return _sample_images(cfg, trained, sampler, score, shape, device, out)
-        if cfg.eval.fid:
+            result = _sample_images(cfg, trained, sampler, score, shape, device, out)
+        elif cfg.eval.fid:
             raise UserError("eval.fid is for images; toy data get exact metrics (metrics.json) without it")
-        return _sample_points(cfg, trained, sampler, score, shape, device, out)
+        else:
+            result = _sample_points(cfg, trained, sampler, score, shape, device, out)
+        if labels is not None and is_main_process():
+            report_labels(cfg, trained, out, labels, result)
+        return result
 
 
 def _nfe_summary(nfes: list[int]) -> dict[str, Any]:
@@ -202,7 +209,8 @@ def my_batches(seeds: range | list[int], batch_size: int, rank: int | None = Non
 def _draw(sampler, score, sde, shape, batches: list[tuple[int, list[int]]], device) -> Any:
     """Yield this rank's :class:`SeededBatch` es, each positioned in the whole seed range."""
     for start, chunk in batches:
-        for batch in seeded_batches(sampler, score, sde, shape, chunk, len(chunk), device):
+        model = score.for_batch(start, len(chunk)) if isinstance(score, BatchGuidance) else score  # its labels
+        for batch in seeded_batches(sampler, model, sde, shape, chunk, len(chunk), device):
             yield SeededBatch(start, batch.seeds, batch.x, batch.nfe)
 
 
