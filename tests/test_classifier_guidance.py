@@ -167,15 +167,15 @@ def test_classifier_networks_give_logits_of_their_classes():
 
 
 # --- training with train.py, loading, sample.py --------------------------------------------------------------
-TOY = ["experiment=toy_eight_gaussians_classifier", "trainer.enable_progress_bar=false", "data.n_train=16384",
+TOY = ["experiment=toy_eight_gaussians_classifier", "trainer.enable_progress_bar=false", "data.n_train=10240",
        "data.n_val=2048", "logger=none"]
 
 
 @pytest.fixture(scope="module")
 def toy_classifier(tmp_path_factory):
-    """A toy noisy classifier trained by its experiment (512 steps, ~15 s on one core)."""
+    """A toy noisy classifier trained by its experiment (300 steps = 15 epochs of 20, ~10 s on one core)."""
     tmp = tmp_path_factory.mktemp("toycls")
-    cfg = make_cfg(tmp, TOY + ["trainer.max_steps=512", "trainer.check_val_every_n_epoch=16"])
+    cfg = make_cfg(tmp, TOY + ["trainer.max_steps=300", "trainer.check_val_every_n_epoch=15"])
     train(cfg)
     return tmp / "run"
 
@@ -224,7 +224,7 @@ def _sample_cfg(tmp_path, overrides):
 def test_sample_py_guides_the_exact_score_with_the_trained_classifier(toy_classifier, tmp_path):
     ckpt = toy_classifier / "checkpoints" / "last.ckpt"
     accuracy = {}
-    for scale in (0, 1):
+    for scale in (0, 1, 3):
         cfg = _sample_cfg(tmp_path / str(scale), [f"classifier={ckpt}", "labels=all", "per_class=40",
                                                   f"classifier_scale={scale}"])
         sample(cfg)
@@ -232,7 +232,8 @@ def test_sample_py_guides_the_exact_score_with_the_trained_classifier(toy_classi
         assert report["labels"] == label_grid(8, 40).tolist()
         accuracy[scale] = report["label_accuracy"]
     assert accuracy[0] < 0.25  # unguided: the classes fall where they may (1/8 by chance)
-    assert accuracy[1] >= 0.95
+    assert accuracy[1] >= 0.9  # Bayes' rule with a learned classifier (the exact one: >= 0.99, test above)
+    assert accuracy[3] >= max(accuracy[1], 0.97)  # a larger scale sharpens the classes (Dhariwal & Nichol 2021)
 
 
 def test_sampling_mistakes_end_in_one_clear_message(toy_classifier, tmp_path):
