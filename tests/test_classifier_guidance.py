@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -269,3 +272,16 @@ def test_train_refuses_a_classifier_model_without_the_classifier_module(tmp_path
     cfg = make_cfg(tmp_path, TOY + ["classifier_module=null"])
     with pytest.raises(UserError, match="classifier_module is not set"):
         train(cfg)
+
+
+def test_mnist_classifier_experiment_runs_on_real_digits(tmp_path):
+    """fast_dev_run of experiment=mnist_noisy_classifier (a tiny width) on the real MNIST files."""
+    shared = Path(os.environ.get("SCORELAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if not list((shared / "MNIST" / "raw").glob("*.gz")):
+        pytest.skip(f"real MNIST files not found in {shared}/MNIST/raw (set SCORELAB_SHARED_DATA to them)")
+    shutil.copytree(shared / "MNIST" / "raw", tmp_path / "data" / "MNIST" / "raw")
+    cfg = make_cfg(tmp_path, ["experiment=mnist_noisy_classifier", f"paths.data_dir={tmp_path / 'data'}",
+                              "trainer.fast_dev_run=2", "data.batch_size=8", "model.net.ch=8", "logger=none",
+                              "trainer.enable_progress_bar=false"])
+    train(cfg)
+    assert cfg.model.net.num_classes == 10 and cfg.classifier_module.accuracy_times[-1] == 1.0
