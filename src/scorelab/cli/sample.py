@@ -26,6 +26,7 @@ from ..lit.plotting import save_samples_picture
 from ..metrics.evaluation import mean_and_stderr, to_uint8
 from ..metrics.toy import toy_metrics
 from ..sampling.seeded import SeededBatch, seeded_batches
+from ..teaching import write_teaching_pictures
 from .classifier import BatchGuidance, guided_score, refuse_score_as_classifier, report_labels
 from .common import (
     build_core,
@@ -176,17 +177,19 @@ def sample(cfg: DictConfig) -> Path:
         trained, sampler_cfg = _source(cfg)
         sampler = instantiate(sampler_cfg)
         score = trained.score.to(device).eval()
-        score, cfg, labels = guided_score(cfg, trained, score, device)  # classifier guidance (classifier=, label=)
+        guided, cfg, labels = guided_score(cfg, trained, score, device)  # classifier guidance (classifier=, label=)
         shape = tuple(trained.datamodule.sample_shape)
         out = Path(gather(str(cfg.paths.output_dir))[0])  # rank 0's run folder, the only one of the job
         if is_main_process():
             out.mkdir(parents=True, exist_ok=True)
+        # Pictures that teach (teach=true, docs/teaching_pictures.md): own small sampler calls, samples unchanged.
+        write_teaching_pictures(cfg, trained, sampler, score, shape, device, out)
         if len(shape) == 3:
-            result = _sample_images(cfg, trained, sampler, score, shape, device, out)
+            result = _sample_images(cfg, trained, sampler, guided, shape, device, out)
         elif cfg.eval.fid:
             raise UserError("eval.fid is for images; toy data get exact metrics (metrics.json) without it")
         else:
-            result = _sample_points(cfg, trained, sampler, score, shape, device, out)
+            result = _sample_points(cfg, trained, sampler, guided, shape, device, out)
         if labels is not None and is_main_process():
             report_labels(cfg, trained, out, labels, result)
         return result
