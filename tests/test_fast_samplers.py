@@ -31,14 +31,7 @@ SDES = {"vp": (VPSDE(), 1e-3), "subvp": (SubVPSDE(), 1e-3), "ve": (VESDE(sigma_m
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these batches are tiny, and on a loaded 2-core machine OpenMP waits made each score
-    call ~200x slower with two (as bench/samplers.py notes)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # The sigma range that resolves 2-D data of unit scale (docs/bench_samplers.md); the grid still starts at T.
 TOY = TimeGrid("logsnr", sigma_min=0.1, sigma_max=8.0)

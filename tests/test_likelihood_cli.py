@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from scorelab.cli.errors import UserError
 from scorelab.cli.likelihood import likelihood
@@ -28,13 +27,7 @@ TINY_UNET = ["model.net.ch=8", "model.net.num_res_blocks=1", "model.net.ch_mult=
 NPZ = ["data=npz", "data.path=tiny.npz"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU ops: on a shared 2-core machine a second thread slows them by orders of magnitude."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(tmp_path: Path, overrides: list[str]) -> tuple[dict, Path]:
