@@ -33,13 +33,7 @@ from .platform_utils import make_cfg
 TIMES = [0.02, 0.1, 0.3, 0.6, 1.0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These networks are tiny: a second intra-op thread only adds synchronisation (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: a second thread only waits
 
 
 def _mixture() -> GaussianMixture:
@@ -179,7 +173,12 @@ def toy_classifier(tmp_path_factory):
     """A toy noisy classifier trained by its experiment (300 steps = 15 epochs of 20, ~10 s on one core)."""
     tmp = tmp_path_factory.mktemp("toycls")
     cfg = make_cfg(tmp, TOY + ["trainer.max_steps=300", "trainer.check_val_every_n_epoch=15"])
-    train(cfg)
+    threads = torch.get_num_threads()  # set up before the function-scoped one_thread fixture: one thread here too
+    torch.set_num_threads(1)
+    try:
+        train(cfg)
+    finally:
+        torch.set_num_threads(threads)
     return tmp / "run"
 
 
