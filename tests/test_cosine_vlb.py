@@ -429,7 +429,8 @@ def test_likelihood_cli_reports_the_bound_of_a_cosine_checkpoint(tmp_path, cosin
 @pytest.mark.parametrize("overrides, message", [
     (["model=oracle", "data=toy_two_modes"], "needs image data"),
     (["ckpt_path={ckpt}", "vlb.num_steps=20", "vlb.timesteps=20"], "at most vlb.num_steps - 1 = 19"),
-    (["ckpt_path={ckpt}", "vlb.variance=learned"], "vlb.variance must be one of"),
+    (["ckpt_path={ckpt}", "vlb.variance=bogus"], "vlb.variance must be one of"),
+    (["ckpt_path={ckpt}", "vlb.variance=learned"], "needs a model with a learned variance"),
     (["ckpt_path={ckpt}", "vlb.num_steps=1"], "vlb.num_steps must be an integer >= 2"),
 ])
 def test_likelihood_cli_refuses_bad_vlb_settings(tmp_path, cosine_checkpoint, overrides, message):

@@ -13,7 +13,9 @@ reverse model ``p_theta(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I)`` with
 ``L >= -log p_theta(x_0)`` for every ``x_0``; divided by ``D ln 2`` it is in bits/dim, with no dequantisation
 offset since the decoder gives the probability of the 8-bit value itself. Everything takes the chain as its
 ``alpha_bar_t`` (``[N]``, from :meth:`scorelab.sde.SDE.ddpm_alphas_cumprod`: VP's linear chain or the cosine one),
-and the network as a noise prediction ``eps_fn(x_t, t)`` with integer ``t`` in ``1..N``.
+and the network as a noise prediction ``eps_fn(x_t, t)`` with integer ``t`` in ``1..N``. The reverse variance is
+``beta_t``, ``beta~_t`` or learned: ``exp(v log beta_t + (1 - v) log beta~_t)`` with ``v`` from the network
+(``variance="learned"``, ``eps_fn`` then returns ``(eps, v)``; Nichol & Dhariwal 2021, Eq. 15, :mod:`scorelab.hybrid`).
 
 Pure PyTorch; the likelihood CLI's ``method=vlb`` (``scorelab.cli.likelihood``) runs it over a data split.
 """
@@ -29,7 +31,8 @@ from .sde import SDE
 from .utils import Generator, append_dims, batch_sum, sample_noise
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-VARIANCES = ("beta", "beta_tilde")
+VARIANCES = ("beta", "beta_tilde")  # the fixed reverse variances of Ho et al. 2020
+LEARNED = "learned"  # the interpolation of improved DDPM, from the network (Nichol & Dhariwal 2021, Eq. 15)
 
 
 # --- Gaussian pieces ----------------------------------------------------------------------------------------------
@@ -136,6 +139,15 @@ class DDPMChain:
             return self._at(self.betas, t, like)
         return self._at(self.posterior_variance, torch.where(t == 1, torch.full_like(t, 2), t), like)
 
+    def interpolated_variance(self, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The learned reverse variance ``exp(v log beta_t + (1 - v) log beta~_t)`` (Nichol & Dhariwal 2021, Eq. 15),
+        ``[B, ...]`` like ``v``: ``v = 1`` gives ``beta_t``, ``v = 0`` gives ``beta~_t`` (at ``t = 1`` ``beta~_2``, as
+        :meth:`model_variance`); ``v`` is not clipped to ``[0, 1]``. The logs are taken in float64."""
+        tilde_t = torch.where(t == 1, torch.full_like(t, 2), t)
+        log_beta = self._at(self.betas.log(), t, v)
+        log_tilde = self._at(self.posterior_variance.log(), tilde_t, v)
+        return torch.exp(v * log_beta + (1.0 - v) * log_tilde)
+
 
 # --- the bound ----------------------------------------------------------------------------------------------------
 def prior_term(chain: DDPMChain, x0: torch.Tensor) -> torch.Tensor:
@@ -160,7 +172,8 @@ def bound_term(chain: DDPMChain, eps_fn: EpsFn, x0: torch.Tensor, t: torch.Tenso
         x0: data on the 8-bit grid of ``data_range``, ``[B, ...]``.
         t: integer times ``[B]`` in ``1..N`` (a batch may mix times).
         noise: the standard normal noise making ``x_t``, ``[B, ...]``.
-        variance: the reverse variance, ``"beta"`` or ``"beta_tilde"``.
+        variance: the reverse variance, ``"beta"``, ``"beta_tilde"`` or ``"learned"`` (``eps_fn`` returns ``(eps, v)``,
+            :meth:`DDPMChain.interpolated_variance`).
         data_range: the interval of the 8-bit grid (for ``L_0``).
 
     Returns:
@@ -169,16 +182,29 @@ def bound_term(chain: DDPMChain, eps_fn: EpsFn, x0: torch.Tensor, t: torch.Tenso
     if ((t < 1) | (t > chain.num_steps)).any():
         raise ValueError(f"t must lie in 1..{chain.num_steps}")
     xt = chain.q_sample(x0, t, noise)
-    mean = chain.model_mean(xt, t, eps_fn(xt, t))
-    var = chain.model_variance(t, x0, variance)
+    if variance == LEARNED:
+        eps, v = eps_fn(xt, t)
+        var = chain.interpolated_variance(t, v)
+    else:
+        eps, var = eps_fn(xt, t), chain.model_variance(t, x0, variance)
+    return term_from_prediction(chain, x0, xt, t, chain.model_mean(xt, t, eps), var, data_range)
+
+
+def term_from_prediction(chain: DDPMChain, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, mean: torch.Tensor,
+                         var: torch.Tensor, data_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """The term of :func:`bound_term` for a given reverse mean ``mean [B, ...]`` and variance ``var`` (``[B, 1, ...]``
+    or ``[B, ...]``) at ``x_t``: ``L_{t-1}`` (KL) for ``t >= 2``, ``L_0`` (discretised decoder) for ``t = 1``;
+    ``[B]`` nats, summed over dimensions."""
     decoder = t == 1
     post_mean, post_var = chain.posterior(x0, xt, t)
     post_var = torch.where(append_dims(decoder, x0.ndim), torch.ones_like(post_var), post_var)  # beta~_1 = 0 unused
     kl = batch_sum(normal_kl(post_mean, post_var.expand_as(x0), mean, var.expand_as(x0)))
     if not decoder.any():
         return kl
-    nll = -batch_sum(discretized_gaussian_log_prob(x0, mean, var.sqrt(), data_range))
-    return torch.where(decoder, nll, kl)
+    rows = decoder.nonzero().squeeze(1)  # the decoder only where it is used: no NaN gradients from other rows' tails
+    std = var.expand_as(x0)[rows].sqrt()
+    nll = -batch_sum(discretized_gaussian_log_prob(x0[rows], mean[rows], std, data_range))
+    return kl.index_put((rows,), nll.to(kl.dtype))
 
 
 class VLB(NamedTuple):
@@ -227,17 +253,21 @@ def variational_bound(eps_fn: EpsFn, x0: torch.Tensor, alphas_cumprod: torch.Ten
     stratified estimate from ``K`` times per example (:func:`stratified_timesteps`, ``K + 1`` calls).
 
     Args:
-        eps_fn: noise prediction ``(x_t [B, ...], t [B] long in 1..N) -> [B, ...]`` (:func:`eps_from_score`).
+        eps_fn: noise prediction ``(x_t [B, ...], t [B] long in 1..N) -> [B, ...]`` (:func:`eps_from_score`), or
+            ``(eps, v)`` for ``variance="learned"``.
         x0: data on the 8-bit grid of ``data_range``, ``[B, ...]`` (:func:`pixels_to_data`).
         alphas_cumprod: the chain's ``alpha_bar_1..N``, ``[N]``.
         timesteps: ``K``, the number of times of the estimated sum, or None for all ``N - 1``.
-        variance: ``"beta"`` (``sigma_t^2 = beta_t``) or ``"beta_tilde"`` (``beta~_t``).
+        variance: ``"beta"`` (``sigma_t^2 = beta_t``), ``"beta_tilde"`` (``beta~_t``) or ``"learned"``
+            (``exp(v log beta_t + (1 - v) log beta~_t)``, Nichol & Dhariwal 2021, Eq. 15).
         data_range: the interval of the 8-bit grid.
         generator: source of the times and of the noise (a ``torch.Generator`` or ``PerSampleGenerator``).
 
     Returns:
         :class:`VLB`, every field ``[B]`` nats.
     """
+    if variance not in (*VARIANCES, LEARNED):
+        raise ValueError(f"variance must be one of {(*VARIANCES, LEARNED)}, got {variance!r}")
     chain = DDPMChain(alphas_cumprod)
     b = x0.shape[0]
     t_grid, weights = stratified_timesteps(chain.num_steps, timesteps, b, x0, generator)
@@ -265,21 +295,32 @@ def chain_times(sde: SDE, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return sde.t_of_sigma(torch.sqrt((1.0 - abar) / abar)).to(torch.float64)
 
 
-def eps_from_score(score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sde: SDE,
-                   alphas_cumprod: torch.Tensor) -> EpsFn:
+def eps_from_score(score_fn: Callable[..., torch.Tensor], sde: SDE, alphas_cumprod: torch.Tensor,
+                   with_variance: bool = False) -> EpsFn:
     """The noise prediction of a score model on a discrete chain: ``eps(x_i, i) = -sqrt(1 - alpha_bar_i) s(x_i, t_i)``
     with ``t_i`` from :func:`chain_times` (``E[eps | x_t] = -s(t) grad log p_t``, docs/math.md §3).
 
+    Args:
+        score_fn: the score model ``(x, t [B]) -> [B, ...]``.
+        sde: its SDE.
+        alphas_cumprod: the chain's ``alpha_bar_1..N``.
+        with_variance: also return the model's learned variance interpolation ``v`` (a
+            :class:`~scorelab.models.ScoreModel` with ``learn_variance``, called with ``return_variance=True``).
+
     Returns:
-        ``eps_fn(x [B, ...], i [B] long in 1..N) -> [B, ...]``.
+        ``eps_fn(x [B, ...], i [B] long in 1..N) -> [B, ...]``, or ``-> (eps, v)`` with ``with_variance``.
     """
     abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
     times, stds = chain_times(sde, abar), torch.sqrt(1.0 - abar)
 
-    def eps_fn(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    def eps_fn(x: torch.Tensor, i: torch.Tensor):
         index = (i - 1).cpu()
         t = times[index].to(x.device, x.dtype)
-        return -append_dims(stds[index].to(x.device, x.dtype), x.ndim) * score_fn(x, t)
+        std = append_dims(stds[index].to(x.device, x.dtype), x.ndim)
+        if with_variance:
+            score, v = score_fn(x, t, return_variance=True)
+            return -std * score, v
+        return -std * score_fn(x, t)
 
     return eps_fn
 

@@ -96,6 +96,8 @@ def build_core(cfg: DictConfig) -> dict[str, Any]:
     fill_from_data(model_cfg.net, tuple(datamodule.sample_shape))
     score_model = instantiate(model_cfg, sde=sde)
     loss = instantiate(cfg.loss, sde=sde)
+    if hasattr(loss, "check_model"):  # an objective that needs more of the model (loss=hybrid: a learned variance)
+        loss.check_model(score_model)
     sampler = instantiate(cfg.sampler)
     return {"datamodule": datamodule, "sde": sde, "score_model": score_model, "loss": loss, "sampler": sampler}
 

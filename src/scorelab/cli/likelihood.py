@@ -8,7 +8,9 @@ NLL of the same points under the true mixture and the mixture's entropy.
 
 ``method=vlb`` reports DDPM's variational bound instead (Ho et al. 2020, Eq. 5; :mod:`scorelab.vlb`): the discrete
 chain of the checkpoint's SDE (``sde.ddpm_alphas_cumprod``), the 8-bit values themselves under the discretised
-decoder (no dequantisation), the sum over times in full or estimated without bias from ``vlb.timesteps`` times.
+decoder (no dequantisation), the sum over times in full or estimated without bias from ``vlb.timesteps`` times;
+the reverse variance ``vlb.variance`` is the model's learned one when it has one (improved DDPM,
+:mod:`scorelab.hybrid`), else ``beta_t``, or forced to ``beta`` / ``beta_tilde``.
 
 ``repeats`` draws independent dequantisation noise and probes (for the bound: times and noises). The reported
 standard error is over examples: each example's values are averaged over the repeats, and ``se = std / sqrt(n)`` of
@@ -38,7 +40,7 @@ from ..io import save_npz_atomic, write_text_atomic
 from ..likelihood import PROBES, bits_per_dim, dequantize, log_likelihood
 from ..sampling.ode import ADAPTIVE
 from ..utils import PerSampleGenerator
-from ..vlb import VARIANCES, eps_from_score, pixels_to_data, variational_bound
+from ..vlb import LEARNED, VARIANCES, eps_from_score, pixels_to_data, variational_bound
 from .common import resolve_device
 from .errors import UserError
 from .sample import load_score_model
@@ -50,6 +52,7 @@ EXACT_MAX_DIM = 16  # divergence=auto: exact (D backward passes) up to this dime
 ENTROPY_POINTS = 200_000
 VLB = "vlb"  # method=vlb: DDPM's variational bound instead of the ODE
 VLB_TERMS = ("prior", "decoder", "diffusion")
+VLB_VARIANCES = ("auto", LEARNED, *VARIANCES)  # auto: the model's learned variance if it has one, else beta
 RESULT_FILE, VALUES_FILE = "likelihood.json", "likelihood_values.npz"
 _TEST_POINTS_STREAM = 2**40  # seed key of toy test points, apart from the (repeat, example) keys of the probes
 
@@ -115,7 +118,8 @@ def _check_config(cfg: DictConfig) -> None:
              f"vlb.num_steps must be an integer >= 2, got {vlb.get('num_steps')!r}"),
             (positive_int(vlb.get("timesteps"), allow_none=True),
              f"vlb.timesteps must be a positive integer or null (all), got {vlb.get('timesteps')!r}"),
-            (vlb.get("variance") in VARIANCES, f"vlb.variance must be one of {VARIANCES}, got {vlb.get('variance')!r}"),
+            (vlb.get("variance") in VLB_VARIANCES,
+             f"vlb.variance must be one of {VLB_VARIANCES}, got {vlb.get('variance')!r}"),
         ]
     for ok, message in checks:
         if not ok:
@@ -231,11 +235,24 @@ def _vlb_options(cfg: DictConfig, score, sde, datamodule, images: bool, device: 
     if timesteps is not None and timesteps > num_steps - 1:
         raise UserError(f"vlb.timesteps must be at most vlb.num_steps - 1 = {num_steps - 1} (null: all), "
                         f"got {timesteps}")
+    variance = _vlb_variance(cfg.vlb.variance, score)
     return Options(images=True, data_range=getattr(datamodule, "data_range", None), device=device,
                    dtype=torch.float64 if oracle else next(score.parameters()).dtype, seed=int(cfg.seed),
                    repeats=cfg.repeats, batch_size=int(cfg.batch_size), stochastic=True, divergence="none",
                    probe=cfg.probe, method=VLB, rtol=float(cfg.rtol), atol=float(cfg.atol), eps=float(cfg.eps),
-                   prior="sde", vlb_alphas=alphas, vlb_timesteps=timesteps, vlb_variance=cfg.vlb.variance)
+                   prior="sde", vlb_alphas=alphas, vlb_timesteps=timesteps, vlb_variance=variance)
+
+
+def _vlb_variance(name: str, score) -> str:
+    """The reverse variance of ``method=vlb``: ``auto`` is the model's learned one (Nichol & Dhariwal 2021, Eq. 15)
+    when it has one, else ``beta``; ``learned`` needs a model trained with ``model.learn_variance=true``."""
+    learned = bool(getattr(score, "learn_variance", False))
+    if name == "auto":
+        return LEARNED if learned else "beta"
+    if name == LEARNED and not learned:
+        raise UserError("vlb.variance=learned needs a model with a learned variance (trained with "
+                        "model.learn_variance=true, e.g. loss=hybrid); this one has none: use beta or beta_tilde")
+    return name
 
 
 def exact_prior(mixture, sde):
@@ -286,7 +303,8 @@ def _vlb_batch(score, sde, x: torch.Tensor, gen, opts: Options) -> tuple[torch.T
     """The variational bound of one batch of 8-bit images, in bits/dim, with its terms (see :func:`solve_batch`)."""
     x0 = pixels_to_data(x, opts.data_range).to(opts.device, opts.dtype)
     with torch.no_grad():
-        res = variational_bound(eps_from_score(score, sde, opts.vlb_alphas), x0, opts.vlb_alphas,
+        eps_fn = eps_from_score(score, sde, opts.vlb_alphas, with_variance=opts.vlb_variance == LEARNED)
+        res = variational_bound(eps_fn, x0, opts.vlb_alphas,
                                 timesteps=opts.vlb_timesteps, variance=opts.vlb_variance,
                                 data_range=opts.data_range, generator=gen)
     scale = x0[0].numel() * math.log(2.0)  # nats -> bits/dim; no dequantisation offset: these are probabilities

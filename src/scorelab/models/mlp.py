@@ -31,19 +31,21 @@ class ScoreMLP(nn.Module):
         embed_dim: size of the time embedding.
         embedding: ``"sinusoidal"`` or ``"fourier"``.
         fourier_scale: frequency scale of the Fourier embedding.
+        learn_variance: output ``2 D`` values, the second ``D`` the reverse-variance interpolation of improved DDPM
+            (Nichol & Dhariwal 2021, Eq. 15; :class:`~scorelab.models.ScoreModel` splits them).
     """
 
     def __init__(self, dim: int = 2, width: int = 256, depth: int = 4, embed_dim: int = 128,
-                 embedding: str = "sinusoidal", fourier_scale: float = 16.0):
+                 embedding: str = "sinusoidal", fourier_scale: float = 16.0, learn_variance: bool = False):
         super().__init__()
-        self.dim = dim
+        self.dim, self.learn_variance = dim, bool(learn_variance)
         self.embed = nn.Sequential(
             make_embedding(embedding, embed_dim, fourier_scale),
             nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim),
         )
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_ResidualBlock(width, embed_dim) for _ in range(depth))
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, dim))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * dim if self.learn_variance else dim))
 
     @classmethod
     def data_arguments(cls, sample_shape: tuple[int, ...]) -> dict[str, int]:
@@ -57,9 +59,10 @@ class ScoreMLP(nn.Module):
         return {"dim": int(sample_shape[0])}
 
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor) -> torch.Tensor:
-        """``x [B, D]``, ``noise_label [B]`` -> ``[B, D]``."""
+        """``x [B, D]``, ``noise_label [B]`` -> ``[B, D]`` (``[B, 2 D]`` with ``learn_variance``)."""
         emb = self.embed(noise_label)
         h = self.inp(x.flatten(1))
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(h).view_as(x)
+        out = self.out(h)
+        return out.view(x.shape[0], -1) if self.learn_variance else out.view_as(x)

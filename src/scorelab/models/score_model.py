@@ -36,10 +36,14 @@ class ScoreModel(nn.Module):
         sigma_data: data standard deviation used by ``scale_input``.
         centered: the network sees the input as given (True) or maps data in ``[0, 1]`` to ``[-1, 1]`` first
             (False: the reference's ``data.centered = False``, used by its VE models on ``[0, 1]`` data).
+        learn_variance: the backbone outputs twice the data's channels; the second half ``r`` is the reverse-variance
+            interpolation ``v = (r + 1) / 2`` of improved DDPM (Nichol & Dhariwal 2021, Eq. 15; :mod:`scorelab.hybrid`),
+            returned by ``forward(..., return_variance=True)``. ``forward(x, t)`` stays the score alone.
     """
 
     def __init__(self, net: nn.Module, sde: SDE, output: str = "eps", noise_label: str = "sde",
-                 scale_input: bool = False, sigma_data: float = 0.5, centered: bool = True):
+                 scale_input: bool = False, sigma_data: float = 0.5, centered: bool = True,
+                 learn_variance: bool = False):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -48,6 +52,11 @@ class ScoreModel(nn.Module):
         self.net, self.sde = net, sde
         self.output, self.noise_label, self.scale_input, self.sigma_data = output, noise_label, scale_input, sigma_data
         self.centered = bool(centered)
+        self.learn_variance = bool(learn_variance)
+        if self.learn_variance != bool(getattr(net, "learn_variance", False)):
+            raise ValueError(f"learn_variance={self.learn_variance} but the backbone {type(net).__name__} has "
+                             f"learn_variance={getattr(net, 'learn_variance', False)}: set model.learn_variance (the "
+                             "presets pass it on to model.net.learn_variance)")
 
     def label(self, t: torch.Tensor) -> torch.Tensor:
         """The network's conditioning scalar for time ``t [B]``."""
@@ -57,14 +66,31 @@ class ScoreModel(nn.Module):
             return self.sde.marginal_std(t).log()
         return self.sde.noise_label(t)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Score estimate; ``x [B, ...]``, ``t [B]`` -> ``[B, ...]``."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor,
+                return_variance: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Score estimate; ``x [B, ...]``, ``t [B]`` -> ``[B, ...]``.
+
+        With ``return_variance`` (models with ``learn_variance`` only): ``(score, v)``, ``v [B, ...]`` the
+        interpolation ``(r + 1) / 2`` of the variance channels ``r`` (Nichol & Dhariwal 2021, Eq. 15: the reverse
+        variance of a discrete chain is ``exp(v log beta_t + (1 - v) log beta~_t)``, :func:`scorelab.hybrid.
+        interpolated_variance`).
+        """
+        if return_variance and not self.learn_variance:
+            raise ValueError("this model has no learned variance: train it with model.learn_variance=true")
         a = append_dims(self.sde.mean_coeff(t), x.ndim)
         std = append_dims(self.sde.marginal_std(t), x.ndim)
         x_in = x / torch.sqrt(a**2 * self.sigma_data**2 + std**2) if self.scale_input else x
         if not self.centered:
             x_in = 2.0 * x_in - 1.0
         out = self.net(x_in, self.label(t))
+        if self.learn_variance:
+            out, raw = out.chunk(2, dim=1)
+            score = self._score(x, out, a, std)
+            return (score, (raw + 1.0) / 2.0) if return_variance else score
+        return self._score(x, out, a, std)
+
+    def _score(self, x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """The score from the network's (mean) output under the parameterisation ``self.output``."""
         if self.output == "eps":
             return -out / std
         if self.output == "scaled_score":
@@ -72,3 +98,7 @@ class ScoreModel(nn.Module):
         if self.output == "x0":
             return -(x - a * out) / std**2
         return out
+
+    def score_and_variance(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(score, v)``: :meth:`forward` with ``return_variance=True``."""
+        return self(x, t, return_variance=True)

@@ -139,6 +139,9 @@ class ScoreUNet(nn.Module):
         progressive_input: input pyramid, ``"none"``, ``"input_skip"`` or ``"residual"``.
         progressive_combine: how ``"input_skip"`` merges the pyramid, ``"sum"`` or ``"cat"``.
         init_scale: initial scale of the last layer of each residual branch and of the output (0 -> 1e-10).
+        learn_variance: output ``2 C`` channels, the second ``C`` the reverse-variance interpolation of improved DDPM
+            (Nichol & Dhariwal 2021, Eq. 15; :class:`~scorelab.models.ScoreModel` splits them). Off by default: the
+            presets keep their parameter counts.
     """
 
     def __init__(self, *, in_channels: int = 3, image_size: int = 32, ch: int = 128,
@@ -148,7 +151,7 @@ class ScoreUNet(nn.Module):
                  resblock_type: str = "biggan", resamp_with_conv: bool = True, fir: bool = False,
                  fir_kernel: Sequence[float] = (1, 3, 3, 1),
                  skip_rescale: bool = True, progressive: str = "none", progressive_input: str = "none",
-                 progressive_combine: str = "sum", init_scale: float = 0.0):
+                 progressive_combine: str = "sum", init_scale: float = 0.0, learn_variance: bool = False):
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)  # accepts lists and OmegaConf ListConfigs
         attn_resolutions = tuple(int(r) for r in attn_resolutions)
@@ -163,6 +166,8 @@ class ScoreUNet(nn.Module):
                              f"= {2 ** max(num_levels - 1, 0)} so that resolutions round-trip")
         self.in_channels, self.image_size, self.progressive = in_channels, image_size, progressive
         self.progressive_input = progressive_input
+        self.learn_variance = bool(learn_variance)
+        out_ch = in_channels * (2 if self.learn_variance else 1)  # + the variance channels of improved DDPM
         resolutions = [image_size // 2**i for i in range(num_levels)]
         temb_dim = 4 * ch
         self.time_embed = TimeEmbedding(ch, embedding_type.lower(), fourier_scale)
@@ -225,9 +230,9 @@ class ScoreUNet(nn.Module):
             pyramid_up = pyramid_norm = pyramid_conv = None
             if progressive == "output_skip":
                 pyramid_norm = group_norm(in_ch)
-                pyramid_conv = conv3x3(in_ch, in_channels, init_scale=init_scale)
+                pyramid_conv = conv3x3(in_ch, out_ch, init_scale=init_scale)
                 if not is_lowest:
-                    pyramid_up = Upsample(in_channels, fir=fir, fir_kernel=fir_kernel)
+                    pyramid_up = Upsample(out_ch, fir=fir, fir_kernel=fir_kernel)
             elif progressive == "residual":
                 if is_lowest:
                     pyramid_norm, pyramid_conv = group_norm(in_ch), conv3x3(in_ch, in_ch)
@@ -247,7 +252,7 @@ class ScoreUNet(nn.Module):
         self.norm_out = self.conv_out = None
         if progressive != "output_skip":  # otherwise the output pyramid is the output
             self.norm_out = group_norm(in_ch)
-            self.conv_out = conv3x3(in_ch, in_channels, init_scale=init_scale)
+            self.conv_out = conv3x3(in_ch, out_ch, init_scale=init_scale)
 
     @classmethod
     def data_arguments(cls, sample_shape: tuple[int, ...]) -> dict[str, int]:
@@ -268,7 +273,7 @@ class ScoreUNet(nn.Module):
             noise_label: ``[B]`` float labels: ``999 t`` for VP / sub-VP, ``log sigma(t)`` for VE.
 
         Returns:
-            ``[B, C, H, W]`` network output (no scaling by sigma).
+            ``[B, C, H, W]`` network output (no scaling by sigma); ``[B, 2C, H, W]`` with ``learn_variance``.
         """
         temb = self.time_embed(noise_label)
         pyramid = x if self.progressive_input != "none" else None
