@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -284,3 +285,28 @@ def test_mnist_classifier_experiment_runs_on_real_digits(tmp_path):
                               "trainer.enable_progress_bar=false"])
     train(cfg)
     assert cfg.model.net.num_classes == 10 and cfg.classifier_module.accuracy_times[-1] == 1.0
+
+
+def test_guided_image_sampling_draws_each_sample_for_its_label(tmp_path):
+    """The image path of sample.py: an image score model, a noisy classifier of the same images, labels=[3,5]."""
+    from scorelab.data.sample_files import ImageSet
+
+    from .evaluation_utils import TINY_IMAGE_RUN
+
+    data = tmp_path / "real.npz"
+    images = torch.randint(0, 256, (40, 16, 16, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    np.savez(data, x=images.numpy(), y=np.arange(40) % 10)  # 10 classes
+    train(make_cfg(tmp_path / "score", TINY_IMAGE_RUN + [f"data.path={data}", "logger=none"]))
+    train(make_cfg(tmp_path / "cls", [
+        "experiment=mnist_noisy_classifier", "data=npz", f"data.path={data}", "data.val_size=8", "data.batch_size=8",
+        "model.net.ch=8", "model.net.ch_mult=[1,2]", "trainer.max_steps=2", "trainer.max_time=null", "logger=none",
+        "trainer.val_check_interval=1.0",
+        "trainer.enable_progress_bar=false"]))
+    cfg = make_cfg(tmp_path / "sample", [
+        f"ckpt_path={tmp_path / 'score' / 'run' / 'checkpoints' / 'last.ckpt'}", "labels=[3,5]", "per_class=2",
+        f"classifier={tmp_path / 'cls' / 'run' / 'checkpoints' / 'last.ckpt'}", "classifier_scale=2",
+        "progress=false", "batch_size=3"], config_name="sample")
+    folder = sample(cfg)
+    assert len(ImageSet(folder)) == 4
+    report = json.loads((folder.parent / "sample.json").read_text())["guidance"]
+    assert report["labels"] == [3, 3, 5, 5] and report["classifier_scale"] == 2.0
