@@ -13,13 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from scorelab.classifier_guidance import (
-    BatchGuidance,
-    ClassifierGuidance,
-    OracleClassifier,
-    classifier_log_prob_grad,
-    label_grid,
-)
+from scorelab.classifier_guidance import ClassifierGuidance, OracleClassifier, classifier_log_prob_grad
 from scorelab.cli.classifier import check_compatible, load_classifier
 from scorelab.cli.errors import UnsafeFileError, UserError
 from scorelab.cli.sample import sample
@@ -92,7 +86,7 @@ def test_guided_sampling_with_the_exact_scores_draws_the_asked_component():
     """Every sampler calls model(x, t) under no_grad: guidance still takes its gradient, and sample i of
     labels [0, 0, ..., 7, 7] lands in its component."""
     mixture, sde = eight_gaussians(), VPSDE()
-    labels = label_grid(8, 25)
+    labels = torch.arange(8).repeat_interleave(25)
     guided = ClassifierGuidance(mixture.oracle(sde), OracleClassifier(mixture, sde), labels, scale=1.0)
     sampler = PCSampler(EulerMaruyama(), NoCorrector(), steps=200)
     x, _ = sampler(guided, sde, (len(labels), 2), generator=torch.Generator().manual_seed(0))
@@ -141,15 +135,12 @@ def test_an_example_gradient_does_not_depend_on_the_rest_of_the_batch(gen):
     assert not torch.allclose(_first_row_grad(bn, points, 0.0), _first_row_grad(bn, points, 3.0))
 
 
-def test_batch_guidance_gives_each_batch_its_own_labels(gen):
+def test_guidance_refuses_labels_it_cannot_use(gen):
     mixture, sde = _mixture(), VPSDE()
-    labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    batches = BatchGuidance(mixture.oracle(sde), OracleClassifier(mixture, sde), labels)
     x, t = torch.randn(6, 2, generator=gen, dtype=torch.float64), torch.full((6,), 0.2, dtype=torch.float64)
-    whole = ClassifierGuidance(mixture.oracle(sde), OracleClassifier(mixture, sde), labels)(x, t)
-    torch.testing.assert_close(batches.for_batch(2, 3)(x[2:5], t[2:5]), whole[2:5])
+    guided = ClassifierGuidance(mixture.oracle(sde), OracleClassifier(mixture, sde), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="3 labels are given but the score was asked for 6"):
-        batches.for_batch(2, 3)(x, t)
+        guided(x, t)
     with pytest.raises(ValueError, match=r"labels must lie in 0..2"):
         ClassifierGuidance(mixture.oracle(sde), OracleClassifier(mixture, sde), 3)
 
@@ -231,9 +222,11 @@ def test_sample_py_guides_the_exact_score_with_the_trained_classifier(toy_classi
         cfg = _sample_cfg(tmp_path / str(scale), [f"classifier={ckpt}", "labels=all", "per_class=40",
                                                   f"classifier_scale={scale}"])
         sample(cfg)
-        report = json.loads((tmp_path / str(scale) / "run" / "metrics.json").read_text())["guidance"]
-        assert report["labels"] == label_grid(8, 40).tolist()
-        accuracy[scale] = report["label_accuracy"]
+        metrics = json.loads((tmp_path / str(scale) / "run" / "metrics.json").read_text())
+        assert metrics["classifier"] == str(ckpt) and metrics["classifier_scale"] == scale
+        labels = np.load(tmp_path / str(scale) / "run" / "samples.npz")["labels"]
+        assert labels.tolist() == torch.arange(8).repeat_interleave(40).tolist()
+        accuracy[scale] = metrics["label_accuracy"]["accuracy"]
     assert accuracy[0] < 0.25  # unguided: the classes fall where they may (1/8 by chance)
     assert accuracy[1] >= 0.9  # Bayes' rule with a learned classifier (the exact one: >= 0.99, test above)
     assert accuracy[3] >= max(accuracy[1], 0.97)  # a larger scale sharpens the classes (Dhariwal & Nichol 2021)
@@ -242,10 +235,11 @@ def test_sample_py_guides_the_exact_score_with_the_trained_classifier(toy_classi
 def test_sampling_mistakes_end_in_one_clear_message(toy_classifier, tmp_path):
     ckpt = toy_classifier / "checkpoints" / "last.ckpt"
     cases = [
-        (["label=3"], "model is unconditional: add classifier="),
+        (["label=3"], "or guide this one with classifier="),
         ([f"classifier={tmp_path}/missing.ckpt", "label=3"], "classifier checkpoint not found"),
         ([f"classifier={ckpt}"], "say which with label=<k> or labels=all"),
-        ([f"classifier={ckpt}", "label=8"], r"integer in 0..7"),
+        ([f"classifier={ckpt}", "label=8"], "class 8 does not exist"),
+        ([f"classifier={ckpt}", "label=1", "guidance=2"], "the scale is classifier_scale"),
         ([f"classifier={ckpt}", "data=toy_two_modes", "label=1"], "has 8 classes but the score model's data have 2"),
         ([f"classifier={ckpt}", "sde=ve", "label=1"], "train the classifier with the same sde"),
         ([f"ckpt_path={ckpt}", "label=1"], "is a noisy classifier, not a score model"),
@@ -308,5 +302,5 @@ def test_guided_image_sampling_draws_each_sample_for_its_label(tmp_path):
         "progress=false", "batch_size=3"], config_name="sample")
     folder = sample(cfg)
     assert len(ImageSet(folder)) == 4
-    report = json.loads((folder.parent / "sample.json").read_text())["guidance"]
-    assert report["labels"] == [3, 3, 5, 5] and report["classifier_scale"] == 2.0
+    summary = json.loads((folder.parent / "sample.json").read_text())
+    assert summary["labels"] == [3, 3, 5, 5] and summary["classifier_scale"] == 2.0

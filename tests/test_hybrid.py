@@ -26,12 +26,7 @@ MU, C = 0.3, 0.2  # data x0 ~ N(MU, C^2) in each dimension
 CHAINS = {"linear": VPSDE().ddpm_alphas_cumprod(50), "cosine": CosineVPSDE().ddpm_alphas_cumprod(50)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_eps(abar: torch.Tensor, v=None):
@@ -200,6 +195,29 @@ def test_hybrid_terms_are_l_simple_and_the_learned_bound_term():
     assert float(vlb_g[0]) == pytest.approx(float(nll) / (3 * math.log(2)), rel=1e-4)
     with pytest.raises(ValueError, match="decoder"):
         HybridLoss(sde, decoder="logistic")
+
+
+def test_a_class_conditional_model_trains_its_learned_variance_through_bound_labels():
+    """The training step binds each example's label to the model (``BoundLabels``); the hybrid loss's
+    ``return_variance`` call must reach the conditional network with those labels."""
+    from scorelab.lit.module import BoundLabels
+
+    torch.manual_seed(0)
+    net = ScoreMLP(dim=3, width=16, depth=1, embed_dim=8, learn_variance=True, num_classes=4)
+    with torch.no_grad():
+        for p in [*net.out.parameters(), *net.label_embed.parameters()]:
+            p.add_(0.3 * torch.randn_like(p))
+    model = ScoreModel(net, VPSDE(), output="eps", learn_variance=True)
+    x0, t, y = grid_batch(), torch.tensor([1, 2, 3, 10, 25, 40, 49, 50]), torch.tensor([0, 1, 2, 3, 4, 0, 1, 4])
+    loss = HybridLoss(VPSDE(), num_steps=50)
+    bound = loss.per_example(BoundLabels(model, y), x0, torch.Generator().manual_seed(1), t)
+    def direct(x, s, **kw):
+        return model(x, s, y, **kw)
+    direct.learn_variance = True
+    direct = loss.per_example(direct, x0, torch.Generator().manual_seed(1), t)
+    null = loss.per_example(model, x0, torch.Generator().manual_seed(1), t)  # no labels: the null class (4)
+    assert torch.equal(bound, direct)
+    assert torch.equal(bound[y == 4], null[y == 4]) and not torch.allclose(bound[y != 4], null[y != 4])
 
 
 def test_l_vlb_trains_only_the_variance_and_l_simple_only_the_mean():

@@ -16,7 +16,7 @@ posterior over its components), for tests.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -80,33 +80,6 @@ class ClassifierGuidance(nn.Module):
             return score
         grad = classifier_log_prob_grad(self.classifier, x, t, self._labels_for(x))
         return score + self.scale * grad.to(score.dtype)
-
-
-class BatchGuidance:
-    """Guided score models for consecutive slices of one label list, for samplers that draw in batches.
-
-    ``for_batch(start, n)`` is the :class:`ClassifierGuidance` of samples ``start .. start + n - 1``, whose classes
-    are ``labels[start:start + n]`` (sample ``i`` of a seed range keeps its class at any batch size).
-
-    Args:
-        score, classifier, scale: as in :class:`ClassifierGuidance`.
-        labels: the class of every sample ``[N]``.
-    """
-
-    def __init__(self, score: ScoreFn, classifier: Callable, labels: Sequence[int] | torch.Tensor,
-                 scale: float = 1.0):
-        self.score, self.classifier, self.scale = score, classifier, float(scale)
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-
-    def for_batch(self, start: int, n: int) -> ClassifierGuidance:
-        return ClassifierGuidance(self.score, self.classifier, self.labels[start:start + n], self.scale)
-
-
-def label_grid(num_classes: int, per_class: int) -> torch.Tensor:
-    """``[0] * per_class + [1] * per_class + ...``: one row of ``per_class`` samples for each class, ``[K * n]``."""
-    if num_classes < 1 or per_class < 1:
-        raise ValueError(f"num_classes and per_class must be positive, got {num_classes}, {per_class}")
-    return torch.arange(num_classes).repeat_interleave(per_class)
 
 
 class OracleClassifier(nn.Module):

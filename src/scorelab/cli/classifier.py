@@ -8,18 +8,17 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from ..classifier_guidance import BatchGuidance, label_grid
-from ..io import write_text_atomic
+from ..classifier_guidance import ClassifierGuidance
 from ..lit.classifier_module import NoisyClassifierModule
 from ..models.noisy_classifier import NoisyClassifier
+from .classes import ClassRequest, class_request
 from .common import build_core, check_state_dict, check_stored_targets, load_checkpoint, upgrade_stored_config
 from .errors import UserError
 
@@ -87,32 +86,37 @@ def refuse_score_as_classifier(ckpt_path: str, stored: dict) -> None:
 
 
 # --- sampling ------------------------------------------------------------------------------------------------
-def wants_labels(cfg: DictConfig) -> bool:
-    return cfg.get("label") is not None or cfg.get("labels") is not None
+class ClassifierRequest(NamedTuple):
+    """The classes asked for (a :class:`~scorelab.cli.classes.ClassRequest`) drawn by classifier guidance: the
+    score model's unconditional score plus ``scale`` times the noisy classifier's gradient."""
 
+    request: ClassRequest
+    classifier: NoisyClassifier
+    scale: float
+    path: str
 
-def requested_labels(cfg: DictConfig, num_classes: int) -> torch.Tensor:
-    """The class of every sample: ``label=k`` (all ``n_samples``), ``labels=all`` (``per_class`` of each class, in
-    rows) or ``labels=[a,b,...]`` (``per_class`` of each listed class)."""
-    if cfg.get("label") is not None and cfg.get("labels") is not None:
-        raise UserError("give one of label=<k> (every sample) and labels=all | [a,b,...] (per_class of each)")
-    if cfg.get("label") is not None:
-        return torch.full((cfg.n_samples,), _class_index(cfg.label, num_classes), dtype=torch.long)
-    per_class = cfg.get("per_class", 8)
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise UserError(f"per_class must be a positive integer, got {per_class!r}")
-    spec = cfg.labels
-    if spec == "all":
-        return label_grid(num_classes, per_class)
-    items = list(spec) if isinstance(spec, (list, tuple, ListConfig)) else [spec]
-    return torch.tensor([_class_index(k, num_classes) for k in items]).repeat_interleave(per_class)
+    @property
+    def labels(self) -> list[int]:
+        return self.request.labels
 
+    @property
+    def classes(self) -> list[int]:
+        return self.request.classes
 
-def _class_index(value: Any, num_classes: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_classes:
-        raise UserError(f"a class label must be an integer in 0..{num_classes - 1}, got {value!r} (labels=all for "
-                        "every class)")
-    return value
+    @property
+    def per_class(self) -> int | None:
+        return self.request.per_class
+
+    @property
+    def guidance(self) -> float:
+        return self.scale
+
+    def score_for(self, score: torch.nn.Module, start: int, count: int) -> ClassifierGuidance:
+        """The classifier-guided score of the samples at positions ``start .. start + count - 1``."""
+        return ClassifierGuidance(score, self.classifier, torch.tensor(self.labels[start:start + count]), self.scale)
+
+    def summary(self) -> dict:
+        return {**self.request.summary(), "classifier": self.path, "classifier_scale": self.scale}
 
 
 def check_compatible(loaded: LoadedClassifier, trained) -> None:
@@ -134,64 +138,19 @@ def check_compatible(loaded: LoadedClassifier, trained) -> None:
                         f"{trained.sde!r}: p(y | x_t) depends on the SDE; train the classifier with the same sde")
 
 
-def guided_score(cfg: DictConfig, trained, score: torch.nn.Module, device: torch.device
-                 ) -> tuple[Any, DictConfig, torch.Tensor | None]:
-    """``(score model or BatchGuidance, cfg with n_samples set, labels or None)`` for ``classifier=`` / ``label=``.
-
-    Without ``classifier`` and labels nothing changes. Labels without a classifier need a class-conditional model.
-    """
+def classifier_request(cfg: DictConfig, trained, device: torch.device) -> ClassifierRequest | None:
+    """The request of ``classifier=<ckpt>`` with ``label=k`` or ``labels=all`` (None without ``classifier``)."""
     if not cfg.get("classifier"):
-        if wants_labels(cfg) and not getattr(trained.score, "num_classes", 0):
-            raise UserError("label/labels ask for classes but the model is unconditional: add "
-                            "classifier=<noisy classifier checkpoint> (classifier guidance, "
-                            f"{CLASSIFIER_EXPERIMENTS}) or sample a class-conditional model")
-        return score, cfg, None
-    if not wants_labels(cfg):
+        return None
+    if cfg.get("label") is None and cfg.get("labels") is None:
         raise UserError("classifier= guides towards classes: say which with label=<k> or labels=all per_class=<n>")
-    loaded = load_classifier(cfg.classifier, data_dir=cfg.paths.data_dir)
-    check_compatible(loaded, trained)
-    labels = requested_labels(cfg, loaded.classifier.num_classes)
+    if float(cfg.get("guidance", 1.0)) != 1.0:
+        raise UserError("guidance= is classifier-free guidance of a class-conditional model; with classifier= the "
+                        "scale is classifier_scale=<w>")
     scale = cfg.get("classifier_scale", 1.0)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise UserError(f"classifier_scale must be a number, got {scale!r}")
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        cfg.n_samples = int(labels.numel())
-    return BatchGuidance(score, loaded.classifier.to(device), labels, float(scale)), cfg, labels
-
-
-def report_labels(cfg: DictConfig, trained, out: Path, labels: torch.Tensor, result: Path) -> dict[str, Any]:
-    """Write how well the samples hit their classes: ``label_accuracy`` (and per class) into ``sample.json`` or
-    ``metrics.json``, measured by the exact mixture posterior (toy data) or the MNIST domain classifier."""
-    predicted = _predicted_classes(cfg, trained, result, len(labels))
-    report: dict[str, Any] = {"classifier": str(cfg.classifier), "classifier_scale": float(cfg.classifier_scale),
-                              "labels": labels.tolist()}
-    if predicted is not None:
-        hit = (predicted == labels).double()
-        per_class = {int(k): float(hit[labels == k].mean()) for k in labels.unique()}
-        report.update(label_accuracy=float(hit.mean()), label_accuracy_per_class=per_class,
-                      predicted_classes=predicted.tolist())
-        print(f"label accuracy {report['label_accuracy']:.4f} at classifier_scale={report['classifier_scale']:g}")
-    summary_file = out / ("sample.json" if len(trained.datamodule.sample_shape) == 3 else "metrics.json")
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    summary["guidance"] = report
-    write_text_atomic(summary_file, json.dumps(summary, indent=2))
-    return report
-
-
-def _predicted_classes(cfg: DictConfig, trained, result: Path, n: int) -> torch.Tensor | None:
-    """Classes of the written samples: exact mixture components (toy) or the MNIST domain classifier's argmax."""
-    mixture = getattr(trained.datamodule, "mixture", None)
-    if mixture is not None:
-        import numpy as np
-
-        return mixture.classify(torch.from_numpy(np.load(result)["x"][:n]).double()).cpu()
-    if getattr(trained.datamodule, "dataset_name", None) != "mnist":
-        print("label accuracy: no domain classifier for this data (MNIST and toy mixtures only)")
-        return None
-    from ..data.sample_files import ImageSet
-    from ..metrics.mnist_classifier import mnist_features
-
-    images = ImageSet(result).read(0, n)
-    features = mnist_features(data_dir=cfg.paths.data_dir)
-    return features.logits(images).argmax(1).cpu()
+    loaded = load_classifier(cfg.classifier, data_dir=cfg.paths.data_dir)
+    check_compatible(loaded, trained)
+    request = class_request(cfg, loaded.classifier.num_classes)
+    return ClassifierRequest(request, loaded.classifier.to(device).eval(), float(scale), loaded.path)

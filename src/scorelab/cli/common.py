@@ -65,8 +65,9 @@ def compose_group(cfg: DictConfig, group: str, option: str) -> DictConfig:
     return root[group]
 
 
-def fill_from_data(net_cfg: DictConfig, sample_shape: tuple[int, ...]) -> None:
-    """Set the network's arguments left ``null`` in config from the data module's ``sample_shape``.
+def fill_from_data(net_cfg: DictConfig, sample_shape: tuple[int, ...], num_classes: int | None = None) -> None:
+    """Set the network's arguments left ``null`` in config from the data module's ``sample_shape``, and
+    ``num_classes: auto`` from the data module's ``num_classes`` (a class-conditional network).
 
     Which arguments the data fix is the network's own declaration, ``data_arguments(sample_shape) -> {name: value}``
     (a classmethod of :class:`~scorelab.models.ScoreUNet`, :class:`~scorelab.models.ScoreMLP`, ...); a network
@@ -74,6 +75,7 @@ def fill_from_data(net_cfg: DictConfig, sample_shape: tuple[int, ...]) -> None:
     """
     from hydra.utils import get_object
 
+    fill_num_classes(net_cfg, num_classes)
     declare = getattr(get_object(net_cfg._target_), "data_arguments", None)
     if declare is None:
         return
@@ -88,12 +90,27 @@ def fill_from_data(net_cfg: DictConfig, sample_shape: tuple[int, ...]) -> None:
                 net_cfg[key] = value
 
 
+def fill_num_classes(net_cfg: DictConfig, num_classes: int | None) -> None:
+    """Replace ``num_classes: auto`` by the data's class count; refuse it (and anything but a count) clearly."""
+    value = net_cfg.get("num_classes")
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return
+    if value != "auto":
+        raise UserError(f"model.net.num_classes must be 0 (unconditional), auto (the data's classes) or a positive "
+                        f"integer, got {value!r}")
+    if not num_classes:
+        raise UserError("model.net.num_classes=auto needs labelled data, but this data module has no classes; "
+                        "train it unconditionally (model.net.num_classes=0) or give the data labels")
+    with open_dict(net_cfg):
+        net_cfg.num_classes = int(num_classes)
+
+
 def build_core(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate the data module, SDE, score model, loss and sampler from a composed config."""
     datamodule = instantiate(cfg.data)
     sde = instantiate(cfg.sde)
     model_cfg = cfg.model.copy()
-    fill_from_data(model_cfg.net, tuple(datamodule.sample_shape))
+    fill_from_data(model_cfg.net, tuple(datamodule.sample_shape), getattr(datamodule, "num_classes", None))
     score_model = instantiate(model_cfg, sde=sde)
     loss = instantiate(cfg.loss, sde=sde)
     if hasattr(loss, "check_model"):  # an objective that needs more of the model (loss=hybrid: a learned variance)

@@ -9,6 +9,7 @@ points, NFE counts and picture into the same files a 1-process run writes (:mod:
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,12 +23,14 @@ from ..data.sample_files import write_npz_shard, write_png_images
 from ..distributed import device_for_rank, gather, is_main_process, process_group, run_and_gather, shard, world_size
 from ..io import save_npz_atomic, write_text_atomic
 from ..lit.module import ScoreModule
-from ..lit.plotting import save_samples_picture
+from ..lit.plotting import save_class_grid, save_samples_picture
 from ..metrics.evaluation import mean_and_stderr, to_uint8
+from ..metrics.label_accuracy import LabelAccuracy, label_accuracy, mixture_label_accuracy, mnist_label_accuracy
 from ..metrics.toy import toy_metrics
 from ..sampling.seeded import SeededBatch, seeded_batches
 from ..teaching import write_teaching_pictures
-from .classifier import BatchGuidance, guided_score, refuse_score_as_classifier, report_labels
+from .classes import ClassRequest, check_class_keys, class_request
+from .classifier import classifier_request, refuse_score_as_classifier
 from .common import (
     build_core,
     check_state_dict,
@@ -39,7 +42,7 @@ from .common import (
     upgrade_stored_config,
 )
 from .errors import UserError
-from .evaluate import build_evaluator
+from .evaluate import build_evaluator, build_extractor
 
 FORMATS = ("npz", "png")
 PROTOCOLS = ("single", "edm")
@@ -93,6 +96,9 @@ def _check(cfg: DictConfig) -> None:
         raise UserError(f"eval.protocol must be one of {PROTOCOLS}, got {cfg.eval.protocol!r}")
     from .conditional import check_task
 
+    check_class_keys(cfg)
+    if cfg.get("task", "sample") != "sample" and (cfg.get("label") is not None or cfg.get("labels") is not None):
+        raise UserError(f"label/labels draw class-conditional samples (task=sample); task={cfg.task} takes none")
     check_task(cfg)
 
 
@@ -140,7 +146,8 @@ def _source(cfg: DictConfig) -> tuple[Trained, DictConfig]:
         datamodule, sde = instantiate(cfg.data), instantiate(cfg.sde)
         if getattr(datamodule, "mixture", None) is None:
             raise UserError("model=oracle needs toy data (data=toy_*): images have no exact score")
-        trained = Trained(datamodule.mixture.oracle(sde), sde, datamodule, None, cfg)
+        oracle = datamodule.mixture.oracle(sde, conditional=bool(cfg.model.get("conditional", False)))
+        trained = Trained(oracle, sde, datamodule, None, cfg)
         base, source = None, "the default sampler"
     else:
         raise UserError("nothing to sample from: pass ckpt_path=<run dir>/checkpoints/last.ckpt, or model=oracle "
@@ -162,6 +169,10 @@ def sample(cfg: DictConfig) -> Path:
     Under ``torchrun`` every rank draws its share of the batches (the samples equal a 1-process run's); rank 0
     writes the one set of result files into its run folder.
 
+    With ``label=k`` or ``labels=all`` (a class-conditional model) sample ``i`` is drawn for a class that depends
+    on ``i`` alone, with classifier-free guidance of scale ``guidance`` (:mod:`scorelab.cli.classes`); the labels are
+    written next to the seeds and, where a classifier exists (toy mixtures, MNIST), the accuracy of the drawn classes.
+
     With ``task=inpaint | colorize | interpolate`` it runs that task instead (:mod:`scorelab.cli.conditional`).
 
     Returns:
@@ -177,7 +188,9 @@ def sample(cfg: DictConfig) -> Path:
         trained, sampler_cfg = _source(cfg)
         sampler = instantiate(sampler_cfg)
         score = trained.score.to(device).eval()
-        guided, cfg, labels = guided_score(cfg, trained, score, device)  # classifier guidance (classifier=, label=)
+        # the classes asked for: classifier guidance (classifier=) or a class-conditional model (guidance=)
+        classes = classifier_request(cfg, trained, device) or class_request(
+            cfg, int(getattr(score, "num_classes", 0) or 0))
         shape = tuple(trained.datamodule.sample_shape)
         out = Path(gather(str(cfg.paths.output_dir))[0])  # rank 0's run folder, the only one of the job
         if is_main_process():
@@ -185,14 +198,10 @@ def sample(cfg: DictConfig) -> Path:
         # Pictures that teach (teach=true, docs/teaching_pictures.md): own small sampler calls, samples unchanged.
         write_teaching_pictures(cfg, trained, sampler, score, shape, device, out)
         if len(shape) == 3:
-            result = _sample_images(cfg, trained, sampler, guided, shape, device, out)
-        elif cfg.eval.fid:
+            return _sample_images(cfg, trained, sampler, score, shape, device, out, classes)
+        if cfg.eval.fid:
             raise UserError("eval.fid is for images; toy data get exact metrics (metrics.json) without it")
-        else:
-            result = _sample_points(cfg, trained, sampler, guided, shape, device, out)
-        if labels is not None and is_main_process():
-            report_labels(cfg, trained, out, labels, result)
-        return result
+        return _sample_points(cfg, trained, sampler, score, shape, device, out, classes)
 
 
 def _nfe_summary(nfes: list[int]) -> dict[str, Any]:
@@ -209,28 +218,38 @@ def my_batches(seeds: range | list[int], batch_size: int, rank: int | None = Non
     return [batches[b] for b in shard(len(batches), rank, world)]
 
 
-def _draw(sampler, score, sde, shape, batches: list[tuple[int, list[int]]], device) -> Any:
-    """Yield this rank's :class:`SeededBatch` es, each positioned in the whole seed range."""
+def _draw(sampler, score, sde, shape, batches: list[tuple[int, list[int]]], device,
+          classes: ClassRequest | None = None) -> Any:
+    """Yield this rank's :class:`SeededBatch` es, each positioned in the whole seed range (and, with ``classes``,
+    drawn with the guided score of its positions' labels)."""
     for start, chunk in batches:
-        model = score.for_batch(start, len(chunk)) if isinstance(score, BatchGuidance) else score  # its labels
-        for batch in seeded_batches(sampler, model, sde, shape, chunk, len(chunk), device):
+        fn = score if classes is None else classes.score_for(score, start, len(chunk))
+        for batch in seeded_batches(sampler, fn, sde, shape, chunk, len(chunk), device):
             yield SeededBatch(start, batch.seeds, batch.x, batch.nfe)
 
 
-def _sample_points(cfg, trained: Trained, sampler, score, shape, device, out: Path) -> Path:
-    seeds = range(cfg.seed, cfg.seed + cfg.n_samples)
+def _sample_count(cfg, classes: ClassRequest | None) -> int:
+    """``n_samples``, or the size of the ``labels=...`` grid (classes x ``per_class``)."""
+    return len(classes.labels) if classes is not None else int(cfg.n_samples)
+
+
+def _sample_points(cfg, trained: Trained, sampler, score, shape, device, out: Path,
+                   classes: ClassRequest | None = None) -> Path:
+    seeds = range(cfg.seed, cfg.seed + _sample_count(cfg, classes))
     batches = my_batches(seeds, cfg.batch_size)
 
     def solve() -> list[tuple[int, torch.Tensor, int]]:
-        return [(b.start, b.x.cpu(), b.nfe) for b in _draw(sampler, score, trained.sde, shape, batches, device)]
+        return [(b.start, b.x.cpu(), b.nfe) for b in _draw(sampler, score, trained.sde, shape, batches, device,
+                                                           classes)]
 
     parts = sorted((item for part in run_and_gather(solve) for item in part), key=lambda item: item[0])
     path = out / "samples.npz"
     if not is_main_process():
         return path
     x, nfe = torch.cat([p[1] for p in parts]), _nfe_summary([p[2] for p in parts])
+    extra = {"labels": np.asarray(classes.labels, dtype=np.int64)} if classes is not None else {}
     path = save_npz_atomic(path, x=x.numpy(), seeds=np.asarray(list(seeds)), nfe=np.array(nfe["nfe"]),
-                           nfe_total=np.array(nfe["nfe_total"]))
+                           nfe_total=np.array(nfe["nfe_total"]), **extra)
     mixture = getattr(trained.datamodule, "mixture", None)
     reference = mixture.sample(min(len(x), 5000), generator=torch.Generator().manual_seed(0)) if mixture else None
     save_samples_picture(x, out / "samples.png", reference=reference,
@@ -238,6 +257,11 @@ def _sample_points(cfg, trained: Trained, sampler, score, shape, device, out: Pa
     if mixture is not None:
         metrics = toy_metrics(mixture, x, generator=torch.Generator().manual_seed(cfg.seed))
         metrics.update(nfe, sampler=repr(sampler), processes=world_size())
+        if classes is not None:  # the exact most probable component judges each point
+            judge = mixture_label_accuracy(mixture)
+            metrics.update(classes.summary(), label_accuracy=label_accuracy(judge.predict(x), torch.tensor(
+                classes.labels), mixture.n_components))
+            print(f"label accuracy {metrics['label_accuracy']['accuracy']:.4f} at guidance {classes.guidance:g}")
         write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
         print(json.dumps({k: metrics[k] for k in ("mode_weights", "exact_nll", "entropy", "energy_distance")}))
     print(f"wrote {len(x)} samples (NFE {nfe['nfe']}) to {path}")
@@ -256,56 +280,92 @@ def _build_evaluator(cfg, trained: Trained, device):
     return evaluator if evaluator is not None else build_evaluator(cfg, trained, device)
 
 
+def _build_judge(cfg, trained: Trained, classes: ClassRequest | None, device) -> LabelAccuracy | None:
+    """The classifier that judges class-conditional images: MNIST's domain classifier (``eval.label_accuracy``
+    ``auto``: on MNIST whenever classes are asked for; ``true``: refuse other data; ``false``: none)."""
+    setting = cfg.eval.get("label_accuracy", "auto")
+    if setting not in ("auto", True, False):
+        raise UserError(f"eval.label_accuracy must be auto, true or false, got {setting!r}")
+    if classes is None or setting is False:
+        return None
+    if getattr(trained.datamodule, "dataset_name", None) != "mnist":
+        if setting is True:
+            raise UserError("eval.label_accuracy=true needs a classifier of the data: only MNIST has one (the "
+                            "domain metric's); use eval.label_accuracy=auto")
+        return None
+    return mnist_label_accuracy(build_extractor(compose_group(cfg, "features", "mnist"), device))
+
+
 def _solve_images(cfg, trained: Trained, sampler, score, shape, batches, device, folder: Path, evaluator,
-                  desc: str) -> dict[str, Any]:
-    """This rank's batches: shards written as made, features added, the grid's first images and the NFE kept."""
+                  desc: str, classes: ClassRequest | None = None, judge: LabelAccuracy | None = None) -> dict[str, Any]:
+    """This rank's batches: shards written as made, features added, the grid's first images and the NFE kept
+    (every image with a ``labels=...`` grid) and, with a ``judge``, the class it sees in each image."""
     data_range = tuple(trained.datamodule.data_range)
-    grid, nfes, began = [], [], time.perf_counter()
+    grid, nfes, verdicts, began = [], [], [], time.perf_counter()
+    keep = math.inf if classes is not None and classes.per_class else GRID
     bar, update = progress_bar(sum(len(c) for _, c in batches), desc, cfg.get("progress", True) and is_main_process())
     try:
-        for batch in _draw(sampler, score, trained.sde, shape, batches, device):
+        for batch in _draw(sampler, score, trained.sde, shape, batches, device, classes):
             images = to_uint8(batch.x, data_range)
+            labels = classes.labels[batch.start:batch.start + len(batch.seeds)] if classes is not None else None
             if cfg.format == "png":
                 write_png_images(images, folder, batch.start)
             else:
-                write_npz_shard(images, folder, batch.start, batch.seeds)
+                write_npz_shard(images, folder, batch.start, batch.seeds, labels)
             if evaluator is not None:
                 evaluator.update(images)
-            if batch.start < GRID:
-                grid.append((batch.start, images[: GRID - batch.start].cpu()))
+            if judge is not None:
+                verdicts.append((batch.start, judge.predict(images)))
+            if batch.start < keep:
+                grid.append((batch.start, images[: int(min(keep - batch.start, len(images)))].cpu()))
             nfes.append((batch.start, batch.nfe))
             update(len(batch.seeds))
     finally:
         bar.close()
-    return {"grid": grid, "nfes": nfes, "seconds": time.perf_counter() - began}
+    return {"grid": grid, "nfes": nfes, "verdicts": verdicts, "seconds": time.perf_counter() - began}
 
 
-def _sample_images(cfg, trained: Trained, sampler, score, shape, device, out: Path) -> Path:
+def _sample_images(cfg, trained: Trained, sampler, score, shape, device, out: Path,
+                   classes: ClassRequest | None = None) -> Path:
     evaluator = _build_evaluator(cfg, trained, device)
-    n = cfg.n_samples
+    judge = _build_judge(cfg, trained, classes, device)
+    n = _sample_count(cfg, classes)
     starts = [cfg.seed] if cfg.eval.protocol == "single" else [cfg.seed + k * n for k in range(3)]
     runs, folders = [], []
     for base in starts:
         folder = out / ("samples" if len(starts) == 1 else f"samples_seeds_{base}-{base + n - 1}")
         batches = my_batches(range(base, base + n), cfg.batch_size)
         parts = run_and_gather(_solve_images, cfg, trained, sampler, score, shape, batches, device, folder,
-                               evaluator, f"sampling seeds {base}..{base + n - 1}")
+                               evaluator, f"sampling seeds {base}..{base + n - 1}", classes, judge)
         nfes = [nfe for _, nfe in sorted(item for p in parts for item in p["nfes"])]
         run = {"seeds": [base, base + n - 1], "folder": str(folder),
                "seconds": round(max(p["seconds"] for p in parts), 2), "processes": len(parts), **_nfe_summary(nfes)}
         if evaluator is not None:
             run.update(evaluator.compute(seed=cfg.seed))  # all-reduces the features: every rank calls it
             evaluator.reset()
+        if judge is not None:
+            predicted = torch.cat([v for _, v in sorted((item for p in parts for item in p["verdicts"]),
+                                                        key=lambda i: i[0])])
+            run["label_accuracy"] = label_accuracy(predicted, torch.tensor(classes.labels), judge.num_classes)
+            print(f"seeds {base}..{base + n - 1}: label accuracy {run['label_accuracy']['accuracy']:.4f} "
+                  f"(guidance {classes.guidance:g})")
         if is_main_process():
             grid = torch.cat([g for _, g in sorted((item for p in parts for item in p["grid"]), key=lambda i: i[0])])
             picture = out / ("samples.png" if len(starts) == 1 else f"{folder.name}.png")
-            save_samples_picture(grid.float() / 255.0, picture, data_range=(0.0, 1.0))
+            if classes is not None and classes.per_class:  # one row per class
+                save_class_grid(grid, picture, classes.per_class)
+            else:
+                save_samples_picture(grid.float() / 255.0, picture, data_range=(0.0, 1.0))
         runs.append(run)
         folders.append(folder)
     if not is_main_process():
         return folders[0]
     summary = {"n_samples": n, "sampler": repr(sampler), "format": cfg.format, "protocol": cfg.eval.protocol,
                "ckpt_path": cfg.get("ckpt_path"), "processes": world_size(), "runs": runs}
+    if classes is not None:
+        summary.update(classes.summary(), labels=classes.labels)
+        if judge is not None:
+            summary["label_accuracy"] = runs[0]["label_accuracy"]["accuracy"]
     if evaluator is not None:
         summary.update(_eval_summary(runs, evaluator.metric_name, evaluator.kernel_name))
     write_text_atomic(out / "sample.json", json.dumps(summary, indent=2))

@@ -117,9 +117,12 @@ def write_png_images(images: torch.Tensor, folder: str | os.PathLike, first_inde
 
 
 def write_npz_shard(images: torch.Tensor, folder: str | os.PathLike, first_index: int,
-                    seeds: list[int] | None = None) -> Path:
-    """Write uint8 ``[B, C, H, W]`` as ``<folder>/shard_<first index:06d>.npz`` (``x`` ``[B, H, W, C]``, seeds)."""
+                    seeds: list[int] | None = None, labels: list[int] | None = None) -> Path:
+    """Write uint8 ``[B, C, H, W]`` as ``<folder>/shard_<first index:06d>.npz`` (``x`` ``[B, H, W, C]``, seeds and,
+    for class-conditional samples, the ``labels`` they were drawn for)."""
     arrays = {"x": images.cpu().permute(0, 2, 3, 1).numpy()}
     if seeds is not None:
         arrays["seeds"] = np.asarray(seeds, dtype=np.int64)
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
     return save_npz_atomic(Path(folder) / f"shard_{first_index:06d}.npz", **arrays)

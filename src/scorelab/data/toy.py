@@ -163,9 +163,17 @@ class GaussianMixture:
         nll = -self.log_prob(x)
         return float(nll.mean()), float(nll.std() / math.sqrt(n))
 
-    def oracle(self, sde: SDE) -> OracleScore:
-        """The exact score of ``p_t`` under ``sde``, as a drop-in score model."""
-        return OracleScore(self, sde)
+    def component_perturbed_score(self, x: torch.Tensor, a: torch.Tensor | float, s: torch.Tensor | float,
+                                  y: torch.Tensor) -> torch.Tensor:
+        """Score of component ``y`` alone, ``-C_y^{-1} (x - a mu_y)`` with ``C_y = a^2 Sigma_y + s^2 I``: the exact
+        class-conditional score ``∇ log p_t(x | y)`` when the components are the classes; ``y [B]`` -> ``[B, D]``."""
+        _, comp_score = self._perturbed_terms(x, self._times(x, a), self._times(x, s))
+        return comp_score[torch.arange(x.shape[0], device=x.device), y.to(x.device).long()]
+
+    def oracle(self, sde: SDE, conditional: bool = False) -> OracleScore:
+        """The exact score of ``p_t`` under ``sde``, as a drop-in score model; ``conditional``: a
+        class-conditional one, ``oracle(x, t, y)`` (components as classes, ``y=None`` the whole mixture)."""
+        return ConditionalOracleScore(self, sde) if conditional else OracleScore(self, sde)
 
 
 class OracleScore(nn.Module):
@@ -190,6 +198,29 @@ class OracleScore(nn.Module):
     def log_prob(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Exact ``log p_t(x)``; ``x [B, D]``, ``t [B]`` -> ``[B]``."""
         return self.mixture.perturbed_log_prob(x, self.sde.mean_coeff(t), self.sde.marginal_std(t))
+
+
+class ConditionalOracleScore(OracleScore):
+    """The exact class-conditional score of a Gaussian mixture whose components are the classes.
+
+    ``oracle(x, t, y) = ∇ log p_t(x | y)``, the score of component ``y`` diffused by ``sde``; ``y=None`` (or the
+    null class ``K``) gives the unconditional ``∇ log p_t(x)``: what a conditional network trained with label dropout
+    estimates, exactly. Classifier-free guidance on it has a closed form.
+    """
+
+    @property
+    def num_classes(self) -> int:
+        return self.mixture.n_components
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact conditional score; ``x [B, D]``, ``t [B]``, ``y [B]`` (None or ``K``: unconditional) -> ``[B, D]``."""
+        unconditional = super().forward(x, t)
+        if y is None:
+            return unconditional
+        a, s = self.mixture._times(x, self.sde.mean_coeff(t)), self.mixture._times(x, self.sde.marginal_std(t))
+        null = y.to(x.device) == self.num_classes
+        component = self.mixture.component_perturbed_score(x, a, s, torch.where(null, torch.zeros_like(y), y))
+        return torch.where(null[:, None], unconditional, component)
 
 
 # --- presets -------------------------------------------------------------------------------------

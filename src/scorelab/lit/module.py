@@ -11,9 +11,35 @@ from torch import nn
 from ..losses import DSMLoss
 from ..models.score_model import ScoreModel
 from ..sde import SDE
-from ..utils import ShardedGenerator, data_parallel_rows, mix_seed
+from ..utils import ShardedGenerator, data_parallel_rows, mix_seed, sample_noise
 from .ema import EMA
 from .nonfinite import NonFiniteGuard
+
+
+class BoundLabels(nn.Module):
+    """``(x, t) -> model(x, t, y)``: a conditional score with one label per example bound, for the losses, which
+    call ``score_fn(x, t)`` on the whole batch.
+
+    Args:
+        model: a class-conditional score model ``(x, t, y) -> score``.
+        y: labels ``[B]`` (the null class allowed).
+    """
+
+    def __init__(self, model: Callable, y: torch.Tensor):
+        super().__init__()
+        object.__setattr__(self, "model", model)  # not a submodule: the wrapper owns no parameters
+        self.y = y
+
+    @property
+    def learn_variance(self) -> bool:
+        """Whether the bound model has a learned reverse variance (what ``loss=hybrid`` checks)."""
+        return bool(getattr(self.model, "learn_variance", False))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> Any:
+        """The bound model's output; keywords (e.g. ``return_variance`` of the hybrid loss) pass through."""
+        if x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"{self.y.shape[0]} labels are bound but the score was asked for {x.shape[0]} examples")
+        return self.model(x, t, self.y, **kwargs)
 
 
 class ScoreModule(L.LightningModule):
@@ -38,14 +64,23 @@ class ScoreModule(L.LightningModule):
         nonfinite: what a step with a NaN/Inf loss or gradient does: ``"skip"`` (no optimizer or EMA update,
             counted in ``train/skipped_steps``) or ``"stop"`` (an error naming the step; checkpoints are kept).
         nonfinite_patience: with ``"skip"``, stop after this many non-finite steps in a row.
+        label_dropout: class-conditional models (``score_model.num_classes > 0``, trained on batches
+            ``(x, y)``): the probability ``p_uncond`` that an example's label is replaced by the null class, so that
+            one network learns the conditional and the unconditional score for classifier-free guidance (Ho &
+            Salimans 2022, Alg. 1). Drawn from the step's generator (its own stream), so resumed and data-parallel
+            runs stay exact. Unconditional models ignore it.
     """
 
     def __init__(self, score_model: ScoreModel, sde: SDE, loss: Callable | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None, scheduler: Callable | None = None,
                  ema_decay: float = 0.999, ema_warmup: bool = True, compile: bool = False,
                  channels_last: bool = False, score_error_times: Sequence[float] = (0.05, 0.2, 0.5, 0.9),
-                 noise_seed: int = 0, nonfinite: str = "skip", nonfinite_patience: int = 20):
+                 noise_seed: int = 0, nonfinite: str = "skip", nonfinite_patience: int = 20,
+                 label_dropout: float = 0.0):
         super().__init__()
+        if isinstance(label_dropout, bool) or not isinstance(label_dropout, (int, float)) \
+                or not 0.0 <= label_dropout <= 1.0:
+            raise ValueError(f"module.label_dropout must be a probability in [0, 1], got {label_dropout!r}")
         self.save_hyperparameters(ignore=["score_model", "sde", "loss", "optimizer", "scheduler"])
         self.score_model, self.sde = score_model, sde
         self.loss = loss if loss is not None else DSMLoss(sde)
@@ -101,10 +136,44 @@ class ScoreModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional score model (0: unconditional)."""
+        return self.score_model.num_classes
+
+    def _labels(self, batch: Any, x: torch.Tensor) -> torch.Tensor:
+        """The class labels ``[B]`` of a batch ``(x, y)`` for a conditional model, checked against its classes."""
+        y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        if y is None:
+            raise ValueError(f"the model is class-conditional ({self.num_classes} classes) but the batches carry no "
+                             "labels")
+        y = y.to(x.device).long()
+        if bool(((y < 0) | (y >= self.num_classes)).any()):
+            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} for this model, got "
+                             f"{y.min().item()}..{y.max().item()} (unlabelled data cannot train a conditional model)")
+        return y
+
+    def drop_labels(self, y: torch.Tensor, generator) -> torch.Tensor:
+        """``y`` with each label replaced by the null class ``num_classes`` with probability ``label_dropout``."""
+        p = self.hparams.label_dropout
+        if p <= 0:
+            return y
+        drop = sample_noise(tuple(y.shape), torch.empty(0, device=y.device), generator, kind="uniform") < p
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+
+    def _score_of_batch(self, model: nn.Module, batch: Any, x: torch.Tensor, generator=None) -> Callable:
+        """The score function the loss trains: ``model`` itself, or with the batch's labels bound (conditional)."""
+        if not self.num_classes:
+            return model
+        y = self._labels(batch, x)
+        return BoundLabels(model, self.drop_labels(y, generator) if generator is not None else y)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = self._inputs(batch)
         torch.manual_seed(self._position_seed(batch_idx, stream=1))  # dropout: a function of the position too
-        loss = self.loss(self._train_model, x, generator=self._step_generator(x.device, batch_idx, x.shape[0]))
+        label_gen = self._step_generator(x.device, batch_idx, x.shape[0], stream=1) if self.num_classes else None
+        score = self._score_of_batch(self._train_model, batch, x, label_gen)
+        loss = self.loss(score, x, generator=self._step_generator(x.device, batch_idx, x.shape[0]))
         self.nonfinite_guard.observe_loss(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
@@ -114,7 +183,8 @@ class ScoreModule(L.LightningModule):
         micro = batch_idx % self.trainer.accumulate_grad_batches
         return mix_seed(self.hparams.noise_seed, self.global_step, micro, self.global_rank, stream)
 
-    def _step_generator(self, device: torch.device, batch_idx: int, local: int) -> torch.Generator | ShardedGenerator:
+    def _step_generator(self, device: torch.device, batch_idx: int, local: int,
+                        stream: int = 0) -> torch.Generator | ShardedGenerator:
         """Loss noise of an optimizer step: a pure function of the training position.
 
         The noise belongs to the step's *global* batch (``local`` examples x ``world`` ranks x ``accumulate``
@@ -122,9 +192,12 @@ class ScoreModule(L.LightningModule):
         its own examples (micro-batch ``m`` of rank ``r`` holds positions ``m * local * W + r + W * j``, the way the
         project's samplers deal out the data), so example ``i`` of the global batch gets the same noise on any
         number of devices and with any accumulation: ``W`` ranks x ``A`` micro-batches of ``B`` train exactly as one
-        process with one batch of ``W * A * B``. One device without accumulation draws directly.
+        process with one batch of ``W * A * B``. One device without accumulation draws directly. ``stream`` 0 is
+        the loss noise, stream 1 the label dropout: independent draws of the same position.
         """
         seed = (self.hparams.noise_seed * 1_000_003 + self.global_step) * 1009 * 4099
+        if stream:
+            seed = mix_seed(self.hparams.noise_seed, self.global_step, stream)
         gen = torch.Generator(device=device).manual_seed(seed % (2**63))
         world, accumulate = self.trainer.world_size, self.trainer.accumulate_grad_batches
         if world <= 1 and accumulate <= 1:
@@ -149,7 +222,7 @@ class ScoreModule(L.LightningModule):
         x = self._inputs(batch)
         gen = torch.Generator(device=x.device).manual_seed(batch_idx)  # the same noise every validation
         model = self.score_fn(use_ema=True)
-        loss = self.loss(model, x, generator=gen)
+        loss = self.loss(self._score_of_batch(model, batch, x), x, generator=gen)  # conditional: true labels
         self.log("val/loss", loss, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
         mixture = getattr(getattr(self.trainer, "datamodule", None), "mixture", None)
         if mixture is not None:

@@ -6,6 +6,17 @@ from pathlib import Path
 import torch
 
 
+def save_class_grid(images: torch.Tensor, path: str | Path, per_row: int) -> Path:
+    """Write uint8 images ``[K * per_row, C, H, W]`` as a grid of ``per_row`` columns: one row per class when the
+    images are ordered class by class (``sample.py labels=all``)."""
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.detach().float().cpu() / 255.0, path, nrow=per_row, padding=2)
+    return path
+
+
 def save_samples_picture(x: torch.Tensor, path: str | Path, data_range: tuple[float, float] | None = None,
                          reference: torch.Tensor | None = None, title: str | None = None) -> Path:
     """Write ``x`` as a PNG and return its path.

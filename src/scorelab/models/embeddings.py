@@ -57,3 +57,40 @@ def make_embedding(kind: str, dim: int, fourier_scale: float = 16.0) -> nn.Modul
     if kind == "fourier":
         return GaussianFourierEmbedding(dim, fourier_scale)
     raise ValueError(f"unknown embedding {kind!r}: choose 'sinusoidal' (or 'positional') or 'fourier'")
+
+
+class LabelEmbedding(nn.Module):
+    """A learned embedding of class labels with one extra "null" class (Ho & Salimans 2022, Sec. 3.2).
+
+    Index ``num_classes`` stands for "no label": a network trained with labels replaced by it a fraction of the
+    time (label dropout) estimates both the conditional score ``s(x, t, y)`` and the unconditional ``s(x, t)``,
+    the two terms of classifier-free guidance. Networks add the embedding to their time embedding (as class
+    conditioning does in Dhariwal & Nichol 2021).
+
+    Args:
+        num_classes: number of real classes ``K`` (labels ``0..K-1``; ``K`` is the null class).
+        dim: embedding size (the time embedding's).
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """``y [B]`` integer labels in ``0..num_classes`` (``num_classes``: null), or None (all null): ``[B, dim]``."""
+        if y is None:
+            y = torch.full((batch,), self.num_classes, dtype=torch.long, device=self.table.weight.device)
+        elif y.shape != (batch,) or y.dtype.is_floating_point:
+            raise ValueError(f"labels must be integers of shape ({batch},), got {y.dtype} {tuple(y.shape)}")
+        elif bool(((y < 0) | (y > self.num_classes)).any()):
+            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (or {self.num_classes}, the null class), "
+                             f"got {y.min().item()}..{y.max().item()}")
+        return self.table(y.long())
+
+
+def label_embedding(num_classes: int | None, dim: int) -> LabelEmbedding | None:
+    """A :class:`LabelEmbedding` for ``num_classes > 0``; None (no parameters) for an unconditional network."""
+    return LabelEmbedding(int(num_classes), dim) if num_classes else None

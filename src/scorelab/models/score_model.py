@@ -23,6 +23,10 @@ class ScoreModel(nn.Module):
     * ``"score"``: the network output is the score;
     * ``"x0"``: the network predicts clean data, ``s = -(x - a(t) net) / s(t)^2``.
 
+    Class-conditional backbones (``num_classes > 0``: ``net(x, noise_label, y)``) take class labels ``y``;
+    ``y=None`` is the null class, the unconditional score the same network learns under label dropout
+    (Ho & Salimans 2022), so every sampler, which calls ``model(x, t)``, samples unconditionally.
+
     Noise labels the network is conditioned on: ``"sde"`` (the SDE's own convention: ``999 t`` for
     VP/sub-VP, ``log sigma(t)`` for VE), ``"t"`` or ``"log_std"`` (``log s(t)``).
 
@@ -66,9 +70,14 @@ class ScoreModel(nn.Module):
             return self.sde.marginal_std(t).log()
         return self.sde.noise_label(t)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor,
+    @property
+    def num_classes(self) -> int:
+        """Classes the backbone is conditioned on (0: unconditional)."""
+        return int(getattr(self.net, "num_classes", 0) or 0)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 return_variance: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Score estimate; ``x [B, ...]``, ``t [B]`` -> ``[B, ...]``.
+        """Score estimate; ``x [B, ...]``, ``t [B]``, class labels ``y [B]`` (None: unconditional) -> ``[B, ...]``.
 
         With ``return_variance`` (models with ``learn_variance`` only): ``(score, v)``, ``v [B, ...]`` the
         interpolation ``(r + 1) / 2`` of the variance channels ``r`` (Nichol & Dhariwal 2021, Eq. 15: the reverse
@@ -77,12 +86,15 @@ class ScoreModel(nn.Module):
         """
         if return_variance and not self.learn_variance:
             raise ValueError("this model has no learned variance: train it with model.learn_variance=true")
+        if y is not None and not self.num_classes:
+            raise ValueError("this model has no classes (its network was built with num_classes=0): it takes no "
+                             "labels")
         a = append_dims(self.sde.mean_coeff(t), x.ndim)
         std = append_dims(self.sde.marginal_std(t), x.ndim)
         x_in = x / torch.sqrt(a**2 * self.sigma_data**2 + std**2) if self.scale_input else x
         if not self.centered:
             x_in = 2.0 * x_in - 1.0
-        out = self.net(x_in, self.label(t))
+        out = self.net(x_in, self.label(t)) if y is None else self.net(x_in, self.label(t), y)
         if self.learn_variance:
             out, raw = out.chunk(2, dim=1)
             score = self._score(x, out, a, std)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scorelab.models.embeddings import label_embedding
 from scorelab.models.layers import (
     SKIP_SCALE,
     AttnBlock,
@@ -142,6 +143,10 @@ class ScoreUNet(nn.Module):
         learn_variance: output ``2 C`` channels, the second ``C`` the reverse-variance interpolation of improved DDPM
             (Nichol & Dhariwal 2021, Eq. 15; :class:`~scorelab.models.ScoreModel` splits them). Off by default: the
             presets keep their parameter counts.
+        num_classes: classes of a class-conditional network (0 or None: unconditional, no extra parameters); a
+            :class:`~scorelab.models.embeddings.LabelEmbedding` (with a null class for classifier-free guidance) is
+            added to the time embedding, which every residual block reads (Dhariwal & Nichol 2021; Ho & Salimans
+            2022).
     """
 
     def __init__(self, *, in_channels: int = 3, image_size: int = 32, ch: int = 128,
@@ -151,7 +156,8 @@ class ScoreUNet(nn.Module):
                  resblock_type: str = "biggan", resamp_with_conv: bool = True, fir: bool = False,
                  fir_kernel: Sequence[float] = (1, 3, 3, 1),
                  skip_rescale: bool = True, progressive: str = "none", progressive_input: str = "none",
-                 progressive_combine: str = "sum", init_scale: float = 0.0, learn_variance: bool = False):
+                 progressive_combine: str = "sum", init_scale: float = 0.0, learn_variance: bool = False,
+                 num_classes: int | None = 0):
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)  # accepts lists and OmegaConf ListConfigs
         attn_resolutions = tuple(int(r) for r in attn_resolutions)
@@ -171,6 +177,8 @@ class ScoreUNet(nn.Module):
         resolutions = [image_size // 2**i for i in range(num_levels)]
         temb_dim = 4 * ch
         self.time_embed = TimeEmbedding(ch, embedding_type.lower(), fourier_scale)
+        self.num_classes = int(num_classes or 0)
+        self.label_embed = label_embedding(self.num_classes, temb_dim)
 
         def resblock(in_ch: int, out_ch: int | None = None, up: bool = False,
                      down: bool = False) -> nn.Module:
@@ -265,17 +273,22 @@ class ScoreUNet(nn.Module):
             raise ValueError(f"{cls.__name__} takes square images (C, H, H), not data of shape {tuple(sample_shape)}")
         return {"in_channels": int(sample_shape[0]), "image_size": int(sample_shape[-1])}
 
-    def forward(self, x: torch.Tensor, noise_label: torch.Tensor) -> torch.Tensor:
-        """Raw network output for images ``x`` at noise labels ``noise_label``.
+    def forward(self, x: torch.Tensor, noise_label: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw network output for images ``x`` at noise labels ``noise_label`` (and class labels ``y``).
 
         Args:
             x: ``[B, C, H, W]`` noisy images (any memory format).
             noise_label: ``[B]`` float labels: ``999 t`` for VP / sub-VP, ``log sigma(t)`` for VE.
+            y: ``[B]`` class labels of a conditional network (``num_classes``: the null class); None: all null.
 
         Returns:
             ``[B, C, H, W]`` network output (no scaling by sigma); ``[B, 2C, H, W]`` with ``learn_variance``.
         """
         temb = self.time_embed(noise_label)
+        if self.label_embed is not None:
+            temb = temb + self.label_embed(y, x.shape[0])
+        elif y is not None:
+            raise ValueError("this network has no classes (num_classes=0): it takes no labels")
         pyramid = x if self.progressive_input != "none" else None
         h = self.conv_in(x)
         skips = [h]
