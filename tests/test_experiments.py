@@ -16,7 +16,9 @@ from .platform_utils import CONF, make_cfg
 
 SHARED_DATA = Path(os.environ.get("SCORELAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SHARED_MNIST = SHARED_DATA / "MNIST" / "raw"
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# score-model experiments; the noisy classifiers of classifier guidance (*_classifier) train in
+# tests/test_classifier_guidance.py, since they draw no samples
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.endswith("_classifier"))
 TINY_IMAGE_NET = ["model.net.ch=16", "model.net.num_res_blocks=1", "model.net.dropout=0.0"]
 
 

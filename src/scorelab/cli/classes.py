@@ -71,7 +71,8 @@ def class_request(cfg: DictConfig, num_classes: int) -> ClassRequest | None:
     if not num_classes:
         raise UserError("label/labels need a class-conditional model, but this one has no classes: train one with "
                         "model.net.num_classes=auto and module.label_dropout=0.1 (e.g. experiment=mnist_small_cond), "
-                        "or for toy data use model=oracle model.conditional=true")
+                        "or for toy data use model=oracle model.conditional=true; or guide this one with "
+                        "classifier=<noisy classifier checkpoint> (docs/classifier_guidance.md)")
     classes = [int(label)] if label is not None else (list(range(num_classes)) if labels == "all"
                                                       else [int(v) for v in labels])
     bad = [c for c in classes if not 0 <= c < num_classes]

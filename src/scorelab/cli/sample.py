@@ -30,6 +30,7 @@ from ..metrics.toy import toy_metrics
 from ..sampling.seeded import SeededBatch, seeded_batches
 from ..teaching import write_teaching_pictures
 from .classes import ClassRequest, check_class_keys, class_request
+from .classifier import classifier_request, refuse_score_as_classifier
 from .common import (
     build_core,
     check_state_dict,
@@ -69,6 +70,7 @@ def load_trained(ckpt_path: str, use_ema: bool = True, data_dir: str | None = No
         raise UserError(f"{path} has no stored scorelab config; it was not written by scorelab's train.py")
     stored = upgrade_stored_config(ckpt["scorelab_config"])  # class names of earlier scorelab versions
     check_stored_targets(stored, path)  # before anything from the file is instantiated
+    refuse_score_as_classifier(path, stored)
     train_cfg = OmegaConf.create(stored)
     if data_dir is not None and "data_dir" in train_cfg.data:
         train_cfg.data.data_dir = str(data_dir)
@@ -186,7 +188,9 @@ def sample(cfg: DictConfig) -> Path:
         trained, sampler_cfg = _source(cfg)
         sampler = instantiate(sampler_cfg)
         score = trained.score.to(device).eval()
-        classes = class_request(cfg, int(getattr(score, "num_classes", 0) or 0))
+        # the classes asked for: classifier guidance (classifier=) or a class-conditional model (guidance=)
+        classes = classifier_request(cfg, trained, device) or class_request(
+            cfg, int(getattr(score, "num_classes", 0) or 0))
         shape = tuple(trained.datamodule.sample_shape)
         out = Path(gather(str(cfg.paths.output_dir))[0])  # rank 0's run folder, the only one of the job
         if is_main_process():

@@ -53,10 +53,7 @@ def train(cfg: DictConfig) -> float | None:
     ckpt_path, ckpt = load_checkpoint(resume_from) if resume_from else (None, None)
     L.seed_everything(cfg.seed, workers=True)
     parts = build_core(cfg)
-    module = ScoreModule(parts["score_model"], parts["sde"], loss=parts["loss"],
-                         optimizer=instantiate(cfg.optimizer),
-                         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-                         **OmegaConf.to_container(cfg.module, resolve=True))
+    module = build_module(cfg, parts)
     if ckpt is not None:
         check_state_dict(module, ckpt["state_dict"], ckpt_path)
         del ckpt
@@ -104,6 +101,20 @@ def _unfitting_callbacks(cfg: DictConfig | None, datamodule) -> tuple[str, ...]:
         return ()
     rank_zero_warn(note)
     return ("fid",)
+
+
+def build_module(cfg: DictConfig, parts: dict[str, Any]) -> L.LightningModule:
+    """The LightningModule to train: a :class:`ScoreModule` (``cfg.module``), or, when ``cfg.classifier_module`` is
+    set, the noisy classifier of classifier guidance (:mod:`scorelab.cli.classifier`)."""
+    from .classifier import build_classifier_module, refuse_classifier_model
+
+    if cfg.get("classifier_module"):
+        return build_classifier_module(cfg, parts)
+    refuse_classifier_model(parts)
+    return ScoreModule(parts["score_model"], parts["sde"], loss=parts["loss"],
+                       optimizer=instantiate(cfg.optimizer),
+                       scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+                       **OmegaConf.to_container(cfg.module, resolve=True))
 
 
 def check_trainer_config(trainer_cfg: DictConfig) -> None:

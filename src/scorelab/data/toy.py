@@ -132,6 +132,12 @@ class GaussianMixture:
         resp = torch.softmax(comp_logp, dim=1)
         return torch.einsum("bk,bkd->bd", resp, comp_score)
 
+    def perturbed_component_log_prob(self, x: torch.Tensor, a: torch.Tensor | float,
+                                     s: torch.Tensor | float) -> torch.Tensor:
+        """``log w_k + log N(x; a mu_k, a^2 Sigma_k + s^2 I)``, shape ``[B, K]``: the joint ``log p(x, y = k)`` of the
+        perturbed mixture; its softmax over ``k`` is the exact noisy classifier ``p(y = k | x)``."""
+        return self._perturbed_terms(x, self._times(x, a), self._times(x, s))[0]
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact ``log p_0(x)``; ``x [B, D] -> [B]``."""
         return self.perturbed_log_prob(x, 1.0, 0.0)

@@ -1,0 +1,156 @@
+"""Classifier guidance from the commands: train a noisy classifier with ``train.py``, guide ``sample.py`` with it.
+
+* ``python train.py experiment=mnist_noisy_classifier`` (or ``toy_eight_gaussians_classifier``): the config's
+  ``classifier_module`` names :class:`~scorelab.lit.classifier_module.NoisyClassifierModule` and its ``model`` a
+  :class:`~scorelab.models.noisy_classifier.NoisyClassifier`; :func:`build_classifier_module` builds them.
+* ``python sample.py ckpt_path=<score model> classifier=<classifier ckpt> label=3`` (or ``labels=all per_class=10``)
+  samples with ``s + classifier_scale * grad log p_phi(y | x, t)`` (:mod:`scorelab.classifier_guidance`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ..classifier_guidance import ClassifierGuidance
+from ..lit.classifier_module import NoisyClassifierModule
+from ..models.noisy_classifier import NoisyClassifier
+from .classes import ClassRequest, class_request
+from .common import build_core, check_state_dict, check_stored_targets, load_checkpoint, upgrade_stored_config
+from .errors import UserError
+
+CLASSIFIER_EXPERIMENTS = "experiment=mnist_noisy_classifier or experiment=toy_eight_gaussians_classifier"
+
+
+# --- training ------------------------------------------------------------------------------------------------
+def build_classifier_module(cfg: DictConfig, parts: dict[str, Any]) -> NoisyClassifierModule:
+    """The module ``cfg.classifier_module`` names, around the ``NoisyClassifier`` that ``cfg.model`` built."""
+    classifier = parts["score_model"]  # build_core builds whatever cfg.model describes
+    if not isinstance(classifier, NoisyClassifier):
+        raise UserError(f"classifier_module trains a noisy classifier, but model builds {type(classifier).__name__}: "
+                        f"use model=noisy_classifier_mlp or noisy_classifier_cnn ({CLASSIFIER_EXPERIMENTS})")
+    return instantiate(cfg.classifier_module, classifier, parts["sde"], optimizer=instantiate(cfg.optimizer),
+                       scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None, _convert_="all")
+
+
+def refuse_classifier_model(parts: dict[str, Any]) -> None:
+    """A noisy classifier configured as the model of a score-model run is a config mistake: say what to use."""
+    if isinstance(parts["score_model"], NoisyClassifier):
+        raise UserError("model is a noisy classifier but classifier_module is not set, so this run would train it "
+                        f"as a score model; train it with {CLASSIFIER_EXPERIMENTS} (they set classifier_module)")
+
+
+# --- loading -------------------------------------------------------------------------------------------------
+class LoadedClassifier(NamedTuple):
+    """What a classifier checkpoint rebuilds into."""
+
+    classifier: NoisyClassifier
+    sde: Any
+    datamodule: Any
+    path: str
+
+
+def load_classifier(path: str, data_dir: str | None = None) -> LoadedClassifier:
+    """Rebuild a noisy classifier from a ``train.py`` checkpoint, read with ``weights_only=True`` and its stored
+    ``_target_``s checked against the allowlist before anything is built."""
+    if not Path(str(path)).expanduser().is_file():
+        raise UserError(f"classifier checkpoint not found: {path}. Pass classifier=<run dir>/checkpoints/last.ckpt "
+                        f"of a noisy-classifier run ({CLASSIFIER_EXPERIMENTS})")
+    path, ckpt = load_checkpoint(path)
+    stored = ckpt.get("scorelab_config")
+    if stored is None:
+        raise UserError(f"{path} has no stored scorelab config; it was not written by scorelab's train.py")
+    stored = upgrade_stored_config(stored)
+    check_stored_targets(stored, path)  # before anything from the file is instantiated
+    if not stored.get("classifier_module"):
+        raise UserError(f"classifier={path} is a score-model checkpoint, not a noisy classifier; train one with "
+                        f"{CLASSIFIER_EXPERIMENTS}")
+    train_cfg = OmegaConf.create(stored)
+    if data_dir is not None and "data_dir" in train_cfg.data:
+        train_cfg.data.data_dir = str(data_dir)
+    parts = build_core(train_cfg)
+    module = build_classifier_module(train_cfg, parts)
+    check_state_dict(module, ckpt["state_dict"], path)
+    module.load_state_dict(ckpt["state_dict"])
+    return LoadedClassifier(module.classifier.eval(), parts["sde"], parts["datamodule"], path)
+
+
+def refuse_score_as_classifier(ckpt_path: str, stored: dict) -> None:
+    """``ckpt_path`` must be a score model: a classifier checkpoint there gets a message saying where it goes."""
+    if stored.get("classifier_module"):
+        raise UserError(f"ckpt_path={ckpt_path} is a noisy classifier, not a score model; pass it as "
+                        "classifier=<that file> together with ckpt_path=<a score model>")
+
+
+# --- sampling ------------------------------------------------------------------------------------------------
+class ClassifierRequest(NamedTuple):
+    """The classes asked for (a :class:`~scorelab.cli.classes.ClassRequest`) drawn by classifier guidance: the
+    score model's unconditional score plus ``scale`` times the noisy classifier's gradient."""
+
+    request: ClassRequest
+    classifier: NoisyClassifier
+    scale: float
+    path: str
+
+    @property
+    def labels(self) -> list[int]:
+        return self.request.labels
+
+    @property
+    def classes(self) -> list[int]:
+        return self.request.classes
+
+    @property
+    def per_class(self) -> int | None:
+        return self.request.per_class
+
+    @property
+    def guidance(self) -> float:
+        return self.scale
+
+    def score_for(self, score: torch.nn.Module, start: int, count: int) -> ClassifierGuidance:
+        """The classifier-guided score of the samples at positions ``start .. start + count - 1``."""
+        return ClassifierGuidance(score, self.classifier, torch.tensor(self.labels[start:start + count]), self.scale)
+
+    def summary(self) -> dict:
+        return {**self.request.summary(), "classifier": self.path, "classifier_scale": self.scale}
+
+
+def check_compatible(loaded: LoadedClassifier, trained) -> None:
+    """One clear message when the classifier cannot guide the score model: other data shape, classes or SDE."""
+    shape, own = tuple(trained.datamodule.sample_shape), tuple(loaded.datamodule.sample_shape)
+    if shape != own:
+        raise UserError(f"the classifier {loaded.path} was trained on data of shape {own}, the score model on "
+                        f"{shape}: train a classifier on the score model's data")
+    classes = getattr(trained.datamodule, "num_classes", None)
+    mine = loaded.classifier.num_classes
+    if classes and classes != mine:
+        raise UserError(f"the classifier {loaded.path} has {mine} classes but the score model's data have {classes}: "
+                        "train a classifier on the score model's data")
+    model_classes = getattr(trained.score, "num_classes", 0) or 0
+    if model_classes and model_classes != mine:
+        raise UserError(f"the classifier {loaded.path} has {mine} classes but the score model {model_classes}")
+    if repr(loaded.sde) != repr(trained.sde):
+        raise UserError(f"the classifier {loaded.path} was trained on {loaded.sde!r} but the score model diffuses with "
+                        f"{trained.sde!r}: p(y | x_t) depends on the SDE; train the classifier with the same sde")
+
+
+def classifier_request(cfg: DictConfig, trained, device: torch.device) -> ClassifierRequest | None:
+    """The request of ``classifier=<ckpt>`` with ``label=k`` or ``labels=all`` (None without ``classifier``)."""
+    if not cfg.get("classifier"):
+        return None
+    if cfg.get("label") is None and cfg.get("labels") is None:
+        raise UserError("classifier= guides towards classes: say which with label=<k> or labels=all per_class=<n>")
+    if float(cfg.get("guidance", 1.0)) != 1.0:
+        raise UserError("guidance= is classifier-free guidance of a class-conditional model; with classifier= the "
+                        "scale is classifier_scale=<w>")
+    scale = cfg.get("classifier_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise UserError(f"classifier_scale must be a number, got {scale!r}")
+    loaded = load_classifier(cfg.classifier, data_dir=cfg.paths.data_dir)
+    check_compatible(loaded, trained)
+    request = class_request(cfg, loaded.classifier.num_classes)
+    return ClassifierRequest(request, loaded.classifier.to(device).eval(), float(scale), loaded.path)
