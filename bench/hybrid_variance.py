@@ -9,6 +9,14 @@ noises for every variance, so the rows of one ``N`` differ only in the variance.
 
     OMP_NUM_THREADS=1 python bench/hybrid_variance.py --ckpt <run>/checkpoints/last.ckpt --data-dir <data> \\
         --steps 50 100 --n 100
+
+``--plot docs/hybrid_variance.png`` instead draws, on an ``--plot-steps``-step chain (default 50) and the first
+``--plot-n`` images (default 32), each term ``L_{t-1}`` (``t = 1``: the decoder ``L_0``) in bits/dim against ``t`` for
+the three variances (one network call per ``t``, the same ``x_t`` for all three), and the learned interpolation ``v``
+averaged over pixels and images (about 1 minute on one CPU thread):
+
+    OMP_NUM_THREADS=1 python bench/hybrid_variance.py --ckpt <run>/checkpoints/last.ckpt --data-dir <data> \\
+        --plot docs/hybrid_variance.png
 """
 from __future__ import annotations
 
@@ -16,6 +24,8 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANCES = ("learned", "beta", "beta_tilde")
@@ -36,6 +46,63 @@ def run(ckpt: str, data_dir: str, steps: int, timesteps: int | None, variance: s
     return likelihood(cfg)
 
 
+@torch.no_grad()
+def plot(ckpt: str, data_dir: str, steps: int, n: int, split: str, out: str, seed: int = 0) -> None:
+    """Per-step bound terms of the three variances and the learned ``v`` against ``t``, written to ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from scorelab.cli.likelihood import load_split
+    from scorelab.cli.sample import load_trained
+    from scorelab.vlb import DDPMChain, bits_per_dim, eps_from_score, pixels_to_data, term_from_prediction
+
+    trained = load_trained(ckpt, data_dir=data_dir)
+    score, sde, datamodule = trained[0], trained[1], trained[2]
+    data_range = getattr(datamodule, "data_range", (-1.0, 1.0))
+    x0 = pixels_to_data(load_split(datamodule, split, n, seed), data_range)
+    x0 = x0.to(next(score.parameters()).dtype)
+    alphas = sde.ddpm_alphas_cumprod(steps)
+    chain = DDPMChain(alphas)
+    eps_fn = eps_from_score(score, sde, alphas, with_variance=True)
+    gen = torch.Generator().manual_seed(seed)
+    dim = x0[0].numel()
+    terms = {v: [] for v in VARIANCES}
+    v_mean = []
+    for i in range(1, steps + 1):
+        t = torch.full((x0.shape[0],), i, dtype=torch.long)
+        noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
+        xt = chain.q_sample(x0, t, noise)
+        eps, v = eps_fn(xt, t)
+        mean = chain.model_mean(xt, t, eps)
+        v_mean.append(float(v.mean()))
+        for name in VARIANCES:
+            var = chain.interpolated_variance(t, v) if name == "learned" else chain.model_variance(t, x0, name)
+            term = term_from_prediction(chain, x0, xt, t, mean, var, data_range)
+            terms[name].append(float(bits_per_dim(term.double(), dim).mean()))
+    ts = list(range(1, steps + 1))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
+    labels = {"learned": r"learned $\Sigma_\theta$", "beta": r"$\beta_t$", "beta_tilde": r"$\tilde\beta_t$"}
+    for name in VARIANCES:
+        total = sum(terms[name])
+        ax1.plot(ts, terms[name], marker=".", label=f"{labels[name]} (sum {total:.2f} bits/dim)")
+    ax1.set_yscale("log")
+    ax1.set(title=f"Bound terms $L_{{t-1}}$, N = {steps}, {x0.shape[0]} test images", xlabel="t (t = 1: decoder $L_0$)",
+            ylabel="bits/dim")
+    ax1.legend(fontsize=7)
+    ax2.plot(ts, v_mean, marker=".", color="C3")
+    ax2.axhline(0.0, color="grey", lw=0.8, ls="--")
+    ax2.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax2.set(title=r"Learned interpolation $v$ (1: $\beta_t$, 0: $\tilde\beta_t$)", xlabel="t",
+            ylabel="mean v over pixels")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    print(f"wrote {out}; sums (bits/dim, without L_N): " + ", ".join(f"{k} {sum(terms[k]):.3f}" for k in VARIANCES))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True)
@@ -45,7 +112,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="images (the first n of the split)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", default=None, help="also write the table here")
+    parser.add_argument("--plot", default=None, help="draw the per-step terms and v to this PNG instead")
+    parser.add_argument("--plot-steps", type=int, default=50)
+    parser.add_argument("--plot-n", type=int, default=32)
     args = parser.parse_args()
+    if args.plot:
+        plot(args.ckpt, args.data_dir, args.plot_steps, args.plot_n, args.split, args.plot)
+        return
     settings = [(s, None) for s in args.steps] + ([(1000, args.long)] if args.long else [])
     lines = ["| N | K | variance | bits/dim | L_0 | Σ L_{t−1} | L_N | time |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
