@@ -23,7 +23,7 @@ GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
     for group in ("data", "sde", "model", "loss", "sampler", "optimizer", "scheduler", "trainer", "logger", "callbacks")
 }
-TOY_MODELS = ["mlp"]
+TOY_MODELS = ["mlp", "noisy_classifier_mlp"]
 
 
 def _assert_built_from(obj, node) -> None:
@@ -48,6 +48,8 @@ def test_every_config_option_composes_and_instantiates(tmp_path, group, option):
     overrides = [f"{group}={option}"]
     if group == "model" and option not in TOY_MODELS + ["oracle"]:
         overrides += ["data=cifar10"]  # image networks need image data (sample_shape only; no file is read)
+    if group == "model" and option.startswith("noisy_classifier"):
+        overrides += ["model.net.num_classes=10"]  # the classifier experiments set the data's classes
     if group == "loss" and option == "ddpm":
         overrides += ["sde=vp"]
     cfg = make_cfg(tmp_path, overrides)
@@ -60,6 +62,8 @@ def test_every_config_option_composes_and_instantiates(tmp_path, group, option):
         with torch.device("meta") if option not in TOY_MODELS else contextlib.nullcontext():
             parts = build_core(cfg)
         assert isinstance(parts["score_model"], torch.nn.Module)
+        if option.startswith("noisy_classifier"):  # p(y | x_t, t): one logit per class
+            assert parts["score_model"].net.num_classes == 10
     elif group in ("logger", "callbacks"):
         objs = [instantiate(c) for c in (node or {}).values()]
         targets = {c._target_.rsplit(".", 1)[-1] for c in (node or {}).values()}
