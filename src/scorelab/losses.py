@@ -153,13 +153,8 @@ class DSMLoss(TimeWeighting):
     ``t`` importance sampled (:class:`TimeWeighting`; with ``weighting="g2"`` this is the likelihood training of
     Song, Durkan, Murray, Ermon 2021, Eq. 12 with the importance sampling of their Sec. 5).
 
-    Args:
-        sde: the forward SDE.
-        weighting: ``lambda(t)``: ``"sigma2"`` (``s(t)^2``, noise prediction, default), ``"g2"``
-            (``g(t)^2``, likelihood weighting, Song et al. 2021b) or ``"none"`` (1).
-        reduce_mean: average over data dimensions (``True``) or sum them.
-        eps: smallest training time (1e-5 in the paper) avoiding the singularity of ``z / s(t)`` at 0.
-        importance_sampling: draw ``t`` from ``p(t) ∝ g(t)^2 / s(t)^2`` and reweight by ``1 / ((T - eps) p(t))``.
+    The arguments (``sde``, ``weighting``, ``reduce_mean``, ``eps``, ``importance_sampling``) are
+    :class:`TimeWeighting`'s.
     """
 
     def per_example(self, score_fn: ScoreFn, x0: torch.Tensor, generator=None,

@@ -16,6 +16,14 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path) -> Path:
+    """Lay out, write and close ``fig``; return ``path``."""
+    fig.tight_layout()
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return Path(path)
+
+
 def _short(t: float) -> str:
     return f"{t:.3g}"
 
@@ -74,10 +82,7 @@ def draw_score_field(field, path: Path, exact_fn=None) -> Path:
             ax.set_aspect("equal")
             ax.tick_params(labelsize=7)
     fig.suptitle("s(t) x score: arrows point to where p_t has more mass", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def draw_trajectories(recording, path: Path, limit: float, points: int, reference: torch.Tensor | None = None,
@@ -110,10 +115,7 @@ def draw_trajectories(recording, path: Path, limit: float, points: int, referenc
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title(f"{len(paths)} reverse paths, {len(recording.times)} recorded states, NFE {recording.nfe}",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def highlighted(labels: np.ndarray, count: int) -> np.ndarray:
@@ -187,7 +189,4 @@ def draw_denoising_strip(progression, path: Path, data_range: tuple[float, float
     ax.set_yticklabels(["x_t", "E[x0|x_t]"] * n, fontsize=8)
     ax.tick_params(length=0)
     ax.set_title("denoising: the state x_t and the network's estimate of the clean image", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)

@@ -20,11 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..sde import SDE
-from ..utils import append_dims
 from .embeddings import make_embedding
 from .layers import Downsample, ResnetBlockDDPM, TimeEmbedding, conv3x3, group_norm, linear
 from .mlp import _ResidualBlock
-from .score_model import NOISE_LABELS
+from .score_model import NOISE_LABELS, noise_conditioning, unit_scale_input
 
 
 class ClassifierMLP(nn.Module):
@@ -153,18 +152,12 @@ class NoisyClassifier(nn.Module):
 
     def label(self, t: torch.Tensor) -> torch.Tensor:
         """The network's conditioning scalar for time ``t [B]``."""
-        if self.noise_label == "t":
-            return t
-        if self.noise_label == "log_std":
-            return self.sde.marginal_std(t).log()
-        return self.sde.noise_label(t)
+        return noise_conditioning(self.sde, t, self.noise_label)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` of ``x [B, ...]`` at times ``t [B]``."""
         if self.scale_input:
-            a = append_dims(self.sde.mean_coeff(t), x.ndim)
-            std = append_dims(self.sde.marginal_std(t), x.ndim)
-            x = x / torch.sqrt(a**2 * self.sigma_data**2 + std**2)
+            x = unit_scale_input(self.sde, x, t, self.sigma_data)
         return self.net(x, self.label(t))
 
     def log_prob(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,23 @@ OUTPUTS = ("score", "eps", "x0", "scaled_score")
 NOISE_LABELS = ("sde", "t", "log_std")
 
 
+def noise_conditioning(sde: SDE, t: torch.Tensor, kind: str) -> torch.Tensor:
+    """The scalar a network is conditioned on at time ``t [B]``: ``"sde"`` (the SDE's own convention: ``999 t`` for
+    VP/sub-VP, ``log sigma(t)`` for VE), ``"t"`` or ``"log_std"`` (``log s(t)``)."""
+    if kind == "t":
+        return t
+    if kind == "log_std":
+        return sde.marginal_std(t).log()
+    return sde.noise_label(t)
+
+
+def unit_scale_input(sde: SDE, x: torch.Tensor, t: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """``x / sqrt(a(t)^2 sigma_data^2 + s(t)^2)``: EDM's ``c_in``, which keeps ``x_t`` at unit scale at every t."""
+    a = append_dims(sde.mean_coeff(t), x.ndim)
+    std = append_dims(sde.marginal_std(t), x.ndim)
+    return x / torch.sqrt(a**2 * sigma_data**2 + std**2)
+
+
 class ScoreModel(nn.Module):
     """Wrap a backbone ``net(x, noise_label)`` into a score model ``s_theta(x, t)``.
 
@@ -64,11 +81,7 @@ class ScoreModel(nn.Module):
 
     def label(self, t: torch.Tensor) -> torch.Tensor:
         """The network's conditioning scalar for time ``t [B]``."""
-        if self.noise_label == "t":
-            return t
-        if self.noise_label == "log_std":
-            return self.sde.marginal_std(t).log()
-        return self.sde.noise_label(t)
+        return noise_conditioning(self.sde, t, self.noise_label)
 
     @property
     def num_classes(self) -> int:
