@@ -1,8 +1,10 @@
 """Score-matching objectives on the toy mixtures: DSM, implicit (ISM), sliced (SSM, SSM-VR), likelihood weighting.
 
 Every row trains the default toy job (``conf/experiment/toy_<mixture>.yaml``: the MLP, VP SDE, Adam 2e-3 with warm-up,
-batch 512, EMA 0.999, seed 0) for the same number of steps, through the same parts ``train.py`` builds (``build_core``,
-``ScoreModule``, the Lightning Trainer; no callbacks), changing only ``loss=``. Then, with the EMA weights:
+batch 512, EMA 0.999, seed 0; the grid: ``toy_grid_ve``) for the same number of steps, through the same parts
+``train.py`` builds (``build_core``, ``ScoreModule``, the Lightning Trainer; no callbacks), changing only ``loss=``
+(a row without ``sigma2`` in its label uses the loss config's own weighting: ``sigma2`` for DSM, ``snr_sigmoid`` for
+ISM and SSM). Then, with the EMA weights:
 
 * **score err**: the validation metric of ``ScoreModule``, ``E ||s(t) (s_theta - s*)||^2`` (the eps-space error
   against the exact oracle score) at t = 0.05, 0.2, 0.5, 0.9 on the 8192 validation points, and their mean;
@@ -15,7 +17,9 @@ batch 512, EMA 0.999, seed 0) for the same number of steps, through the same par
 Rows share the seed (same initialisation, data order and validation noise), so differences between rows are less
 noisy than the values. Run it with one thread::
 
-    OMP_NUM_THREADS=1 python bench/objectives.py                  # 3000 steps, both mixtures, 9 rows (about 40 min)
+    OMP_NUM_THREADS=1 python bench/objectives.py --rows "DSM (sigma2)" "ISM, exact trace" "SSM-VR, 1 projection" \
+        --seeds 0 1 2 --nll-n 0                                   # the acceptance table (about 20 min per mixture)
+    OMP_NUM_THREADS=1 python bench/objectives.py                  # every row, both mixtures, seed 0 (about 1 hour)
     OMP_NUM_THREADS=1 python bench/objectives.py --quick          # smoke run: 100 steps, 200 NLL points
     OMP_NUM_THREADS=1 python bench/objectives.py --steps 2000 --mixtures two_modes --out table.md
     OMP_NUM_THREADS=1 python bench/objectives.py --nll-n 0 --overrides optimizer.lr=5e-3 scheduler=warmup_stable_decay
@@ -40,25 +44,42 @@ REFERENCE = "DSM (sigma2)"
 # row label -> overrides of the training config
 ROWS = {
     "DSM (sigma2)": ["loss=dsm"],
+    "DSM, snr_sigmoid": ["loss=dsm", "loss.weighting=snr_sigmoid"],
     "ISM, exact trace": ["loss=ism", "loss.trace=exact"],
-    "ISM, exact trace, importance t": ["loss=ism", "loss.trace=exact", "loss.importance_sampling=true"],
+    "ISM, exact trace, sigma2": ["loss=ism", "loss.trace=exact", "loss.weighting=sigma2"],
+    "ISM, exact trace, sigma2, importance t": ["loss=ism", "loss.trace=exact", "loss.weighting=sigma2",
+                                               "loss.importance_sampling=true"],
     "SSM-VR, 1 projection": ["loss=ssm"],
-    "SSM-VR, 4 projections": ["loss=ssm", "loss.num_projections=4"],
-    "SSM-VR, 1 Rademacher projection": ["loss=ssm", "loss.probe=rademacher"],
+    "SSM-VR, 1 Gaussian projection": ["loss=ssm", "loss.probe=gaussian"],
+    "SSM-VR, 1 Gaussian projection, sigma2": ["loss=ssm", "loss.probe=gaussian", "loss.weighting=sigma2"],
+    "SSM-VR, 4 Gaussian projections, sigma2": ["loss=ssm", "loss.probe=gaussian", "loss.weighting=sigma2",
+                                               "loss.num_projections=4"],
+    "SSM-VR, 1 Rademacher projection, sigma2": ["loss=ssm", "loss.weighting=sigma2"],
     "SSM, 1 projection": ["loss=ssm", "loss.variance_reduction=false"],
+    "SSM, 1 Gaussian projection, sigma2": ["loss=ssm", "loss.variance_reduction=false", "loss.probe=gaussian",
+                                           "loss.weighting=sigma2"],
     "DSM g2, uniform t": ["loss=dsm", "loss.weighting=g2"],
     "DSM g2, importance t": ["loss=dsm_likelihood"],
 }
 
 
+def experiment_of(mixture: str) -> str:
+    """The toy experiment of a mixture preset: ``toy_<mixture>`` (VP), or ``toy_<mixture>_ve`` (the grid)."""
+    for name in (f"toy_{mixture}", f"toy_{mixture}_ve"):
+        if (ROOT / "conf" / "experiment" / f"{name}.yaml").exists():
+            return name
+    raise SystemExit(f"no experiment toy_{mixture} or toy_{mixture}_ve in conf/experiment/")
+
+
 def compose(mixture: str, overrides: list[str], steps: int):
-    """The training config of ``experiment=toy_<mixture>`` with ``overrides`` (as ``train.py`` composes it)."""
+    """The training config of the mixture's experiment (:func:`experiment_of`) with ``overrides``, as ``train.py``
+    composes it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=[
-            f"experiment=toy_{mixture}", *overrides, f"trainer.max_steps={steps}", "logger=none", "callbacks=none",
+            f"experiment={experiment_of(mixture)}", *overrides, f"trainer.max_steps={steps}", "logger=none", "callbacks=none",
             "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
             "trainer.limit_val_batches=0", f"paths.output_dir={tempfile.mkdtemp(prefix='bench_objectives_')}"])
 
@@ -111,34 +132,58 @@ def nll_gap(module, datamodule, n: int) -> tuple[float, float]:
     return float(gap.mean()), float(gap.std() / math.sqrt(n))
 
 
-def run(mixtures: list[str], steps: int, nll_n: int, rows: list[str], emit, overrides: list[str] = ()) -> None:
+def run(mixtures: list[str], steps: int, nll_n: int, rows: list[str], emit, overrides: list[str] = (),
+        seeds: list[int] = (0,)) -> None:
+    """One table per mixture. With several ``seeds`` every row is trained once per seed: the errors, NLL gaps and
+    times are seed means, ``/ DSM`` is the ratio of the seed means, and ``worst seed`` the largest per-seed ratio
+    (each seed's row against the same seed's DSM)."""
     from scorelab.data import PRESETS
 
+    seeds = list(seeds)
     for mixture in mixtures:
         entropy, entropy_se = PRESETS[mixture]().entropy(generator=torch.Generator().manual_seed(0))
-        emit(f"\n### {mixture}: {steps} steps, batch 512 (true entropy {entropy:.4f} ± {entropy_se:.4f} nats)\n")
-        emit("| objective | " + " | ".join(f"err t={t:g}" for t in TIMES)
-             + " | mean err | / DSM | NLL - true [nats] | time [s] |")
-        emit("| --- " * (len(TIMES) + 5) + "|")
-        reference = None
+        seed_note = f"seed {seeds[0]}" if len(seeds) == 1 else f"means over seeds {', '.join(map(str, seeds))}"
+        emit(f"\n### {mixture} ({experiment_of(mixture)}): {steps} steps, batch 512, {seed_note} "
+             f"(true entropy {entropy:.4f} ± {entropy_se:.4f} nats)\n")
+        emit("| objective | " + " | ".join(f"err t={t:g}" for t in TIMES) + " | mean err | / DSM"
+             + (" | worst seed" if len(seeds) > 1 else "") + " | NLL - true [nats] | time [s] |")
+        emit("| --- " * (len(TIMES) + 5 + (len(seeds) > 1)) + "|")
+        reference: list[float] = []
         for label in [REFERENCE] + [r for r in rows if r != REFERENCE]:  # DSM first: the ratios' reference
-            module, dm, seconds = train_row(compose(mixture, [*ROWS[label], *overrides], steps))
-            errors = score_errors(module, dm)
-            mean = sum(errors) / len(errors)
-            reference = mean if label == REFERENCE else reference
-            nll = "{:+.4f} ± {:.4f}".format(*nll_gap(module, dm, nll_n)) if nll_n else "-"
-            emit(f"| {label} | " + " | ".join(f"{e:.4f}" for e in errors)
-                 + f" | {mean:.4f} | {mean / reference:.2f} | {nll} | {seconds:.0f} |")
+            per_seed, nlls, times = [], [], []
+            for seed in seeds:
+                module, dm, seconds = train_row(compose(mixture, [*ROWS[label], *overrides, f"seed={seed}"], steps))
+                per_seed.append(score_errors(module, dm))
+                times.append(seconds)
+                if nll_n:
+                    nlls.append(nll_gap(module, dm, nll_n))
+            errors = [sum(e[i] for e in per_seed) / len(seeds) for i in range(len(TIMES))]
+            means = [sum(e) / len(e) for e in per_seed]
+            if label == REFERENCE:
+                reference = means
+            ratio = sum(means) / sum(reference)
+            worst = max(m / r for m, r in zip(means, reference))
+            if nlls:  # seed mean of the gaps, standard error of that mean from the per-seed standard errors
+                nll = "{:+.4f} ± {:.4f}".format(sum(g for g, _ in nlls) / len(nlls),
+                                                math.sqrt(sum(se**2 for _, se in nlls)) / len(nlls))
+            else:
+                nll = "-"
+            emit(f"| {label} | " + " | ".join(f"{e:.4f}" for e in errors) + f" | {sum(means) / len(means):.4f} | "
+                 f"{ratio:.2f}" + (f" | {worst:.2f}" if len(seeds) > 1 else "")
+                 + f" | {nll} | {sum(times) / len(times):.0f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mixtures", nargs="+", default=["two_modes", "eight_gaussians"])
+    parser.add_argument("--mixtures", nargs="+", default=["two_modes", "eight_gaussians"],
+                        help="mixture presets: two_modes, eight_gaussians (VP), grid (VE, experiment toy_grid_ve)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--nll-n", type=int, default=2000, help="test points of the exact NLL (0: skip it)")
     parser.add_argument("--overrides", nargs="*", default=[],
                         help="config overrides applied to every row, DSM included (e.g. scheduler=warmup_cosine)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="train every row once per seed and report seed means and the worst seed's ratio")
     parser.add_argument("--quick", action="store_true", help="100 steps, 200 NLL points")
     parser.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
     args = parser.parse_args()
@@ -156,7 +201,7 @@ def main() -> None:
 
     if args.overrides:
         emit(f"\nOverrides of every row: `{' '.join(args.overrides)}`")
-    run(args.mixtures, args.steps, args.nll_n, args.rows, emit, args.overrides)
+    run(args.mixtures, args.steps, args.nll_n, args.rows, emit, args.overrides, args.seeds)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
 

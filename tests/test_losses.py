@@ -16,22 +16,39 @@ def written_out_weight(sde, weighting: str, t: torch.Tensor) -> torch.Tensor:
     """lambda(t) of Song et al. 2021 (Eq. 7), written out with the SDE's parameters only (none of its methods).
 
     sigma2: s(t)^2 = 1 - e^{-B} (VP), (1 - e^{-B})^2 (sub-VP), sigma(t)^2 (VE);
-    g2: g(t)^2 = beta(t) (VP), beta(t) (1 - e^{-2B}) (sub-VP), sigma(t)^2 2 ln(sigma_max / sigma_min) (VE).
+    g2: g(t)^2 = beta(t) (VP), beta(t) (1 - e^{-2B}) (sub-VP), sigma(t)^2 2 ln(sigma_max / sigma_min) (VE);
+    snr_sigmoid (shift b, floor c): s^2 [c + (1 - c) a^2 e^b / (a^2 e^b + s^2)], a^2 = e^{-B} (VP, sub-VP), 1 (VE),
+    the sigmoid of log(a^2 / s^2) + b written as a ratio.
     """
     if weighting == "none":
         return torch.ones_like(t)
     if isinstance(sde, VESDE):
         sigma2 = (sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t) ** 2
-        return sigma2 if weighting == "sigma2" else sigma2 * 2 * math.log(sde.sigma_max / sde.sigma_min)
-    beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
-    big_b = sde.beta_min * t + 0.5 * t**2 * (sde.beta_max - sde.beta_min)
-    if isinstance(sde, SubVPSDE):
-        return (1 - torch.exp(-big_b)) ** 2 if weighting == "sigma2" else beta * (1 - torch.exp(-2 * big_b))
-    return 1 - torch.exp(-big_b) if weighting == "sigma2" else beta
+        a2, s2, g2 = torch.ones_like(t), sigma2, sigma2 * 2 * math.log(sde.sigma_max / sde.sigma_min)
+    else:
+        beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
+        big_b = sde.beta_min * t + 0.5 * t**2 * (sde.beta_max - sde.beta_min)
+        a2 = torch.exp(-big_b)
+        if isinstance(sde, SubVPSDE):
+            s2, g2 = (1 - torch.exp(-big_b)) ** 2, beta * (1 - torch.exp(-2 * big_b))
+        else:
+            s2, g2 = 1 - torch.exp(-big_b), beta
+    if weighting == "snr_sigmoid":
+        b, c = SNR_SHIFT, SNR_FLOOR
+        return s2 * (c + (1 - c) * a2 * math.exp(b) / (a2 * math.exp(b) + s2))
+    return s2 if weighting == "sigma2" else g2
+
+
+SNR_SHIFT, SNR_FLOOR = -1.3, 0.1  # not the defaults, so that the arguments are seen to reach the weight
+WEIGHTINGS = ["sigma2", "g2", "none", "snr_sigmoid"]
+
+
+def make_dsm(sde, weighting, **kwargs) -> DSMLoss:
+    return DSMLoss(sde, weighting=weighting, snr_shift=SNR_SHIFT, snr_floor=SNR_FLOOR, **kwargs)
 
 
 @pytest.mark.parametrize("sde", ALL_SDES, ids=SDE_IDS)
-@pytest.mark.parametrize("weighting", ["sigma2", "g2", "none"])
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 def test_oracle_has_lowest_loss_and_excess_is_exact(sde, weighting):
     mixture = two_modes()
     oracle = mixture.oracle(sde)
@@ -40,7 +57,7 @@ def test_oracle_has_lowest_loss_and_excess_is_exact(sde, weighting):
     def perturbed(x, t):
         return oracle(x, t) + delta
 
-    loss = DSMLoss(sde, weighting=weighting, eps=1e-3)
+    loss = make_dsm(sde, weighting, eps=1e-3)
     n = 200_000
     x0 = mixture.sample(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     t = torch.rand(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * (1 - 1e-3) + 1e-3
@@ -55,10 +72,23 @@ def test_oracle_has_lowest_loss_and_excess_is_exact(sde, weighting):
 
 
 @pytest.mark.parametrize("sde", ALL_SDES, ids=SDE_IDS)
-@pytest.mark.parametrize("weighting", ["sigma2", "g2", "none"])
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 def test_weight_is_the_written_out_lambda(sde, weighting):
     t = torch.tensor([1e-5, 0.1, 0.5, 1.0], dtype=torch.float64)
-    torch.testing.assert_close(DSMLoss(sde, weighting=weighting).weight(t), written_out_weight(sde, weighting, t))
+    torch.testing.assert_close(make_dsm(sde, weighting).weight(t), written_out_weight(sde, weighting, t))
+
+
+def test_snr_sigmoid_at_hand_computed_points():
+    # VP (0.1, 20) at t = 0.5: a^2 = e^{-2.5375} = 0.0790638, s^2 = 0.9209362; with b = 0 the sigmoid of
+    # log(a^2/s^2) is a^2 / (a^2 + s^2) = a^2, so lambda = s^2 (c + (1 - c) a^2). VE at sigma = 1 (log SNR = 0) with
+    # b = -2: sigmoid(-2) = 0.1192029.
+    loss = DSMLoss(VPSDE(), weighting="snr_sigmoid", snr_shift=0.0, snr_floor=0.05)
+    t = torch.tensor([0.5], dtype=torch.float64)
+    assert loss.weight(t).item() == pytest.approx(0.9209362 * (0.05 + 0.95 * 0.0790638), rel=1e-6)
+    ve = VESDE(sigma_min=0.01, sigma_max=100.0)
+    t_one = torch.tensor([0.5], dtype=torch.float64)  # sigma = 0.01 * 10^4^(1/2) = 1
+    got = DSMLoss(ve, weighting="snr_sigmoid", snr_shift=-2.0, snr_floor=0.05).weight(t_one).item()
+    assert got == pytest.approx(0.05 + 0.95 * 0.1192029, rel=1e-6)
 
 
 def test_weights_at_hand_computed_points():
@@ -145,6 +175,10 @@ def test_ddpm_loss_takes_the_chain_the_sde_declares():
     "make, match",
     [
         (lambda: DSMLoss(VPSDE(), weighting="sigma"), "weighting"),
+        (lambda: DSMLoss(VPSDE(), weighting="snr_sigmoid", snr_floor=0.0), "snr_floor"),
+        (lambda: DSMLoss(VPSDE(), weighting="snr_sigmoid", snr_floor=1.5), "snr_floor"),
+        (lambda: DSMLoss(VPSDE(), weighting="snr_sigmoid", snr_shift=float("nan")), "snr_shift"),
+        (lambda: DSMLoss(VPSDE(), weighting="snr_sigmoid", snr_shift="low"), "snr_shift"),
         (lambda: DSMLoss(VPSDE(), eps=0.0), "eps"),
         (lambda: DDPMLoss(num_steps=10, beta_max=20.0), "exceed 1"),
         (lambda: ScoreModel(ScoreMLP(), VPSDE(), output="velocity"), "output"),

@@ -90,6 +90,10 @@ LOSSES = {
     "ssm-vr": lambda sde: SSMLoss(sde),
     "ssm": lambda sde: SSMLoss(sde, variance_reduction=False, num_projections=3),
     "ssm-rademacher-g2": lambda sde: SSMLoss(sde, variance_reduction=False, probe="rademacher", weighting="g2"),
+    "ism-exact-snr_sigmoid": lambda sde: ISMLoss(sde, trace="exact", weighting="snr_sigmoid", snr_shift=-1.0,
+                                                 snr_floor=0.1),
+    "ssm-vr-rademacher-snr_sigmoid": lambda sde: SSMLoss(sde, probe="rademacher", weighting="snr_sigmoid",
+                                                         snr_shift=-1.0, snr_floor=0.1),
 }
 
 
@@ -103,7 +107,8 @@ def test_objective_of_a_linear_score_on_gaussian_data_is_the_closed_form(name):
     t = torch.rand(n, dtype=F64, generator=torch.Generator().manual_seed(7)) * 0.9 + 0.05
     values = loss.per_example(model, x0, torch.Generator().manual_seed(8), t=t)
     beta, _, a2, s2 = written_out(t)
-    lam = s2 if loss.weighting == "sigma2" else beta
+    lam = {"sigma2": s2, "g2": beta,  # snr_sigmoid: s^2 [0.1 + 0.9 sigmoid(log(a^2 / s^2) - 1)], as a ratio
+           "snr_sigmoid": s2 * (0.1 + 0.9 * a2 * math.exp(-1.0) / (a2 * math.exp(-1.0) + s2))}[loss.weighting]
     a, b = model.a.detach(), model.b.detach()
     expected = lam * ((a2 * c**2 + s2) * (a**2).sum() + (b**2).sum() + 2 * a.trace()) / d
     diff = values.detach() - expected  # per-example expectation given t is exact, so the mean of diff is 0
@@ -145,7 +150,7 @@ def _small_mlp(sde, seed: int) -> ScoreModel:
     return ScoreModel(ScoreMLP(dim=2, width=32, depth=1, embed_dim=16), sde, output="eps")
 
 
-@pytest.mark.parametrize("weighting", ["sigma2", "g2"])
+@pytest.mark.parametrize("weighting", ["sigma2", "g2", "snr_sigmoid"])
 def test_dsm_minus_ism_is_the_same_constant_for_any_network(weighting):
     # E[DSM - ISM] = E_t lambda(t) / s(t)^2 (per dimension), whatever the network: the objectives differ by a
     # constant, so they have the same minimiser and the same expected gradients.
@@ -153,8 +158,14 @@ def test_dsm_minus_ism_is_the_same_constant_for_any_network(weighting):
     x0 = mixture.sample(n, generator=torch.Generator().manual_seed(12), dtype=F64)
     t = torch.rand(n, dtype=F64, generator=torch.Generator().manual_seed(13)) * 0.95 + 0.05
     beta, _, _, s2 = written_out(t)
-    constant = float((beta / s2).mean()) if weighting == "g2" else 1.0
-    dsm, ism = DSMLoss(sde, weighting=weighting), ISMLoss(sde, weighting=weighting, trace="exact")
+    if weighting == "g2":
+        constant = float((beta / s2).mean())
+    elif weighting == "snr_sigmoid":  # lambda / s^2 = 0.3 + 0.7 sigmoid(log(a^2 / s^2) - 1.5), a^2 = 1 - s^2 (VP)
+        constant = float((0.3 + 0.7 * (1 - s2) * math.exp(-1.5) / ((1 - s2) * math.exp(-1.5) + s2)).mean())
+    else:
+        constant = 1.0
+    snr = {"snr_shift": -1.5, "snr_floor": 0.3}
+    dsm, ism = DSMLoss(sde, weighting=weighting, **snr), ISMLoss(sde, weighting=weighting, trace="exact", **snr)
     for model in (mixture.oracle(sde), _small_mlp(sde, 0).double(), _small_mlp(sde, 1).double()):
         diff = (dsm.per_example(model, x0, torch.Generator().manual_seed(14), t=t)
                 - ism.per_example(model, x0, torch.Generator().manual_seed(14), t=t)).detach()

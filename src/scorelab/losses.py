@@ -15,7 +15,7 @@ from .sde import SDE, ddpm_alphas_cumprod
 from .utils import ShardedGenerator, append_dims, batch_mean, batch_sum, sample_noise
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-WEIGHTINGS = ("sigma2", "g2", "none")
+WEIGHTINGS = ("sigma2", "g2", "none", "snr_sigmoid")
 TRACES = ("exact", "hutchinson", "auto")
 PROBES = ("rademacher", "gaussian")
 AUTO_EXACT_MAX_DIM = 16  # trace="auto": the exact trace up to this many dimensions per example, Hutchinson above
@@ -99,31 +99,49 @@ class TimeWeighting:
     Args:
         sde: the forward SDE.
         weighting: ``lambda(t)``: ``"sigma2"`` (``s(t)^2``, noise prediction, default), ``"g2"``
-            (``g(t)^2``, likelihood weighting, Song et al. 2021b) or ``"none"`` (1).
+            (``g(t)^2``, likelihood weighting, Song et al. 2021b), ``"none"`` (1) or ``"snr_sigmoid"``
+            (``s(t)^2 [c + (1 - c) sigmoid(log SNR(t) + b)]`` with ``SNR = a(t)^2 / s(t)^2``: the noise-prediction
+            weighting turned down at low SNR, where the implicit and sliced estimators are noisiest;
+            docs/objectives.md).
         reduce_mean: average over data dimensions (``True``) or sum them.
         eps: smallest training time (1e-5 in the paper) avoiding the singularity of ``z / s(t)`` at 0.
         importance_sampling: draw ``t`` from ``p(t) ∝ g(t)^2 / s(t)^2`` and reweight (unbiased for any weighting).
+        snr_shift: ``b`` of ``"snr_sigmoid"``: the weight is halfway down where ``log SNR = -b``.
+        snr_floor: ``c`` of ``"snr_sigmoid"`` in ``(0, 1]``: the weight's low-SNR limit, relative to ``s(t)^2``.
     """
 
     def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5,
-                 importance_sampling: bool = False):
+                 importance_sampling: bool = False, snr_shift: float = -2.0, snr_floor: float = 0.2):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if not 0.0 < eps < sde.T:
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
         if not isinstance(importance_sampling, bool):
             raise ValueError(f"importance_sampling must be true or false, got {importance_sampling!r}")
+        if isinstance(snr_shift, bool) or not isinstance(snr_shift, (int, float)) or not math.isfinite(snr_shift):
+            raise ValueError(f"snr_shift must be a finite number, got {snr_shift!r}")
+        if isinstance(snr_floor, bool) or not isinstance(snr_floor, (int, float)) or not 0.0 < snr_floor <= 1.0:
+            raise ValueError(f"snr_floor must lie in (0, 1], got {snr_floor!r}")
         self.sde, self.weighting, self.reduce_mean, self.eps = sde, weighting, reduce_mean, eps
+        self.snr_shift, self.snr_floor = float(snr_shift), float(snr_floor)
         self.importance_sampling = importance_sampling
         self.time_distribution = LikelihoodTimes(sde, eps) if importance_sampling else None
 
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         """``lambda(t)``, shape ``[B]``."""
-        if self.weighting == "sigma2":
-            return self.sde.marginal_std(t) ** 2
+        if self.weighting in ("sigma2", "snr_sigmoid"):
+            return self.sde.marginal_std(t) ** 2 * self.relative_weight(t)
         if self.weighting == "g2":
             return self.sde.sde(torch.zeros_like(t)[:, None], t)[1] ** 2
         return torch.ones_like(t)
+
+    def relative_weight(self, t: torch.Tensor) -> torch.Tensor | float:
+        """``lambda(t) / s(t)^2`` of the noise-prediction weightings (``"sigma2"``: 1; ``"snr_sigmoid"``:
+        ``c + (1 - c) sigmoid(log SNR(t) + b)``), the factor of the loss written in noise space."""
+        if self.weighting != "snr_sigmoid":
+            return 1.0
+        log_snr = 2 * (self.sde.mean_coeff(t).log() - self.sde.marginal_std(t).log())
+        return self.snr_floor + (1 - self.snr_floor) * torch.sigmoid(log_snr + self.snr_shift)
 
     def sample_times(self, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
         """``n`` training times ``[n]``: ``U(eps, T)``, or :class:`LikelihoodTimes` with ``importance_sampling``."""
@@ -153,8 +171,8 @@ class DSMLoss(TimeWeighting):
     ``t`` importance sampled (:class:`TimeWeighting`; with ``weighting="g2"`` this is the likelihood training of
     Song, Durkan, Murray, Ermon 2021, Eq. 12 with the importance sampling of their Sec. 5).
 
-    The arguments (``sde``, ``weighting``, ``reduce_mean``, ``eps``, ``importance_sampling``) are
-    :class:`TimeWeighting`'s.
+    The arguments (``sde``, ``weighting``, ``reduce_mean``, ``eps``, ``importance_sampling``, ``snr_shift``,
+    ``snr_floor``) are :class:`TimeWeighting`'s.
     """
 
     def per_example(self, score_fn: ScoreFn, x0: torch.Tensor, generator=None,
@@ -166,8 +184,8 @@ class DSMLoss(TimeWeighting):
         mean, std = self.sde.marginal_prob(x0, t)
         std_b = append_dims(std, x0.ndim)
         score = score_fn(mean + std_b * z, t)
-        if self.weighting == "sigma2":  # || s score + z ||^2 avoids dividing by a tiny s(t)
-            loss = self.reduce((std_b * score + z) ** 2)
+        if self.weighting in ("sigma2", "snr_sigmoid"):  # || s score + z ||^2 avoids dividing by a tiny s(t)
+            loss = self.relative_weight(t) * self.reduce((std_b * score + z) ** 2)
         else:
             loss = self.weight(t) * self.reduce((score + z / std_b) ** 2)
         return loss * self.time_factor(t)
@@ -289,7 +307,7 @@ class ISMLoss(_InputDerivativeLoss):
 
     Args:
         sde: the forward SDE.
-        weighting, reduce_mean, eps, importance_sampling: as in :class:`TimeWeighting`.
+        weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor: as in :class:`TimeWeighting`.
         trace: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact up to ``AUTO_EXACT_MAX_DIM`` = 16 dimensions).
         probe: Hutchinson probes, ``"rademacher"`` (lower variance) or ``"gaussian"``.
         num_probes: Hutchinson probes per example.
@@ -297,8 +315,8 @@ class ISMLoss(_InputDerivativeLoss):
 
     def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5,
                  importance_sampling: bool = False, trace: str = "auto", probe: str = "rademacher",
-                 num_probes: int = 1):
-        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling)
+                 num_probes: int = 1, snr_shift: float = -2.0, snr_floor: float = 0.2):
+        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor)
         if trace not in TRACES:
             raise ValueError(f"trace must be one of {TRACES}, got {trace!r}")
         if probe not in PROBES:
@@ -329,16 +347,17 @@ class SSMLoss(_InputDerivativeLoss):
 
     Args:
         sde: the forward SDE.
-        weighting, reduce_mean, eps, importance_sampling: as in :class:`TimeWeighting`.
+        weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor: as in :class:`TimeWeighting`.
         num_projections: random projections per example (one vector-Jacobian product each).
         variance_reduction: SSM-VR (default) instead of plain SSM.
-        probe: distribution of ``v``: ``"gaussian"`` (the paper's) or ``"rademacher"``.
+        probe: distribution of ``v``: ``"gaussian"`` or ``"rademacher"`` (both the paper's; the configs use Rademacher,
+            whose estimate of ``v^T ∇s v`` has no variance from the Jacobian's diagonal).
     """
 
     def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5,
                  importance_sampling: bool = False, num_projections: int = 1, variance_reduction: bool = True,
-                 probe: str = "gaussian"):
-        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling)
+                 probe: str = "gaussian", snr_shift: float = -2.0, snr_floor: float = 0.2):
+        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor)
         _check_count("num_projections", num_projections)
         if not isinstance(variance_reduction, bool):
             raise ValueError(f"variance_reduction must be true or false, got {variance_reduction!r}")
