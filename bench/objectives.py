@@ -3,8 +3,9 @@
 Every row trains the default toy job (``conf/experiment/toy_<mixture>.yaml``: the MLP, VP SDE, Adam 2e-3 with warm-up,
 batch 512, EMA 0.999, seed 0; the grid: ``toy_grid_ve``) for the same number of steps, through the same parts
 ``train.py`` builds (``build_core``, ``ScoreModule``, the Lightning Trainer; no callbacks), changing only ``loss=``
-(a row without ``sigma2`` in its label uses the loss config's own weighting: ``sigma2`` for DSM, ``snr_sigmoid`` for
-ISM and SSM). Then, with the EMA weights:
+(a row without ``sigma2`` or ``lr_scale 1`` in its label uses the loss config's own weighting and learning-rate
+factor: ``sigma2`` and 1 for DSM, ``snr_sigmoid`` and 0.5 for ISM and SSM; the ``sigma2`` rows of ISM and SSM keep
+factor 1, as the earlier tables had it). Then, with the EMA weights:
 
 * **score err**: the validation metric of ``ScoreModule``, ``E ||s(t) (s_theta - s*)||^2`` (the eps-space error
   against the exact oracle score) at t = 0.05, 0.2, 0.5, 0.9 on the 8192 validation points, and their mean;
@@ -46,18 +47,21 @@ ROWS = {
     "DSM (sigma2)": ["loss=dsm"],
     "DSM, snr_sigmoid": ["loss=dsm", "loss.weighting=snr_sigmoid"],
     "ISM, exact trace": ["loss=ism", "loss.trace=exact"],
-    "ISM, exact trace, sigma2": ["loss=ism", "loss.trace=exact", "loss.weighting=sigma2"],
+    "ISM, exact trace, lr_scale 1": ["loss=ism", "loss.trace=exact", "loss.lr_scale=1.0"],
+    "ISM, exact trace, sigma2": ["loss=ism", "loss.trace=exact", "loss.weighting=sigma2", "loss.lr_scale=1.0"],
     "ISM, exact trace, sigma2, importance t": ["loss=ism", "loss.trace=exact", "loss.weighting=sigma2",
-                                               "loss.importance_sampling=true"],
+                                               "loss.importance_sampling=true", "loss.lr_scale=1.0"],
     "SSM-VR, 1 projection": ["loss=ssm"],
-    "SSM-VR, 1 Gaussian projection": ["loss=ssm", "loss.probe=gaussian"],
-    "SSM-VR, 1 Gaussian projection, sigma2": ["loss=ssm", "loss.probe=gaussian", "loss.weighting=sigma2"],
+    "SSM-VR, 1 projection, lr_scale 1": ["loss=ssm", "loss.lr_scale=1.0"],
+    "SSM-VR, 1 Gaussian projection, lr_scale 1": ["loss=ssm", "loss.probe=gaussian", "loss.lr_scale=1.0"],
+    "SSM-VR, 1 Gaussian projection, sigma2": ["loss=ssm", "loss.probe=gaussian", "loss.weighting=sigma2",
+                                              "loss.lr_scale=1.0"],
     "SSM-VR, 4 Gaussian projections, sigma2": ["loss=ssm", "loss.probe=gaussian", "loss.weighting=sigma2",
-                                               "loss.num_projections=4"],
-    "SSM-VR, 1 Rademacher projection, sigma2": ["loss=ssm", "loss.weighting=sigma2"],
+                                               "loss.num_projections=4", "loss.lr_scale=1.0"],
+    "SSM-VR, 1 Rademacher projection, sigma2": ["loss=ssm", "loss.weighting=sigma2", "loss.lr_scale=1.0"],
     "SSM, 1 projection": ["loss=ssm", "loss.variance_reduction=false"],
     "SSM, 1 Gaussian projection, sigma2": ["loss=ssm", "loss.variance_reduction=false", "loss.probe=gaussian",
-                                           "loss.weighting=sigma2"],
+                                           "loss.weighting=sigma2", "loss.lr_scale=1.0"],
     "DSM g2, uniform t": ["loss=dsm", "loss.weighting=g2"],
     "DSM g2, importance t": ["loss=dsm_likelihood"],
 }

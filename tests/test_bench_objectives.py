@@ -27,10 +27,17 @@ def test_every_row_composes_to_its_loss(bench):
     for label, overrides in bench.ROWS.items():
         cfg = bench.compose("two_modes", overrides, 10)
         assert cfg.loss._target_.rsplit(".", 1)[-1] in {"DSMLoss", "ISMLoss", "SSMLoss"}, label
-        if "sigma2" in label.split(", ")[1:]:  # the rows that reproduce the earlier tables pin lambda = s^2
+        tags = label.split(", ")[1:]
+        if "sigma2" in tags:  # the rows that reproduce the earlier tables pin lambda = s^2 and the configured rate
             assert cfg.loss.weighting == "sigma2", label
-    assert bench.compose("two_modes", bench.ROWS["ISM, exact trace"], 10).loss.weighting == "snr_sigmoid"
-    assert bench.compose("two_modes", bench.ROWS["SSM-VR, 1 projection"], 10).loss.probe == "rademacher"
+            assert cfg.loss.lr_scale == 1.0, label
+        if "lr_scale 1" in tags:
+            assert cfg.loss.lr_scale == 1.0, label
+    shipped_ism = bench.compose("two_modes", bench.ROWS["ISM, exact trace"], 10).loss
+    shipped_ssm = bench.compose("two_modes", bench.ROWS["SSM-VR, 1 projection"], 10).loss
+    assert shipped_ism.weighting == "snr_sigmoid" and shipped_ism.lr_scale == 0.5
+    assert shipped_ssm.probe == "rademacher" and shipped_ssm.lr_scale == 0.5
+    assert bench.compose("two_modes", bench.ROWS["DSM (sigma2)"], 10).loss.lr_scale == 1.0
 
 
 def test_seed_means_ratio_and_worst_seed(bench, monkeypatch):

@@ -352,3 +352,39 @@ def test_train_cli_runs_each_objective_with_validation(tmp_path, loss):
 def test_invalid_objective_arguments_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0])
+def test_an_objectives_lr_scale_multiplies_the_rate_it_is_trained_at(scale):
+    from functools import partial
+
+    from scorelab.lit.module import ScoreModule
+    from scorelab.lit.schedules import linear_warmup
+
+    sde = VPSDE()
+    adam = partial(torch.optim.Adam, lr=2e-3)
+    plain = ScoreModule(_small_mlp(sde, 0), sde, loss=ISMLoss(sde, lr_scale=scale), optimizer=adam)
+    assert plain.configure_optimizers().param_groups[0]["lr"] == pytest.approx(2e-3 * scale)
+    warm = ScoreModule(_small_mlp(sde, 0), sde, loss=SSMLoss(sde, lr_scale=scale), optimizer=adam,
+                       scheduler=partial(linear_warmup, warmup_steps=10))
+    scheduler = warm.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert scheduler.base_lrs == [pytest.approx(2e-3 * scale)]  # the warm-up climbs to the scaled rate
+    for _ in range(10):
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * scale)
+
+
+@pytest.mark.parametrize("loss, scale", [("dsm", 1.0), ("dsm_likelihood", 1.0), ("ism", 0.5), ("ssm", 0.5),
+                                         ("ddpm", 1.0)])
+def test_train_cli_trains_each_objective_at_its_configured_rate(tmp_path, loss, scale):
+    from scorelab.cli.common import build_core
+    from scorelab.cli.train import build_module, describe_global_batch
+
+    cfg = make_cfg(tmp_path, FAST + [f"loss={loss}", "optimizer.lr=4e-3", "scheduler=none"])
+    module = build_module(cfg, build_core(cfg))
+    assert module.configure_optimizers().param_groups[0]["lr"] == pytest.approx(4e-3 * scale)
+    line = describe_global_batch({"global_batch": 8, "per_device": 8, "devices": 1, "nodes": 1, "accumulate": 1},
+                                 4e-3, scale)
+    assert ("learning rate 0.002 = optimizer.lr 0.004 x loss.lr_scale 0.5" in line) == (scale == 0.5), line
+    assert ("learning rate 0.004 as configured" in line) == (scale == 1.0), line

@@ -108,10 +108,15 @@ class TimeWeighting:
         importance_sampling: draw ``t`` from ``p(t) ∝ g(t)^2 / s(t)^2`` and reweight (unbiased for any weighting).
         snr_shift: ``b`` of ``"snr_sigmoid"``: the weight is halfway down where ``log SNR = -b``.
         snr_floor: ``c`` of ``"snr_sigmoid"`` in ``(0, 1]``: the weight's low-SNR limit, relative to ``s(t)^2``.
+        lr_scale: the factor :class:`~scorelab.lit.module.ScoreModule` multiplies the optimizer's learning rate by
+            when it trains this objective (> 0; 1: the rate as configured). The implicit and sliced estimators'
+            gradients are far noisier than DSM's at low SNR, and at a constant rate their models fluctuate more; their
+            configs train at half the rate (docs/objectives.md, "Learning rate").
     """
 
     def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5,
-                 importance_sampling: bool = False, snr_shift: float = -2.0, snr_floor: float = 0.2):
+                 importance_sampling: bool = False, snr_shift: float = -2.0, snr_floor: float = 0.2,
+                 lr_scale: float = 1.0):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if not 0.0 < eps < sde.T:
@@ -122,6 +127,11 @@ class TimeWeighting:
             raise ValueError(f"snr_shift must be a finite number, got {snr_shift!r}")
         if isinstance(snr_floor, bool) or not isinstance(snr_floor, (int, float)) or not 0.0 < snr_floor <= 1.0:
             raise ValueError(f"snr_floor must lie in (0, 1], got {snr_floor!r}")
+        if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not math.isfinite(lr_scale) \
+                or lr_scale <= 0:
+            raise ValueError(f"lr_scale must be a finite number > 0 (1: the optimizer's rate as configured), "
+                             f"got {lr_scale!r}")
+        self.lr_scale = float(lr_scale)
         self.sde, self.weighting, self.reduce_mean, self.eps = sde, weighting, reduce_mean, eps
         self.snr_shift, self.snr_floor = float(snr_shift), float(snr_floor)
         self.importance_sampling = importance_sampling
@@ -164,6 +174,12 @@ class TimeWeighting:
         return self.per_example(score_fn, x0, generator).mean()
 
 
+def loss_lr_scale(loss) -> float:
+    """The learning-rate factor an objective is trained with (:class:`TimeWeighting`'s ``lr_scale``; 1 for the
+    others)."""
+    return float(getattr(loss, "lr_scale", 1.0))
+
+
 class DSMLoss(TimeWeighting):
     """Denoising score matching (Vincent 2011; Song et al. 2021, Eq. 7; docs/math.md §3).
 
@@ -172,7 +188,7 @@ class DSMLoss(TimeWeighting):
     Song, Durkan, Murray, Ermon 2021, Eq. 12 with the importance sampling of their Sec. 5).
 
     The arguments (``sde``, ``weighting``, ``reduce_mean``, ``eps``, ``importance_sampling``, ``snr_shift``,
-    ``snr_floor``) are :class:`TimeWeighting`'s.
+    ``snr_floor``, ``lr_scale``) are :class:`TimeWeighting`'s.
     """
 
     def per_example(self, score_fn: ScoreFn, x0: torch.Tensor, generator=None,
@@ -307,7 +323,7 @@ class ISMLoss(_InputDerivativeLoss):
 
     Args:
         sde: the forward SDE.
-        weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor: as in :class:`TimeWeighting`.
+        weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor, lr_scale: as in :class:`TimeWeighting`.
         trace: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact up to ``AUTO_EXACT_MAX_DIM`` = 16 dimensions).
         probe: Hutchinson probes, ``"rademacher"`` (lower variance) or ``"gaussian"``.
         num_probes: Hutchinson probes per example.
@@ -315,8 +331,8 @@ class ISMLoss(_InputDerivativeLoss):
 
     def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5,
                  importance_sampling: bool = False, trace: str = "auto", probe: str = "rademacher",
-                 num_probes: int = 1, snr_shift: float = -2.0, snr_floor: float = 0.2):
-        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor)
+                 num_probes: int = 1, snr_shift: float = -2.0, snr_floor: float = 0.2, lr_scale: float = 1.0):
+        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor, lr_scale)
         if trace not in TRACES:
             raise ValueError(f"trace must be one of {TRACES}, got {trace!r}")
         if probe not in PROBES:
@@ -347,7 +363,7 @@ class SSMLoss(_InputDerivativeLoss):
 
     Args:
         sde: the forward SDE.
-        weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor: as in :class:`TimeWeighting`.
+        weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor, lr_scale: as in :class:`TimeWeighting`.
         num_projections: random projections per example (one vector-Jacobian product each).
         variance_reduction: SSM-VR (default) instead of plain SSM.
         probe: distribution of ``v``: ``"gaussian"`` or ``"rademacher"`` (both the paper's; the configs use Rademacher,
@@ -356,8 +372,8 @@ class SSMLoss(_InputDerivativeLoss):
 
     def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5,
                  importance_sampling: bool = False, num_projections: int = 1, variance_reduction: bool = True,
-                 probe: str = "gaussian", snr_shift: float = -2.0, snr_floor: float = 0.2):
-        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor)
+                 probe: str = "gaussian", snr_shift: float = -2.0, snr_floor: float = 0.2, lr_scale: float = 1.0):
+        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor, lr_scale)
         _check_count("num_projections", num_projections)
         if not isinstance(variance_reduction, bool):
             raise ValueError(f"variance_reduction must be true or false, got {variance_reduction!r}")

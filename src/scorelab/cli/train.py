@@ -21,6 +21,7 @@ from ..io import write_text_atomic
 from ..lit.checkpointing import AtomicCheckpointIO, PreemptionCallback
 from ..lit.fid_callback import domain_mismatch
 from ..lit.module import ScoreModule
+from ..losses import loss_lr_scale
 from .common import build_core, check_state_dict, load_checkpoint
 from .errors import UserError
 from .resume import resolve_ckpt_path
@@ -71,7 +72,7 @@ def train(cfg: DictConfig) -> float | None:
     for logger in loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "global_batch": batch["global_batch"]})
     rank_zero_info(f"run folder: {cfg.paths.output_dir}")
-    rank_zero_info(describe_global_batch(batch, cfg.optimizer.get("lr")))
+    rank_zero_info(describe_global_batch(batch, cfg.optimizer.get("lr"), loss_lr_scale(getattr(module, "loss", None))))
     try:
         with _sweep_job_as_single_run(trainer, cfg):
             trainer.fit(module, datamodule=parts["datamodule"], ckpt_path=ckpt_path, weights_only=True)
@@ -140,11 +141,15 @@ def global_batch(trainer: L.Trainer, per_device: int) -> dict[str, int]:
             "global_batch": int(per_device) * devices * nodes * accumulate}
 
 
-def describe_global_batch(batch: dict[str, int], lr: float | None) -> str:
-    """The line printed at the start of training (the learning rate is never scaled with the batch)."""
+def describe_global_batch(batch: dict[str, int], lr: float | None, lr_scale: float = 1.0) -> str:
+    """The line printed at the start of training (the learning rate is never scaled with the batch; an objective's
+    ``loss.lr_scale`` scales it)."""
     line = (f"global batch {batch['global_batch']} = {batch['per_device']} per device x {batch['devices']} "
             f"device(s) x {batch['nodes']} node(s) x {batch['accumulate']} accumulation step(s)")
-    if lr is not None:
+    if lr is not None and lr_scale != 1.0:
+        line += (f"; learning rate {lr * lr_scale:g} = optimizer.lr {lr} x loss.lr_scale {lr_scale:g} "
+                 "(not scaled with the global batch)")
+    elif lr is not None:
         line += f"; learning rate {lr} as configured (not scaled with the global batch)"
     return line
 

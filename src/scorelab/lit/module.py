@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from ..losses import DSMLoss
+from ..losses import DSMLoss, loss_lr_scale
 from ..models.score_model import ScoreModel
 from ..sde import SDE
 from ..utils import ShardedGenerator, data_parallel_rows, mix_seed, sample_noise
@@ -236,6 +236,10 @@ class ScoreModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.score_model.parameters())
+        scale = loss_lr_scale(self.loss)
+        if scale != 1.0:  # before the scheduler, which takes its base rates from the groups
+            for group in optimizer.param_groups:
+                group["lr"] *= scale
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
