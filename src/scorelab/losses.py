@@ -88,6 +88,11 @@ class LikelihoodTimes:
         return (cdf[i] + cell[i] * (u - u_tab[i])).to(t.dtype)
 
 
+def _is_real(value) -> bool:
+    """Whether a config value is a plain number (an int or float, not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class TimeWeighting:
     """What every continuous-time score-matching objective shares: ``lambda(t)``, the draw of ``t``, the reduction.
 
@@ -123,12 +128,11 @@ class TimeWeighting:
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
         if not isinstance(importance_sampling, bool):
             raise ValueError(f"importance_sampling must be true or false, got {importance_sampling!r}")
-        if isinstance(snr_shift, bool) or not isinstance(snr_shift, (int, float)) or not math.isfinite(snr_shift):
+        if not _is_real(snr_shift) or not math.isfinite(snr_shift):
             raise ValueError(f"snr_shift must be a finite number, got {snr_shift!r}")
-        if isinstance(snr_floor, bool) or not isinstance(snr_floor, (int, float)) or not 0.0 < snr_floor <= 1.0:
+        if not _is_real(snr_floor) or not 0.0 < snr_floor <= 1.0:
             raise ValueError(f"snr_floor must lie in (0, 1], got {snr_floor!r}")
-        if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not math.isfinite(lr_scale) \
-                or lr_scale <= 0:
+        if not _is_real(lr_scale) or not math.isfinite(lr_scale) or lr_scale <= 0:
             raise ValueError(f"lr_scale must be a finite number > 0 (1: the optimizer's rate as configured), "
                              f"got {lr_scale!r}")
         self.lr_scale = float(lr_scale)

@@ -146,11 +146,10 @@ def describe_global_batch(batch: dict[str, int], lr: float | None, lr_scale: flo
     ``loss.lr_scale`` scales it)."""
     line = (f"global batch {batch['global_batch']} = {batch['per_device']} per device x {batch['devices']} "
             f"device(s) x {batch['nodes']} node(s) x {batch['accumulate']} accumulation step(s)")
-    if lr is not None and lr_scale != 1.0:
-        line += (f"; learning rate {lr * lr_scale:g} = optimizer.lr {lr} x loss.lr_scale {lr_scale:g} "
-                 "(not scaled with the global batch)")
-    elif lr is not None:
-        line += f"; learning rate {lr} as configured (not scaled with the global batch)"
+    if lr is not None:
+        rate = f"{lr * lr_scale:g} = optimizer.lr {lr} x loss.lr_scale {lr_scale:g}" if lr_scale != 1.0 \
+            else f"{lr} as configured"
+        line += f"; learning rate {rate} (not scaled with the global batch)"
     return line
 
 
