@@ -4,19 +4,22 @@ Under `torchrun --nproc_per_node=N sample.py ...` every rank draws its share of 
 1-process run's) and rank 0 writes the one run folder.
 """
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from scorelab.cli.errors import run_or_exit
+from scorelab.cli.entry import run_command, run_job
 from scorelab.distributed import hydra_run_folder_on_rank_zero
+
+CONF = Path(__file__).resolve().parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
     from scorelab.cli.sample import sample
 
-    run_or_exit(sample, cfg)
+    run_job(sample, cfg)
 
 
 if __name__ == "__main__":
@@ -24,4 +27,4 @@ if __name__ == "__main__":
 
     sys.argv = sampler_keys_as_appends(sys.argv)  # sampler.steps=20 changes the checkpoint's own sampler
     with hydra_run_folder_on_rank_zero():
-        main()
+        run_command(main, CONF, "sample")

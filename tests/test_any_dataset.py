@@ -227,7 +227,7 @@ def test_folder_trains_a_few_steps_through_the_config(class_folder, tmp_path):
 def test_missing_dataset_is_one_line_and_writes_nothing(tmp_path, data):
     empty = tmp_path / "empty"
     empty.mkdir()
-    args = data + ["model=unet_small", f"paths.data_dir={empty}", f"paths.log_dir={tmp_path}/logs"]
+    args = data + ["model=unet_small", f"paths.data_dir={empty}"]
     res = run_script("train.py", args, cwd=tmp_path, timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]

@@ -25,7 +25,7 @@ def test_help_lists_the_config_groups(tmp_path):
 
 
 def test_multirun_2x2_writes_one_folder_per_job_and_a_summary(tmp_path):
-    args = ["-m"] + FAST_CLI + [f"paths.log_dir={tmp_path}/logs", "sde.beta_min=0.05,0.1", "sde.beta_max=10,20"]
+    args = ["-m"] + FAST_CLI + ["sde.beta_min=0.05,0.1", "sde.beta_max=10,20"]
     res = run_script("train.py", args, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     (sweep,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
@@ -44,7 +44,7 @@ def test_multirun_2x2_writes_one_folder_per_job_and_a_summary(tmp_path):
 def test_wandb_offline_run_writes_files_without_network(tmp_path):
     """Offline W&B gets what an online run would: evaluation curves (here nll@<n> of the likelihood callback, as
     fid@<n> for images), the sample pictures, the toy metrics and the config, in the run file `wandb sync` uploads."""
-    args = FAST_CLI + ["logger=wandb", f"paths.log_dir={tmp_path}/logs", "callbacks/likelihood=default",
+    args = FAST_CLI + ["logger=wandb", "callbacks/likelihood=default",
                        "callbacks.likelihood.n=16", "callbacks.likelihood.rtol=1e-3", "callbacks.likelihood.atol=1e-3"]
     res = run_script("train.py", args, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -60,7 +60,7 @@ def test_wandb_offline_run_writes_files_without_network(tmp_path):
 
 
 def test_optuna_search_returns_the_metric(tmp_path):
-    args = FAST_CLI + [f"paths.log_dir={tmp_path}/logs", "hparams_search=toy_optuna", "hydra.sweeper.n_trials=2"]
+    args = FAST_CLI + ["hparams_search=toy_optuna", "hydra.sweeper.n_trials=2"]
     res = run_script("train.py", args, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     (sweep,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
@@ -73,7 +73,8 @@ def test_optuna_search_returns_the_metric(tmp_path):
     [
         (["sde.beta_min=-1"], "beta_min must be a positive finite number"),
         (["sde.beta_min=30"], "beta_min must be smaller than beta_max"),
-        (["sde=cosine"], "Could not find 'sde/cosine'"),
+        (["sde=cosine"], "sde=cosine: no such option (did you mean vp_cosine?); sde is one of: subvp, ve, vp, "
+                         "vp_cosine"),
         (["ckpt_path=/nonexistent/last.ckpt"], "checkpoint not found: /nonexistent/last.ckpt"),
         (["data.batch_size=0"], "batch_size must be a positive integer"),
         (["sampler.steps=0"], "steps must be a positive integer"),
@@ -88,23 +89,55 @@ def test_bad_input_ends_in_one_clear_line(tmp_path, args, expected):
     torch.save({"state_dict": {"w": torch.ones(2)}, "global_step": 3}, earlier / "checkpoints" / "last.ckpt")
     (earlier / "metrics.json").write_text('{"global_step": 3}')
     before = snapshot(earlier)
-    res = run_script("train.py", args + [f"paths.log_dir={tmp_path}/logs"], cwd=tmp_path, timeout=120)
+    res = run_script("train.py", args, cwd=tmp_path, timeout=120)
     assert res.returncode != 0
     assert expected in res.stderr
     assert "Traceback" not in res.stderr
     assert snapshot(earlier) == before
 
 
+@pytest.mark.parametrize("script, args, expected", [
+    ("train.py", ["sampler=doesnotexist"], "sampler=doesnotexist: no such option; sampler is one of: ald, ancestral"),
+    ("train.py", ["datta=toy_grid"], "datta: no such setting; did you mean data?"),
+    ("train.py", ["trainer.max_step=5"], "trainer.max_step: no such setting; did you mean trainer.max_steps"),
+    ("train.py", ["sde.beta_min=0.05,0.1"], "a comma-separated list is a sweep; run it with -m"),
+    ("train.py", ["model.net.width=[1,2"], "cannot read the command line"),
+    ("train.py", ["-m", "sde=vp,vpp"], "sde=vpp: no such option (did you mean vp?)"),  # every value of a sweep
+    ("sample.py", ["sampler=doesnotexist"], "sampler=doesnotexist: no such option"),
+    ("likelihood.py", ["splitt=test"], "splitt: no such setting; did you mean split?"),
+    ("fid.py", ["featurs=mnist"], "featurs: no such setting; did you mean features?"),
+    ("train.py", ["paths.log_dir=/etc/hostname/logs"], "/etc/hostname is a file, not a folder"),
+])
+def test_composition_mistakes_are_one_line_with_status_2_and_create_nothing(tmp_path, script, args, expected):
+    res = run_script(script, args, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], res.stderr
+    assert "+" not in lines[0].split("error: ", 1)[1].split(";")[1]  # never the advice to append a key
+    assert not (tmp_path / "logs").exists()  # stopped before Hydra made a folder
+
+
+def test_a_mistake_found_by_the_job_leaves_no_empty_run_folder(tmp_path):
+    pinned = tmp_path / "logs" / "pinned"  # an earlier run's folder, given again: kept as it was
+    (pinned / ".hydra").mkdir(parents=True)
+    (pinned / "train.log").write_text("earlier\n")
+    for extra in ([], [f"hydra.run.dir={pinned}"]):
+        res = run_script("train.py", ["sde.beta_max=-1", *extra], cwd=tmp_path, timeout=120)
+        assert res.returncode == 2 and "beta_max must be a positive finite number" in res.stderr
+    assert not (tmp_path / "logs" / "train").exists()  # the fresh run folder was removed again
+    assert (pinned / "train.log").read_text() == "earlier\n"
+
+
 def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):
     bad = tmp_path / "last.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    res = run_script("sample.py", [f"ckpt_path={bad}", f"paths.log_dir={tmp_path}/logs"], cwd=tmp_path, timeout=120)
+    res = run_script("sample.py", [f"ckpt_path={bad}"], cwd=tmp_path, timeout=120)
     assert res.returncode == 2 and "cannot be read" in res.stderr and "Traceback" not in res.stderr
     assert bad.read_bytes() == b"not a checkpoint"
 
 
 def test_sample_cli_with_oracle(tmp_path):
-    args = ["model=oracle", "sampler=ode", "sampler.steps=10", "n_samples=2000", f"paths.log_dir={tmp_path}/logs"]
+    args = ["model=oracle", "sampler=ode", "sampler.steps=10", "n_samples=2000"]
     res = run_script("sample.py", args, cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     (run,) = list((tmp_path / "logs" / "sample" / "runs").iterdir())
@@ -116,7 +149,7 @@ def test_sample_cli_with_oracle(tmp_path):
 def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path):
     # strategy=ddp relaunches the script for rank 1 (never inside pytest itself: rank 1 would re-run the pytest
     # session); Lightning passes the Hydra run dir to the child, so both ranks share one folder.
-    args = FAST_CLI + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"paths.log_dir={tmp_path}/logs"]
+    args = FAST_CLI + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     res = run_script("train.py", args, cwd=tmp_path, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     runs = list((tmp_path / "logs" / "train" / "runs").iterdir())

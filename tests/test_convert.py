@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from scorelab.cli.sample import load_trained
 from scorelab.convert import convert
 from scorelab.interop.score_sde import ReferenceLayout, build_network, read_reference_weights, reference_config
 
-from .platform_utils import ROOT, run_script, snapshot
+from .platform_utils import ROOT, python_command, run_script, snapshot
 
 FIXTURES = Path(os.environ.get("SCORELAB_SHARED_FIXTURES",
                                Path(__file__).resolve().parents[2] / "shared" / "fixtures")) / "score_sde_reference"
@@ -86,6 +85,29 @@ def test_state_dict_file_with_its_config_converts(tmp_path, name):
     trained = load_trained(str(out), use_ema=True)
     trained.score.eval()
     assert (reference_output(trained, data["x"], data["time_cond"]) - data["output_ema"]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("value", [
+    {"_target_": "builtins.open", "_args_": ["{victim}", "w"]},           # a config to build
+    "${{oc.create:{{_target_: builtins.open, _args_: ['{victim}', w]}}}}",  # an interpolation that would build it
+    ["${{oc.env:HOME}}"],                                                  # an environment value, in a list
+], ids=["target", "oc_create", "oc_env_in_a_list"])
+def test_hostile_reference_config_values_are_refused(tmp_path, value):
+    from scorelab.errors import UnsafeFileError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious bytes\n")
+    data = torch.load(fixture("ddpmpp_vp"), weights_only=True)
+
+    def fill(v):
+        return ({k: fill(x) for k, x in v.items()} if isinstance(v, dict) else [fill(x) for x in v]
+                if isinstance(v, list) else v.format(victim=victim) if isinstance(v, str) else v)
+
+    torch.save({**data, "config": {**data["config"], "nf": fill(value)}}, tmp_path / "hostile.pt")
+    with pytest.raises(UnsafeFileError, match="refused .*hostile.pt: its config value 'nf'") as info:
+        convert(str(tmp_path / "hostile.pt"), ["sde=vp"], str(tmp_path / "model.ckpt"), weights="raw")
+    assert os.environ["HOME"] not in str(info.value)
+    assert victim.read_bytes() == b"precious bytes\n" and not (tmp_path / "model.ckpt").exists()
 
 
 def test_layout_walks_the_reference_construction_order():
@@ -173,7 +195,7 @@ def test_converted_checkpoint_samples_with_sample_py(tmp_path):
 def _run_convert(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "scorelab.convert", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([*python_command(), "-m", "scorelab.convert", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 

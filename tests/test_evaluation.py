@@ -184,8 +184,7 @@ def test_statistics_file_round_trip_and_bad_files(tmp_path):
 def fid_env(tmp_path, monkeypatch, inception_weights):
     monkeypatch.setenv("SCORELAB_CACHE", str(tmp_path / "cache"))
     data = write_images_npz(tmp_path / "real.npz", 12)
-    common = [f"feature_extractor_weights_path={inception_weights}", "progress=false", "kid_subsets=5",
-              f"paths.log_dir={tmp_path}/logs"]
+    common = [f"feature_extractor_weights_path={inception_weights}", "progress=false", "kid_subsets=5"]
     res = run_script("fid.py", ["mode=ref", "data=npz", f"data.path={data}", *common], cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     (stats_path,) = list((tmp_path / "cache" / "fid_stats").glob("npz-real-*_train_all_inception-*.npz"))

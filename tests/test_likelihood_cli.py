@@ -16,7 +16,7 @@ import pytest
 from scorelab.cli.errors import UserError
 from scorelab.cli.likelihood import likelihood
 
-from .platform_utils import ROOT, make_cfg
+from .platform_utils import ROOT, make_cfg, python_command
 
 TOY = ["model=oracle", "data=toy_two_modes", "split=test", "device=cpu"]
 # Gaussian probes: v^T J v has variance 2 tr(J_sym^2) > 0 for any J, so the seeds genuinely matter (Rademacher probes
@@ -105,16 +105,16 @@ def _cli(launcher: list[str], args: list[str], tmp: Path, timeout: int = 240) ->
 
 def test_torchrun_two_processes_give_the_values_of_one_and_one_run_folder(tmp_path):
     args = TOY + ["n=96", "batch_size=16", "repeats=2", *HUTCHINSON]
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    one = _cli([sys.executable], args + [f"paths.log_dir={tmp_path}/one"], tmp)
-    two = _cli([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
-               args + [f"paths.log_dir={tmp_path}/two"], tmp)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = _cli(python_command(), args, tmp_path / "one")
+    two = _cli([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], args,
+               tmp_path / "two")
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
-    (run_one,) = (tmp_path / "one" / "likelihood" / "runs").iterdir()
-    (run_two,) = (tmp_path / "two" / "likelihood" / "runs").iterdir()  # exactly one folder for the whole job
-    assert not list(tmp.glob("scorelab-rank*"))  # rank 1's temporary Hydra folder is gone
+    (run_one,) = (tmp_path / "one" / "logs" / "likelihood" / "runs").iterdir()
+    (run_two,) = (tmp_path / "two" / "logs" / "likelihood" / "runs").iterdir()  # exactly one folder for the job
+    assert not list((tmp_path / "two").glob("scorelab-rank*"))  # rank 1's temporary Hydra folder is gone
     assert two.stdout.count("model NLL") == 1  # only rank 0 reports
     res_one, res_two = (json.loads((r / "likelihood.json").read_text()) for r in (run_one, run_two))
     assert (res_one["world_size"], res_two["world_size"]) == (1, 2)
@@ -160,7 +160,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, image_run, ov
 
 @pytest.mark.parametrize("args", [["split=holdout"], ["ckpt_path=missing.ckpt"]], ids=["split", "ckpt"])
 def test_command_line_errors_are_one_line_with_status_2(tmp_path, args):
-    res = _cli([sys.executable], TOY + args + [f"paths.log_dir={tmp_path}/logs"], tmp_path)
+    res = _cli(python_command(), TOY + args, tmp_path)
     assert res.returncode == 2
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr

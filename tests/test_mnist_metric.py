@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,8 @@ from scorelab.metrics.mnist_classifier import (
     save_mnist_classifier,
     train_mnist_classifier,
 )
+
+from .platform_utils import python_command
 
 SHARED = Path(os.environ.get("SCORELAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MNIST_RAW = SHARED / "MNIST" / "raw"
@@ -139,7 +140,7 @@ def test_command_keeps_a_cached_file_unless_forced(tmp_path, capsys):
     path = save_mnist_classifier(untrained().net, tmp_path / "clf.pt", test_accuracy=0.25)
     before = path.read_bytes()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "scorelab.metrics.mnist_classifier", "--out", str(path), "--data-dir", "none"]
+    command = [*python_command(), "-m", "scorelab.metrics.mnist_classifier", "--out", str(path), "--data-dir", "none"]
     out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "exists" in out.stdout and "0.2500" in out.stdout and path.read_bytes() == before
@@ -231,7 +232,7 @@ def test_fid_cli_reports_fd_mnist_and_the_class_histogram(trained, mnist_dir, tm
     from .platform_utils import run_script
 
     env_args = [f"feature_extractor_weights_path={trained['path']}", f"paths.data_dir={mnist_dir}", "features=mnist",
-                f"cache_dir={tmp_path / 'cache'}", "progress=false", f"paths.log_dir={tmp_path / 'logs'}",
+                f"cache_dir={tmp_path / 'cache'}", "progress=false",
                 "ref_count=5000", "kid_subsets=5", "kid_subset_size=200"]
     res = run_script("fid.py", ["mode=ref", "data=mnist", *env_args], cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from scorelab.cli.errors import UserError
 from scorelab.cli.resume import resolve_ckpt_path, run_checkpoints
 from scorelab.lit.checkpointing import AtomicCheckpointIO
 
-from .platform_utils import FAST, ROOT, make_cfg, snapshot
+from .platform_utils import FAST, ROOT, make_cfg, python_command, snapshot
 
 # An endless run (max_steps far away) that prints "step <n>" after every step.
 ENDLESS = [o for o in FAST if not o.startswith("trainer.max_steps")] + [
@@ -27,7 +26,7 @@ def interrupt(tmp_path: Path, signum: int, after_step: int = 3) -> tuple[int, st
     run = tmp_path / "run"
     env = dict(os.environ, WANDB_MODE="offline", HYDRA_FULL_ERROR="0")
     with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ENDLESS, f"hydra.run.dir={run}"],
+        proc = subprocess.Popen([*python_command(), str(ROOT / "train.py"), *ENDLESS, f"hydra.run.dir={run}"],
                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
         try:
             for line in proc.stdout:

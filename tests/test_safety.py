@@ -1,13 +1,15 @@
 """Files other people wrote must never run code: hostile checkpoints are refused before anything in them runs."""
 from __future__ import annotations
 
+import os
 import pathlib
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from scorelab.cli.common import check_stored_targets, load_checkpoint
+from scorelab.cli.common import load_checkpoint
+from scorelab.cli.safety import check_stored_config
 from scorelab.errors import UnsafeFileError
 from scorelab.io import load_torch_file
 
@@ -51,7 +53,7 @@ def test_pickle_payload_is_refused_by_the_loader(pickle_bomb):
 def test_pickle_payload_is_refused_by_the_commands(tmp_path, pickle_bomb, script):
     path, marker = pickle_bomb
     before = path.read_bytes()
-    res = run_script(script, [f"ckpt_path={path}", f"paths.log_dir={tmp_path}/logs"], cwd=tmp_path, timeout=120)
+    res = run_script(script, [f"ckpt_path={path}"], cwd=tmp_path, timeout=120)
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "refused to load checkpoint" in lines[0] and "Traceback" not in res.stderr
@@ -59,29 +61,97 @@ def test_pickle_payload_is_refused_by_the_commands(tmp_path, pickle_bomb, script
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("target", [
-    "pathlib.Path.touch",                 # outside the allowlist
-    "scorelab.lit.loggers.os.system",     # inside it by name, but resolves to os.system
-    "scorelab.utils.torch.save",          # inside it by name, but resolves to torch.save
-])
-def test_stored_target_outside_the_allowlist_is_refused(tmp_path, target):
+# --- stored configs may build only what the shipped conf/ builds there, and are never resolved -------------------
+OPEN_FOR_WRITING = "{{_target_: builtins.open, _args_: ['{victim}', w]}}"
+
+
+def _hostile_configs(victim: pathlib.Path, marker: pathlib.Path) -> dict:
+    """Stored configs that would write ``marker`` or truncate ``victim`` if anything in them were built or resolved."""
+    create = "${oc.create:" + OPEN_FOR_WRITING.format(victim=victim) + "}"
+    decode = "${oc.decode:\"" + OPEN_FOR_WRITING.format(victim=victim) + "\"}"
+    return {
+        # a scorelab function with a side effect: under "scorelab." but never a target of conf/
+        "scorelab_function": ("data", {"_target_": "scorelab.io.write_text_atomic", "path": str(marker),
+                                       "text": "pwned"}),
+        # shipped, but not where it is used: the MNIST extractor trains and caches a classifier when missing
+        "shipped_elsewhere": ("data", {"_target_": "scorelab.metrics.mnist_classifier.mnist_features",
+                                       "path": str(marker), "data_dir": str(marker.parent)}),
+        "builtin_open": ("sde", {"_target_": "builtins.open", "_args_": [str(victim), "w"]}),
+        "oc_create": ("model.net", create),
+        "oc_decode": ("sde.beta_min", decode),
+        "oc_create_in_a_list": ("model.net.ch_mult", [1, create]),
+        "oc_create_nested": ("sampler.grid", {"kind": create}),
+        "target_in_a_list": ("sampler.extra", [{"_target_": "builtins.open", "_args_": [str(victim), "w"]}]),
+        "oc_env": ("data.seed", "${oc.env:HOME}"),
+    }
+
+
+def _plant(stored: dict, dotted: str, value) -> dict:
+    node = stored
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return stored
+
+
+@pytest.fixture
+def victim(tmp_path):
+    path = tmp_path / "victim.txt"
+    path.write_bytes(b"precious bytes\n")
+    return path
+
+
+@pytest.mark.parametrize("case", ["scorelab_function", "shipped_elsewhere", "builtin_open", "oc_create", "oc_decode",
+                                  "oc_create_in_a_list", "oc_create_nested", "target_in_a_list", "oc_env"])
+def test_hostile_stored_config_is_refused_before_anything_is_built(tmp_path, victim, case):
+    from scorelab.cli.sample import load_trained
+
     marker = tmp_path / "pwned"
-    stored = _stored_config(tmp_path)
-    stored["sde"] = {"_target_": target, "_args_": [str(marker)]}
-    path = tmp_path / "hostile_target.ckpt"
+    where, value = _hostile_configs(victim, marker)[case]
+    stored = _plant(_stored_config(tmp_path), where, value)
+    path = tmp_path / f"{case}.ckpt"
     torch.save({"state_dict": {}, "scorelab_config": stored}, path)
-    res = run_script("sample.py", [f"ckpt_path={path}", f"paths.log_dir={tmp_path}/logs"], cwd=tmp_path, timeout=120)
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert f"asks to build '{target}' (at sde._target_)" in res.stderr and "Traceback" not in res.stderr
+    with pytest.raises(UnsafeFileError, match=f"refused {path}") as info:
+        load_trained(str(path))
+    assert "conf/" in str(info.value) or "interpolation" in str(info.value)
     assert not marker.exists()
+    assert victim.read_bytes() == b"precious bytes\n"
+    if case == "oc_env":
+        assert os.environ["HOME"] not in str(info.value)  # nothing of the environment reaches the message
 
 
-def test_own_config_targets_pass_the_allowlist(tmp_path):
-    check_stored_targets(_stored_config(tmp_path), "own")  # every _target_ scorelab's configs use
-    for name in ("torch.optim.AdamW", "torch.optim.lr_scheduler.LambdaLR", "lightning.pytorch.Trainer"):
-        check_stored_targets({"x": {"_target_": name}}, "own")
-    with pytest.raises(UnsafeFileError, match="builtins.eval"):
-        check_stored_targets({"a": [{"b": {"_target_": "builtins.eval"}}]}, "nested")
+@pytest.mark.parametrize("case", ["scorelab_function", "oc_create"])
+def test_hostile_stored_config_is_refused_by_the_command(tmp_path, victim, case):
+    marker = tmp_path / "pwned"
+    where, value = _hostile_configs(victim, marker)[case]
+    stored = _plant(_stored_config(tmp_path), where, value)
+    path = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "scorelab_config": stored}, path)
+    res = run_script("sample.py", [f"ckpt_path={path}"], cwd=tmp_path, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "refused" in errors[0] and "Traceback" not in res.stderr
+    assert not marker.exists() and victim.read_bytes() == b"precious bytes\n"
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("samples*"))
+
+
+def test_own_config_passes_and_the_rule_is_the_shipped_tree(tmp_path):
+    from scorelab.cli.safety import shipped_targets
+
+    check_stored_config(_stored_config(tmp_path), "own")  # every _target_ of the default job
+    allowed = shipped_targets()
+    assert "scorelab.sde.VPSDE" in allowed["sde"] and "torch.optim.Adam" in allowed["optimizer"]
+    assert "scorelab.sampling.PCSampler" in allowed["callbacks"]  # the FID callback's own sampler
+    assert not any(t.startswith("builtins.") or t == "scorelab.io.write_text_atomic"
+                   for targets in allowed.values() for t in targets)
+    for name in ("scorelab.utils.torch.save", "scorelab.lit.loggers.os.system", "pathlib.Path.touch"):
+        with pytest.raises(UnsafeFileError, match=name):
+            check_stored_config({"sde": {"_target_": name}}, "x.ckpt")
+    with pytest.raises(UnsafeFileError, match="positional"):
+        check_stored_config({"sde": {"_target_": "scorelab.sde.VPSDE", "_args_": [1]}}, "x.ckpt")
+    with pytest.raises(UnsafeFileError, match="not a mapping"):
+        check_stored_config([{"_target_": "scorelab.sde.VPSDE"}], "x.ckpt")
 
 
 def _old_net(target: str, **keys) -> dict:
@@ -95,13 +165,13 @@ def _old_net(target: str, **keys) -> dict:
     ("scorelab.models.ncsnpp.NCSNpp", "fourier", True, "residual"),
 ])
 def test_checkpoints_of_earlier_versions_name_today_s_network(old, embedding, fir, progressive_input):
-    from scorelab.cli.common import upgrade_stored_config
+    from scorelab.cli.safety import upgrade_stored_config
 
     stored = {"model": _old_net(old, ch=16, ch_mult=[1, 2]), "sde": {"_target_": "scorelab.sde.VPSDE"}}
     with pytest.raises(UnsafeFileError):  # the old name itself no longer resolves
-        check_stored_targets(stored, "old.ckpt")
+        check_stored_config(stored, "old.ckpt")
     new = upgrade_stored_config(stored)
-    check_stored_targets(new, "old.ckpt")
+    check_stored_config(new, "old.ckpt")
     net = new["model"]["net"]
     assert net["_target_"] == "scorelab.models.ScoreUNet" and stored["model"]["net"]["_target_"] == old
     # keys the file holds win (null ones are filled from the data later); absent ones take the old class's defaults

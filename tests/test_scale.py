@@ -54,7 +54,7 @@ def _assert_same_training_state(a: dict, b: dict, atol: float) -> None:
 def ddp_run(tmp_path_factory):
     """One step of a 2-process DDP toy run (128 per device, W&B offline): its log folder and the command output."""
     root = tmp_path_factory.mktemp("ddp")
-    args = SMALL + DDP2 + ["data.batch_size=128", "logger=wandb", f"paths.log_dir={root / 'logs'}"]
+    args = SMALL + DDP2 + ["data.batch_size=128", "logger=wandb"]
     res = run_script("train.py", args, cwd=root, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return root, res.stdout + res.stderr
@@ -99,7 +99,7 @@ def test_ddp_resume_continues_the_step_count(ddp_run, tmp_path):
     run = _only_run(root)
     first = _ckpt(run)
     args = SMALL[:-1] + DDP2 + ["data.batch_size=128", "logger=csv", "trainer.max_steps=3", "ckpt_path=auto",
-                                f"hydra.run.dir={run}", f"paths.log_dir={root / 'logs'}"]
+                                f"hydra.run.dir={run}"]
     res = run_script("train.py", args, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     after = _ckpt(run)
@@ -155,14 +155,14 @@ def test_batches_of_a_seed_range_are_dealt_out_without_gaps_or_repeats():
 
 def test_torchrun_sampling_on_two_processes_equals_one_process(tmp_path):
     args = ["model=oracle", "sampler=euler_maruyama", "sampler.steps=5", "n_samples=23", "batch_size=4",
-            "progress=false", f"paths.log_dir={tmp_path / 'logs'}"]
+            "progress=false"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "sample.py"), *args]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     (run,) = list((tmp_path / "logs" / "sample" / "runs").iterdir())  # one run folder for the job
     two = np.load(run / "samples.npz")
-    cfg = make_cfg(tmp_path / "one", args[:-1], config_name="sample")
+    cfg = make_cfg(tmp_path / "one", args, config_name="sample")
     one = np.load(sample(cfg))
     assert two["x"].shape == (23, 2) and two["seeds"].tolist() == list(range(23))  # n exactly, no repeated seed
     np.testing.assert_allclose(two["x"], one["x"], rtol=0, atol=1e-6)
@@ -175,7 +175,7 @@ def test_torchrun_sampling_on_two_processes_equals_one_process(tmp_path):
 def test_multirun_of_two_ddp_jobs_writes_two_job_folders_and_nothing_else(tmp_path):
     """``-m ... trainer=ddp``: each job's rank 1 joins that job (no re-run of the sweep, no extra folders)."""
     args = ["-m"] + SMALL + DDP2 + ["data.batch_size=128", "trainer.max_steps=2", "logger=csv",
-                                    f"paths.log_dir={tmp_path / 'logs'}", "sde.beta_min=0.05,0.1"]
+                                    "sde.beta_min=0.05,0.1"]
     res = run_script("train.py", args, cwd=tmp_path, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [p.name for p in (tmp_path / "logs" / "train").iterdir()] == ["multiruns"]
@@ -231,7 +231,7 @@ def test_bad_trainer_values_are_refused_before_training(tmp_path, args, expected
 
 
 def test_bad_precision_on_the_command_line_is_one_error_line(tmp_path):
-    res = run_script("train.py", ["trainer.precision=fp8", f"paths.log_dir={tmp_path}/logs"], cwd=tmp_path,
+    res = run_script("train.py", ["trainer.precision=fp8"], cwd=tmp_path,
                      timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
@@ -253,7 +253,7 @@ def test_slurm_launcher_configs_compose(tmp_path, launcher, nodes):
 def test_submitit_local_executor_runs_a_sweep_job(tmp_path):
     """The submitit plugin end to end on this machine: its local executor runs the job in a child process."""
     args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"] + SMALL + [
-        "data.batch_size=256", "trainer.max_steps=2", "logger=csv", f"paths.log_dir={tmp_path / 'logs'}"]
+        "data.batch_size=256", "trainer.max_steps=2", "logger=csv"]
     res = run_script("train.py", args, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     (sweep,) = list((tmp_path / "logs" / "train" / "multiruns").iterdir())

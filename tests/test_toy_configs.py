@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from scorelab.cli.common import check_stored_targets
+from scorelab.cli.safety import check_stored_config
 from scorelab.data.toy import GaussianMixture, eight_gaussians, grid, two_modes
 from scorelab.lit.toy_datamodule import ToyDataModule
 
@@ -19,7 +19,7 @@ from .platform_utils import CONF
 def test_toy_configs_build_their_mixture_by_target(name, preset):
     node = OmegaConf.load(CONF / "data" / f"{name}.yaml")
     assert node.mixture._target_.startswith("scorelab.data.toy.")
-    check_stored_targets(OmegaConf.to_container(node), "a checkpoint")  # allowed in stored configs
+    check_stored_config({"data": OmegaConf.to_container(node)}, "a checkpoint")  # allowed in stored configs
     dm = instantiate(node)
     assert isinstance(dm.mixture, GaussianMixture)
     assert dm.sample_shape == (dm.mixture.dim,) and dm.num_classes == dm.mixture.n_components

@@ -18,6 +18,7 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .cli.safety import check_plain_values
 from .errors import UnsafeFileError, UserError
 from .interop.score_sde import (
     KNOWN_KEYS,
@@ -29,7 +30,6 @@ from .interop.score_sde import (
 )
 from .io import atomic_path, load_torch_file
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: conf/ lives there
 EXPERIMENTS = {"vp": "cifar10_ddpmpp_vp", "subvp": "cifar10_ddpmpp_subvp", "ve": "cifar10_ncsnpp_ve"}
 WEIGHTS = ("ema", "raw")
 
@@ -56,14 +56,14 @@ def scorelab_config(ref: dict[str, Any], out: Path) -> DictConfig:
     network, parameterisation, SDE, data range and EMA rate of ``ref``."""
     from hydra import compose, initialize_config_dir
 
-    conf = PROJECT_ROOT / "conf"
+    from .cli.project import CONF_DIR as conf
+
     if not conf.is_dir():
         raise UserError(f"scorelab's configs are not at {conf}: run the converter from a scorelab checkout")
     with initialize_config_dir(str(conf), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={EXPERIMENTS[ref['sde']]}"])
     settings = scorelab_settings(ref)
     with open_dict(cfg):
-        cfg.paths.root_dir = str(Path.cwd())
         cfg.paths.output_dir = str(out.parent)
         cfg.model.update(settings["model"])
         cfg.model.net.update(settings["net"])
@@ -106,6 +106,9 @@ def convert(source: str, config: list[str], out: str, weights: str = "ema", over
         raise
     except Exception as exc:
         raise UserError(f"{src} cannot be read as a torch file ({type(exc).__name__}: {exc})") from None
+    check_plain_values(values, "--config")
+    if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):  # before anything else reads the file
+        check_plain_values(loaded["config"], str(src))  # numbers, booleans, strings, lists: nothing to build
     raw, shadow, extras = read_reference_weights(loaded)
     stored = {k: v for k, v in extras.get("config", {}).items() if k in KNOWN_KEYS}  # the file's own values
     ref = reference_config(preset, {**stored, **values})

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import UnsafeFileError
+from .errors import UnsafeFileError, UserError
 
 _WEIGHTS_ONLY_FAILURE = "Weights only load failed"
 
@@ -143,21 +143,57 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: Any) -> Path:
     return Path(path)
 
 
+class UnreadableFileError(UserError, ValueError):
+    """A file that cannot be read as what it claims to be (truncated, corrupt, foreign bytes): one line saying so.
+
+    ``reason`` is the short cause alone (e.g. ``BadZipFile: File is not a zip file``), for callers that word their
+    own message.
+    """
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: message`` of an exception on one line, at most ``limit`` characters of message."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
 def load_npz(path: str | os.PathLike) -> dict[str, Any]:
-    """Read every array of an ``.npz`` with ``allow_pickle=False`` (object arrays are refused, never unpickled)."""
+    """Read every array of an ``.npz`` with ``allow_pickle=False`` (object arrays are refused, never unpickled).
+
+    Raises:
+        UnsafeFileError: the file holds an object array (reading it would mean unpickling).
+        UnreadableFileError: the file cannot be read as an ``.npz`` (missing, a folder, truncated, corrupt, not a zip
+            archive); the message names the file. It is also a ``ValueError``, as the earlier refusal was.
+    """
     import numpy as np
 
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":  # numpy would take any other bytes for a pickle
-            raise ValueError(f"{path} is not an .npz archive (no zip signature)")
+    try:
+        with open(path, "rb") as f:
+            signature = f.read(4)
+    except OSError as exc:
+        raise UnreadableFileError(f"{path} cannot be read ({_one_line(exc)}); pass an existing .npz file",
+                                  _one_line(exc)) from None
+    if signature != b"PK\x03\x04":  # numpy would take any other bytes for a pickle
+        raise UnreadableFileError(f"{path} is not an .npz archive (no zip signature): it cannot be read; it may be "
+                                  "truncated or another kind of file: write it again with numpy.savez",
+                                  "not an .npz archive: no zip signature")
     try:
         with np.load(Path(path), allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except ValueError as exc:
-        if "allow_pickle" not in str(exc):
-            raise
-        raise UnsafeFileError(f"refused to load {path}: it holds pickled Python objects (an object array), and "
-                              "unpickling that could run code; save plain numeric or string arrays") from None
+        if "allow_pickle" in str(exc):
+            raise UnsafeFileError(f"refused to load {path}: it holds pickled Python objects (an object array), and "
+                                  "unpickling that could run code; save plain numeric or string arrays") from None
+        error = exc
+    except Exception as exc:  # BadZipFile, EOFError, zlib.error, OSError, MemoryError of a corrupt header, ...
+        error = exc
+    raise UnreadableFileError(f"{path} cannot be read as an .npz archive ({_one_line(error)}); it is probably "
+                              "truncated or corrupt (an interrupted copy or write?): copy or write it again",
+                              _one_line(error))
 
 
 def cache_dir() -> Path:
@@ -165,5 +201,8 @@ def cache_dir() -> Path:
 
     It holds what is computed once and reused across runs: FID reference statistics (``fid_stats/``) and the
     MNIST feature classifier. Inception weights go to torch's own hub cache (``$TORCH_HOME/hub/checkpoints``).
+    Smoke runs (``SCORELAB_SMOKE=1``) use its ``smoke/`` subfolder, so that what they cache (a classifier trained for
+    a few batches) is never taken for the real thing.
     """
-    return Path(os.environ.get("SCORELAB_CACHE") or Path.home() / ".cache" / "scorelab").expanduser()
+    root = Path(os.environ.get("SCORELAB_CACHE") or Path.home() / ".cache" / "scorelab").expanduser()
+    return root / "smoke" if os.environ.get("SCORELAB_SMOKE", "") not in ("", "0") else root

@@ -8,19 +8,19 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..classifier_guidance import ClassifierGuidance
 from ..lit.classifier_module import NoisyClassifierModule
 from ..models.noisy_classifier import NoisyClassifier
 from .classes import ClassRequest, class_request
-from .common import build_core, check_state_dict, check_stored_targets, load_checkpoint, upgrade_stored_config
+from .common import build_core, check_state_dict
 from .errors import UserError
+from .restore import read_stored_run, standalone_config
 
 CLASSIFIER_EXPERIMENTS = "experiment=mnist_noisy_classifier or experiment=toy_eight_gaussians_classifier"
 
@@ -53,29 +53,20 @@ class LoadedClassifier(NamedTuple):
     path: str
 
 
-def load_classifier(path: str, data_dir: str | None = None) -> LoadedClassifier:
-    """Rebuild a noisy classifier from a ``train.py`` checkpoint, read with ``weights_only=True`` and its stored
-    ``_target_``s checked against the allowlist before anything is built."""
-    if not Path(str(path)).expanduser().is_file():
-        raise UserError(f"classifier checkpoint not found: {path}. Pass classifier=<run dir>/checkpoints/last.ckpt "
-                        f"of a noisy-classifier run ({CLASSIFIER_EXPERIMENTS})")
-    path, ckpt = load_checkpoint(path)
-    stored = ckpt.get("scorelab_config")
-    if stored is None:
-        raise UserError(f"{path} has no stored scorelab config; it was not written by scorelab's train.py")
-    stored = upgrade_stored_config(stored)
-    check_stored_targets(stored, path)  # before anything from the file is instantiated
-    if not stored.get("classifier_module"):
-        raise UserError(f"classifier={path} is a score-model checkpoint, not a noisy classifier; train one with "
+def load_classifier(path: str, cfg: DictConfig | None = None, data_dir: str | None = None) -> LoadedClassifier:
+    """Rebuild a noisy classifier from a ``train.py`` checkpoint named by ``classifier=`` (a file, a run folder,
+    ``last`` or ``auto``), read with ``weights_only=True`` and its stored config checked before anything is built
+    (:func:`~scorelab.cli.restore.read_stored_run`). ``cfg``: the running command's config; outside a command,
+    ``data_dir`` is the data folder instead."""
+    run = read_stored_run(path, cfg if cfg is not None else standalone_config(data_dir), key="classifier")
+    if not run.config.get("classifier_module"):
+        raise UserError(f"classifier={run.path} is a score-model checkpoint, not a noisy classifier; train one with "
                         f"{CLASSIFIER_EXPERIMENTS}")
-    train_cfg = OmegaConf.create(stored)
-    if data_dir is not None and "data_dir" in train_cfg.data:
-        train_cfg.data.data_dir = str(data_dir)
-    parts = build_core(train_cfg)
-    module = build_classifier_module(train_cfg, parts)
-    check_state_dict(module, ckpt["state_dict"], path)
-    module.load_state_dict(ckpt["state_dict"])
-    return LoadedClassifier(module.classifier.eval(), parts["sde"], parts["datamodule"], path)
+    parts = build_core(run.config)
+    module = build_classifier_module(run.config, parts)
+    check_state_dict(module, run.checkpoint["state_dict"], run.path)
+    module.load_state_dict(run.checkpoint["state_dict"])
+    return LoadedClassifier(module.classifier.eval(), parts["sde"], parts["datamodule"], run.path)
 
 
 def refuse_score_as_classifier(ckpt_path: str, stored: dict) -> None:
@@ -150,7 +141,7 @@ def classifier_request(cfg: DictConfig, trained, device: torch.device) -> Classi
     scale = cfg.get("classifier_scale", 1.0)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise UserError(f"classifier_scale must be a number, got {scale!r}")
-    loaded = load_classifier(cfg.classifier, data_dir=cfg.paths.data_dir)
+    loaded = load_classifier(cfg.classifier, cfg)
     check_compatible(loaded, trained)
     request = class_request(cfg, loaded.classifier.num_classes)
     return ClassifierRequest(request, loaded.classifier.to(device).eval(), float(scale), loaded.path)

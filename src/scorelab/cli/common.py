@@ -1,23 +1,16 @@
 """Helpers the train and sample commands share: building objects from config, checkpoints, resolvers."""
 from __future__ import annotations
 
-import inspect
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..io import load_torch_file
 from .errors import UnsafeFileError, UserError
-
-# What a checkpoint's stored config may name as ``_target_``: scorelab's own classes and functions, torch's
-# optimisers and schedulers, and the Lightning Trainer, callbacks and loggers the training config describes.
-ALLOWED_TARGET_PREFIXES = ("scorelab.", "torch.optim.", "lightning.pytorch.callbacks.", "lightning.pytorch.loggers.")
-ALLOWED_TARGETS = ("lightning.pytorch.Trainer",)
-ALLOWED_MODULES = ("scorelab", "torch.optim", "lightning.pytorch")
+from .project import conf_dir
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,7 +38,7 @@ def compose_group(cfg: DictConfig, group: str, option: str) -> DictConfig:
     """The config of ``<group>=<option>`` (e.g. ``data=cifar10``), resolved against ``cfg``'s ``paths``.
 
     Lets a command take a config name as a value (``ref=cifar10``). Composes with the running Hydra app, or with
-    ``<paths.root_dir>/conf`` when called outside one (tests, notebooks).
+    the checkout's ``conf/`` when called outside one (tests, notebooks).
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -55,7 +48,7 @@ def compose_group(cfg: DictConfig, group: str, option: str) -> DictConfig:
         if GlobalHydra.instance().is_initialized():
             composed = compose(config_name=f"{group}/{option}")
         else:
-            with initialize_config_dir(str(Path(cfg.paths.root_dir) / "conf"), version_base="1.3"):
+            with initialize_config_dir(str(conf_dir()), version_base="1.3"):
                 composed = compose(config_name=f"{group}/{option}")
     except MissingConfigException:
         raise UserError(f"{option!r} is neither a file nor a {group} config (conf/{group}/<name>.yaml)") from None
@@ -119,107 +112,131 @@ def build_core(cfg: DictConfig) -> dict[str, Any]:
     return {"datamodule": datamodule, "sde": sde, "score_model": score_model, "loss": loss, "sampler": sampler}
 
 
-def load_checkpoint(path: str) -> tuple[str, dict]:
+def load_checkpoint(path: str, key: str = "ckpt_path") -> tuple[str, dict]:
     """Fail early, with what to do, on a missing, unreadable or unsafe checkpoint; return its path and contents.
 
     The file is read with ``torch.load(weights_only=True)``: a checkpoint carrying pickled code is refused
-    before anything in it runs.
+    before anything in it runs. Refused in one line each: a missing file (or a dangling link, or a folder), one
+    that cannot be read, one that is not a dict with a ``state_dict`` dict, and one whose stored
+    ``scorelab_config`` (when present) is not a dict. ``key`` is the setting that named the file, for messages.
     """
+    what = "checkpoint" if key == "ckpt_path" else f"{key} checkpoint"
     p = Path(str(path)).expanduser()
+    if p.is_dir():
+        raise UserError(f"checkpoint {p} is a folder, not a file; pass the checkpoint file itself, e.g. "
+                        f"{p}/checkpoints/last.ckpt")
     if not p.is_file():
-        raise UserError(f"checkpoint not found: {p}. Pass ckpt_path=<run dir>/checkpoints/last.ckpt of an earlier run")
+        link = " (a link to a file that does not exist)" if p.is_symlink() else ""
+        raise UserError(f"{what} not found: {p}{link}. Pass {key}=<run dir>/checkpoints/last.ckpt of an earlier "
+                        "run (or the run folder)")
     try:
         ckpt = load_torch_file(p, "checkpoint")
     except UnsafeFileError:
         raise
     except Exception as exc:  # any zip/unpickling error means the file is not a usable checkpoint
-        raise UserError(f"checkpoint {p} cannot be read ({type(exc).__name__}: {exc}); it may be truncated or not "
-                        "a Lightning checkpoint: pick another file, e.g. an epoch_*.ckpt next to it") from None
+        reason = " ".join(str(exc).split())[:300]  # torch's messages can span lines: the error is one
+        raise UserError(f"checkpoint {p} cannot be read ({type(exc).__name__}: {reason}); it may be truncated or "
+                        "not a Lightning checkpoint: pick another file, e.g. an epoch_*.ckpt next to it") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{p} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by train.py")
+    if not isinstance(ckpt["state_dict"], dict):
+        raise UserError(f"checkpoint {p} is damaged or foreign: its state_dict is a {type(ckpt['state_dict']).__name__}"
+                        ", not a dict of named weights; pass a .ckpt written by train.py")
+    if "scorelab_config" in ckpt and not isinstance(ckpt["scorelab_config"], dict):
+        raise UserError(f"checkpoint {p} is damaged or foreign: its stored scorelab_config is a "
+                        f"{type(ckpt['scorelab_config']).__name__}, not a dict of settings; pass a .ckpt written by "
+                        "train.py")
     return str(p.resolve()), ckpt
 
 
-# Networks that earlier scorelab versions stored by their own class name and that are now presets (configs) of
-# ``ScoreUNet``: old name -> the old class's defaults, filled in wherever a stored config left a key out.
-_UNET_DEFAULTS = dict(in_channels=3, image_size=32, ch=128, ch_mult=[1, 2, 2, 2], num_res_blocks=4,
-                      attn_resolutions=[16], dropout=0.1, embedding_type="positional", fourier_scale=16.0,
-                      resblock_type="biggan", resamp_with_conv=True, fir=False, fir_kernel=[1, 3, 3, 1],
-                      skip_rescale=True, progressive="none", progressive_input="none", progressive_combine="sum",
-                      init_scale=0.0)
-RENAMED_TARGETS = {
-    "scorelab.models.ddpmpp.DDPMpp": ("scorelab.models.ScoreUNet", _UNET_DEFAULTS),
-    "scorelab.models.ncsnpp.NCSNpp": ("scorelab.models.ScoreUNet", {
-        **_UNET_DEFAULTS, "embedding_type": "fourier", "fir": True, "progressive_input": "residual"}),
-}
-
-
-def upgrade_stored_config(node: Any) -> Any:
-    """A stored config (plain containers) with the ``_target_``s of earlier scorelab versions renamed to today's.
-
-    Only exact names in :data:`RENAMED_TARGETS` change, so the allowlist check that follows still sees every other
-    name as written in the file.
-    """
-    if isinstance(node, Mapping):
-        out = {k: upgrade_stored_config(v) for k, v in node.items()}
-        renamed = RENAMED_TARGETS.get(out.get("_target_")) if isinstance(out.get("_target_"), str) else None
-        if renamed is not None:
-            target, defaults = renamed
-            out = {**defaults, **out, "_target_": target}  # keys the file has (even null: filled from data) win
-        return out
-    if isinstance(node, (list, tuple)):
-        return [upgrade_stored_config(v) for v in node]
-    return node
-
-
-def _target_allowed(name: Any) -> bool:
-    """Whether ``name`` is on the allowlist *and* resolves to a class or function defined there.
-
-    Resolving matters: ``scorelab.utils.torch.load`` starts with ``scorelab.`` but is ``torch.load``.
-    """
-    if not isinstance(name, str) or not (name in ALLOWED_TARGETS or name.startswith(ALLOWED_TARGET_PREFIXES)):
-        return False
-    from hydra._internal.utils import _locate
-
-    try:
-        obj = _locate(name)  # imports only modules of the allowed packages (checked above)
-    except Exception:
-        return False
-    module = getattr(obj, "__module__", None) or ""
-    defined_there = any(module == m or module.startswith(m + ".") for m in ALLOWED_MODULES)
-    return (inspect.isclass(obj) or inspect.isfunction(obj)) and defined_there
-
-
-def check_stored_targets(node: Any, source: str, where: str = "") -> None:
-    """Refuse a stored config if any ``_target_`` in it is outside the allowlist; nothing is instantiated first.
-
-    Args:
-        node: a config (``DictConfig``, ``ListConfig`` or plain containers) taken from a file.
-        source: the file, for the message.
-        where: the key path of ``node`` (used in recursion).
-    """
-    if isinstance(node, (Mapping, DictConfig)):
-        for key, value in node.items():
-            path = f"{where}.{key}" if where else str(key)
-            if key == "_target_" and not _target_allowed(value):
-                raise UnsafeFileError(
-                    f"refused {source}: its stored config asks to build {value!r} (at {path}), which is not one of "
-                    "scorelab's classes, a torch optimiser or scheduler, or a Lightning trainer, callback or logger"
-                )
-            check_stored_targets(value, source, path)
-    elif isinstance(node, (list, tuple, ListConfig)):
-        for i, value in enumerate(node):
-            check_stored_targets(value, source, f"{where}[{i}]")
+def _dtype_kind(t: torch.Tensor) -> str:
+    return "bool" if t.dtype == torch.bool else "complex" if t.is_complex() else \
+        "floating" if t.is_floating_point() else "integer"
 
 
 def check_state_dict(module: torch.nn.Module, state_dict: dict, path: str) -> None:
-    """Raise a one-line error if a checkpoint's weights do not fit ``module`` (config changed since training)."""
+    """Raise a one-line error if a checkpoint's weights do not fit ``module`` (config changed since training, or a
+    damaged or foreign file); the error names the checkpoint and the first offending key.
+
+    Refused, in this order: a value that is not a (dense) tensor; a key the model does not have; a weight of
+    another shape, or one the model has but the file lacks; a tensor of another kind than the model's (integer or
+    bool or complex where the model has floating point, floating point where it has integers, ...); floating
+    values that are not finite (nan/inf).
+
+    A floating tensor of another floating dtype than the model's (float64 or float16 where the model is float32)
+    is converted to the model's dtype in place in ``state_dict``, as torch's ``load_state_dict`` would copy it; the
+    values are checked finite first. Integer buffers (e.g. the EMA's ``n_averaged``) are likewise converted
+    between integer dtypes. Entries the model keeps as non-tensors (``_extra_state``) are not checked.
+    """
+    def refuse(what: str, advice: str = "use the model/data/sde settings it was trained with") -> UserError:
+        return UserError(f"checkpoint {path} does not fit the configured model ({what}); {advice}")
+
     own = module.state_dict()
+    damaged = "it is damaged or not a checkpoint of this model: pick another file"
+    for key, value in state_dict.items():
+        if key in own and not torch.is_tensor(own[key]):
+            continue  # a module's _extra_state: whatever that module stores
+        if not torch.is_tensor(value):
+            raise refuse(f"{key} holds a {type(value).__name__}, not a tensor", damaged)
+        if value.layout != torch.strided or value.is_meta:
+            raise refuse(f"{key} is a {'meta' if value.is_meta else value.layout} tensor, not a dense one with "
+                         "values", damaged)
+    unexpected = [k for k in state_dict if k not in own]
+    if unexpected:
+        raise refuse(f"{unexpected[0]!s} is in it but not in the model")
     missing = [k for k in own if k not in state_dict]
-    wrong = [k for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    wrong = [k for k in own if k in state_dict and torch.is_tensor(own[k]) and state_dict[k].shape != own[k].shape]
     if missing or wrong:
         key = (wrong or missing)[0]
         what = (f"{key} has shape {tuple(state_dict[key].shape)} there but {tuple(own[key].shape)} here"
                 if wrong else f"{key} is missing from it")
-        raise UserError(f"checkpoint {path} does not fit the configured model ({what}); use the model/data/sde "
-                        "settings it was trained with")
+        raise refuse(what)
+    tensors = [k for k in own if torch.is_tensor(own[k])]
+    for key in tensors:
+        mine, theirs = _dtype_kind(own[key]), _dtype_kind(state_dict[key])
+        if mine != theirs:
+            raise refuse(f"{key} is {state_dict[key].dtype} there but {own[key].dtype} here", damaged)
+    for key in tensors:
+        value = state_dict[key]
+        if value.is_floating_point() or value.is_complex():
+            if not bool(torch.isfinite(value).all()):
+                raise UserError(f"checkpoint {path} holds non-finite values (nan/inf) in {key}; training had diverged "
+                                "when it was written: use an earlier checkpoint, e.g. an epoch_*.ckpt next to it")
+    for key in tensors:
+        if state_dict[key].dtype != own[key].dtype:  # same kind (checked above): convert as load_state_dict would
+            state_dict[key] = state_dict[key].to(own[key].dtype)
+
+
+def check_module_keys(stored_module: Any, cls: type, path: str,
+                      given: tuple[str, ...] = ("score_model", "sde")) -> None:
+    """Refuse a stored config's ``module:`` section with keys ``cls.__init__`` does not take, in one line.
+
+    The section is spread into ``cls(...)`` as keyword arguments; an unknown key would otherwise be a ``TypeError``.
+    Hydra's own keys (``_target_``, ``_convert_``, ...) are left to Hydra.
+
+    Args:
+        stored_module: the ``module`` section (a mapping) of the checkpoint's stored config.
+        cls: the LightningModule class it is given to (e.g. :class:`~scorelab.lit.module.ScoreModule`).
+        path: the checkpoint, for the message.
+        given: arguments the caller passes itself (a key of the same name would be given twice).
+
+    Raises:
+        UserError: naming the checkpoint, the first unknown key and the keys that are accepted.
+    """
+    import inspect
+    from collections.abc import Mapping
+
+    if not isinstance(stored_module, (Mapping, DictConfig)):
+        raise UserError(f"checkpoint {path} is damaged or foreign: its stored module settings are a "
+                        f"{type(stored_module).__name__}, not a dict; pass a .ckpt written by train.py")
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = [name for name, p in params.items() if name != "self" and name not in given
+                and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    hydra_keys = {k for k in stored_module if isinstance(k, str) and k.startswith("_") and k.endswith("_")}
+    unknown = [str(k) for k in stored_module
+               if k not in hydra_keys and (k in given or not (takes_any or k in accepted))]
+    if unknown:
+        raise UserError(f"checkpoint {path} stores module settings this scorelab does not take ({unknown[0]!r} in "
+                        f"module:); {cls.__name__} accepts {', '.join(accepted)}: use the scorelab version that wrote "
+                        "it, or remove the key from the checkpoint's scorelab_config")

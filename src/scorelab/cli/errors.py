@@ -1,6 +1,7 @@
 """Turn configuration and input mistakes into one clear line instead of a traceback; keep tracebacks for bugs."""
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -13,10 +14,10 @@ from omegaconf.errors import OmegaConfBaseException
 from ..errors import UnsafeFileError, UserError
 
 T = TypeVar("T")
-__all__ = ["USER_ERRORS", "UnsafeFileError", "UserError", "is_user_error", "root_message", "run_or_exit"]
+__all__ = ["USER_ERRORS", "UnsafeFileError", "UserError", "describe", "is_user_error", "root_message", "run_or_exit"]
 
-USER_ERRORS = (UserError, ValueError, FileNotFoundError, InstantiationException, OmegaConfBaseException,
-               HydraException)
+# OSError: a missing or unreadable file, an unwritable folder, a full disk (and PIL's unreadable images)
+USER_ERRORS = (UserError, ValueError, OSError, InstantiationException, OmegaConfBaseException, HydraException)
 # Code that runs training and validation steps, their hooks and callbacks: a bare ValueError from in there is a bug.
 TRAINING_LOOP_FILES = (os.path.join("lightning", "pytorch", "loops", ""),)
 
@@ -37,9 +38,10 @@ def raised_in_training_loop(exc: BaseException) -> bool:
 def is_user_error(exc: BaseException) -> bool:
     """A mistake in config, paths or files (one line), as opposed to a bug (a traceback).
 
-    A :class:`UserError`, a missing file, a Hydra/OmegaConf error or a ``ValueError`` raised while building objects
-    from the config is the user's; a bare ``ValueError`` raised inside a training or validation step (or a hook
-    they call) is not: bad values are refused before training starts, so one there is a bug.
+    A :class:`UserError`, an ``OSError`` (a missing or unreadable file, an unwritable folder, a full disk), a
+    Hydra/OmegaConf error or a ``ValueError`` raised while building objects from the config is the user's; a bare
+    ``ValueError`` raised inside a training or validation step (or a hook they call) is not: bad values are refused
+    before training starts, so one there is a bug.
 
     Args:
         exc: a caught exception.
@@ -69,10 +71,41 @@ def root_message(exc: BaseException) -> str:
     return f"{key}: {message}" if key and not message.startswith(key) else message
 
 
-def run_or_exit(fn: Callable[..., T], *args, **kwargs) -> T:
-    """Call ``fn``; on a user error print ``error: <one line>`` to stderr and exit with status 2.
+_ELSEWHERE = "write elsewhere (paths.log_dir=<folder> or hydra.run.dir=<folder>)"
+_OS_HINTS = {
+    errno.ENOSPC: f"the disk is full: free space, or {_ELSEWHERE}; files already written are kept",
+    errno.EDQUOT: f"the disk quota is exceeded: free space, or {_ELSEWHERE}; files already written are kept",
+    errno.EACCES: f"no permission: {_ELSEWHERE}",
+    errno.EPERM: f"no permission: {_ELSEWHERE}",
+    errno.EROFS: f"a read-only file system: {_ELSEWHERE}",
+}
 
-    Anything else (a bug) propagates with its traceback, after a line saying where it was raised.
+
+def describe(exc: BaseException) -> str:
+    """The one line a user error is reported as: :func:`root_message`, with what to do for a failed file operation
+    and, for missing data, which settings name the data folder and fetch the files."""
+    from ..data.images import DatasetNotFoundError
+
+    inner = exc
+    while isinstance(inner, (InstantiationException, HydraException)) and (inner.__cause__ or inner.__context__):
+        inner = inner.__cause__ or inner.__context__
+    if isinstance(inner, DatasetNotFoundError):
+        return (f"{root_message(exc)} The data folder is data.data_dir, by default paths.data_dir (environment "
+                "SCORELAB_DATA, else ./data); data.download=true fetches missing files when training")
+    if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, UserError, HydraException)) \
+            and exc.errno is not None:
+        where = f": {exc.filename}" if exc.filename else ""
+        hint = _OS_HINTS.get(exc.errno)
+        return f"{exc.strerror or os.strerror(exc.errno)}{where}" + (f"; {hint}" if hint else "")
+    return root_message(exc)
+
+
+def run_or_exit(fn: Callable[..., T], *args, **kwargs) -> T:
+    """Call ``fn`` (a command outside Hydra); on a user error print ``error: <one line>`` to stderr and exit with
+    status 2.
+
+    Anything else (a bug) propagates with its traceback, after a line saying where it was raised. Hydra's entry
+    points use :func:`scorelab.cli.entry.run_job`, which also knows about run folders and sweeps.
     """
     try:
         return fn(*args, **kwargs)
@@ -84,5 +117,5 @@ def run_or_exit(fn: Callable[..., T], *args, **kwargs) -> T:
             raise
         if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the developer asked for the whole traceback
             raise
-        print(f"error: {root_message(exc)} (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+        print(f"error: {' '.join(describe(exc).split())} (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
         sys.exit(2)

@@ -145,7 +145,7 @@ def load_source(cfg: DictConfig) -> tuple[torch.nn.Module, Any, Any, str | None]
     """
     given = instantiate(cfg.data) if cfg.get("data") else None
     if cfg.get("ckpt_path"):
-        score, sde, trained, _ = load_score_model(cfg.ckpt_path, cfg.use_ema, data_dir=cfg.paths.data_dir)
+        score, sde, trained, _ = load_score_model(cfg.ckpt_path, cfg.use_ema, cfg)
         if given is not None:
             _check_same_data(given, trained, cfg.ckpt_path)
         return score, sde, given or trained, str(cfg.ckpt_path)

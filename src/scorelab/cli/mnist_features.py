@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..metrics.mnist_classifier import default_path, load_mnist_features, train_mnist_classifier
+from .smoke import smoke_cap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder holding MNIST/raw (default: $SCORELAB_DATA or ./data)")
     p.add_argument("--out", type=Path, default=None, help=f"file to write (default: {default_path()})")
     p.add_argument("--epochs", type=int, default=3, help="passes over the 60000 training images (default: 3)")
+    p.add_argument("--max-train-images", type=int, default=None,
+                   help="train on at most this many images (default: all 60000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device to train on (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -32,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    path, acc = train_mnist_classifier(args.data_dir, out, epochs=args.epochs, seed=args.seed, device=args.device,
-                                       download=args.download)
+    path, acc = train_mnist_classifier(args.data_dir, out, epochs=smoke_cap(args.epochs, 1), seed=args.seed,
+                                       device=args.device, download=args.download,
+                                       max_train_images=smoke_cap(args.max_train_images, 2048))
     print(f"test accuracy {acc:.4f} ({acc * 10000:.0f}/10000); saved {path}")
     return 0
 

@@ -31,18 +31,11 @@ from ..sampling.seeded import SeededBatch, seeded_batches
 from ..teaching import write_teaching_pictures
 from .classes import ClassRequest, check_class_keys, class_request
 from .classifier import classifier_request, refuse_score_as_classifier
-from .common import (
-    build_core,
-    check_state_dict,
-    check_stored_targets,
-    compose_group,
-    load_checkpoint,
-    progress_bar,
-    resolve_device,
-    upgrade_stored_config,
-)
+from .common import build_core, check_module_keys, check_state_dict, compose_group, progress_bar, resolve_device
 from .errors import UserError
 from .evaluate import build_evaluator, build_extractor
+from .restore import read_stored_run, standalone_config
+from .smoke import cap_sampler
 
 FORMATS = ("npz", "png")
 PROTOCOLS = ("single", "edm")
@@ -58,32 +51,33 @@ class Trained(NamedTuple):
     config: DictConfig
 
 
-def load_trained(ckpt_path: str, use_ema: bool = True, data_dir: str | None = None) -> Trained:
+def load_trained(ckpt_path: str, use_ema: bool = True, cfg: DictConfig | None = None,
+                 data_dir: str | None = None) -> Trained:
     """Rebuild data module, SDE and score model from the config stored in a ``train.py`` checkpoint (read safely,
-    its ``_target_``s checked against the allowlist before anything is built).
+    its stored config checked before anything is built; :func:`~scorelab.cli.restore.read_stored_run`).
 
-    ``data_dir``, if given, replaces the stored data config's ``data_dir`` (the training machine's folder), so the
-    data module reads this machine's files.
+    Args:
+        ckpt_path: a ``.ckpt`` file, a run folder, ``last`` or ``auto``.
+        use_ema: sample with the EMA weights.
+        cfg: the running command's config: its run folder (for ``last``/``auto``) and data folder (the stored data
+            config reads this machine's). None: outside a command (notebooks, benches).
+        data_dir: outside a command, the data folder (default ``$SCORELAB_DATA``, else ``./data``).
     """
-    path, ckpt = load_checkpoint(ckpt_path)
-    if "scorelab_config" not in ckpt:
-        raise UserError(f"{path} has no stored scorelab config; it was not written by scorelab's train.py")
-    stored = upgrade_stored_config(ckpt["scorelab_config"])  # class names of earlier scorelab versions
-    check_stored_targets(stored, path)  # before anything from the file is instantiated
-    refuse_score_as_classifier(path, stored)
-    train_cfg = OmegaConf.create(stored)
-    if data_dir is not None and "data_dir" in train_cfg.data:
-        train_cfg.data.data_dir = str(data_dir)
-    parts = build_core(train_cfg)
-    module = ScoreModule(parts["score_model"], parts["sde"], **OmegaConf.to_container(train_cfg.module))
-    check_state_dict(module, ckpt["state_dict"], path)
-    module.load_state_dict(ckpt["state_dict"])
-    return Trained(module.score_fn(use_ema), parts["sde"], parts["datamodule"], train_cfg.get("sampler"), train_cfg)
+    run = read_stored_run(ckpt_path, cfg if cfg is not None else standalone_config(data_dir))
+    refuse_score_as_classifier(run.path, run.config)
+    parts = build_core(run.config)
+    check_module_keys(run.config.get("module", {}), ScoreModule, run.path)
+    module = ScoreModule(parts["score_model"], parts["sde"], **OmegaConf.to_container(run.config.get("module", {})))
+    check_state_dict(module, run.checkpoint["state_dict"], run.path)
+    module.load_state_dict(run.checkpoint["state_dict"])
+    return Trained(module.score_fn(use_ema), parts["sde"], parts["datamodule"], run.config.get("sampler"),
+                   run.config)
 
 
-def load_score_model(ckpt_path: str, use_ema: bool = True, data_dir: str | None = None):
+def load_score_model(ckpt_path: str, use_ema: bool = True, cfg: DictConfig | None = None,
+                     data_dir: str | None = None):
     """``(score, sde, datamodule, sampler config)`` of a ``train.py`` checkpoint (see :func:`load_trained`)."""
-    return tuple(load_trained(ckpt_path, use_ema, data_dir))[:4]
+    return tuple(load_trained(ckpt_path, use_ema, cfg, data_dir))[:4]
 
 
 def _check(cfg: DictConfig) -> None:
@@ -140,7 +134,7 @@ def _source(cfg: DictConfig) -> tuple[Trained, DictConfig]:
     """
     chosen = cfg.get("sampler")
     if cfg.get("ckpt_path"):
-        trained = load_trained(cfg.ckpt_path, cfg.use_ema, data_dir=cfg.paths.data_dir)
+        trained = load_trained(cfg.ckpt_path, cfg.use_ema, cfg)
         base, source = trained.sampler_cfg, "the checkpoint's sampler"
     elif cfg.model.get("oracle", False):
         datamodule, sde = instantiate(cfg.data), instantiate(cfg.sde)
@@ -153,10 +147,10 @@ def _source(cfg: DictConfig) -> tuple[Trained, DictConfig]:
         raise UserError("nothing to sample from: pass ckpt_path=<run dir>/checkpoints/last.ckpt, or model=oracle "
                         "for the exact score of toy data")
     if chosen and "_target_" in chosen:
-        return trained, chosen
+        return trained, cap_sampler(chosen)
     if not base:
         base, source = compose_group(cfg, "sampler", DEFAULT_SAMPLER), "the default sampler"
-    return trained, _with_overrides(base, chosen, source)
+    return trained, cap_sampler(_with_overrides(base, chosen, source))
 
 
 def sample(cfg: DictConfig) -> Path:

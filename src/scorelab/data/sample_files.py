@@ -23,8 +23,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NPZ_KEYS = ("x", "arr_0", "samples", "images")
 
 
+MAX_SIDE = 16384               # pixels per side of one image file; larger headers are refused before decoding
+MAX_PIXELS = 64 * 1024 * 1024  # pixels of one image file (PIL's own bomb limit is ~89M)
+CHANNELS = (1, 3)              # grey or RGB: what the feature extractors take
+
+
 def _npz_images(path: Path) -> np.ndarray:
-    data = load_npz(path)
+    data = load_npz(path)  # a truncated or corrupt file: one UserError naming it
     key = next((k for k in NPZ_KEYS if k in data), None)
     if key is None:
         raise UserError(f"{path} has no image array (keys {sorted(data)}); expected one of {NPZ_KEYS} holding "
@@ -33,7 +38,50 @@ def _npz_images(path: Path) -> np.ndarray:
     if x.dtype != np.uint8 or x.ndim not in (3, 4):
         raise UserError(f"{path}: '{key}' is {x.dtype} {x.shape}; expected uint8 images [N, H, W, C] or "
                         "[N, H, W] in [0, 255] (sample.py writes them so for images)")
+    n, h, w = x.shape[:3]
+    c = x.shape[3] if x.ndim == 4 else 1
+    problem = ("holds no images" if n < 1 else f"holds {h}x{w} images" if h < 1 or w < 1 else
+               f"holds images of {c} channels (1 grey or 3 RGB expected)" if c not in CHANNELS else None)
+    if problem:
+        raise UserError(f"{path}: '{key}' of shape {list(x.shape)} {problem}; expected uint8 images [N, H, W, C] "
+                        "with N >= 1, H, W >= 1 and C = 1 or 3 (or [N, H, W] for grey): write the samples again")
     return x[..., None] if x.ndim == 3 else x
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as uint8 ``[H, W, C]`` (``C`` 1 for grey modes, else 3: RGB).
+
+    Its size is checked from the header before any pixel is decoded: no side over :data:`MAX_SIDE`, no more
+    than :data:`MAX_PIXELS` pixels, none of zero size (PIL's decompression-bomb guard is turned into the same error).
+
+    Raises:
+        UserError: naming the file: unreadable (corrupt, truncated, not an image), too large, or empty.
+    """
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w < 1 or h < 1:
+                    raise UserError(f"image {path} has size {w}x{h}; delete it or write it again")
+                if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
+                    raise UserError(f"image {path} claims a size of {w}x{h} pixels, over the limit of {MAX_SIDE} per "
+                                    f"side and {MAX_PIXELS} in all (a decompression bomb?); refused without decoding "
+                                    "it: remove it from the samples")
+                arr = np.asarray(im.convert("L") if im.mode in ("L", "I;16", "I", "1") else im.convert("RGB"))
+    except UserError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(f"image {path} is refused as a decompression bomb ({' '.join(str(exc).split())[:160]}); "
+                        "remove it from the samples") from None
+    except Exception as exc:  # UnidentifiedImageError, OSError (truncated), SyntaxError, zlib errors, ...
+        raise UserError(f"image {path} cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
+                        "it may be truncated or corrupt: delete it or write it again") from None
+    return arr[..., None] if arr.ndim == 2 else arr
 
 
 def _to_tensor(x: np.ndarray) -> torch.Tensor:
@@ -53,8 +101,8 @@ class ImageSet:
         if self.path.is_file() and self.path.suffix == ".npz":
             self._arrays, self._files = [_npz_images(self.path)], None
         elif self.path.is_dir():
-            files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            shards = sorted(self.path.glob("*.npz"))
+            files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            shards = sorted(p for p in self.path.glob("*.npz") if p.is_file())
             if files and shards:
                 raise UserError(f"{self.path} holds both images and .npz files; point at one kind")
             if not files and not shards:
@@ -81,13 +129,7 @@ class ImageSet:
         """uint8 images ``[stop - start, C, H, W]``."""
         stop = min(stop, len(self))
         if self._files is not None:
-            from PIL import Image
-
-            arrays = []
-            for p in self._files[start:stop]:
-                with Image.open(p) as im:
-                    arr = np.asarray(im.convert("L") if im.mode in ("L", "I;16", "I", "1") else im.convert("RGB"))
-                arrays.append(arr[..., None] if arr.ndim == 2 else arr)
+            arrays = [read_image(p) for p in self._files[start:stop]]
             if len({a.shape for a in arrays}) > 1:
                 raise UserError(f"images in {self.path} differ in size; FID needs equally sized images")
             return _to_tensor(np.stack(arrays))

@@ -79,7 +79,7 @@ class SampleEvaluator(nn.Module):
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
-        reference.check(extractor.extractor_id, extractor.preprocessing)
+        reference.check(extractor.extractor_id, extractor.preprocessing, num_features=int(extractor.num_features))
         self.extractor, self.reference = extractor, reference
         self.metric_name, self.kernel_name = extractor.metric_name, kernel_metric_name(extractor)
         holds_reference = _is_reference_rank() if reference_rank is None else reference_rank

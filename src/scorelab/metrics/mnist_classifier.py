@@ -285,7 +285,8 @@ def load_mnist_features(path: str | os.PathLike | None = None, device: str = "cp
 
 
 def mnist_features(path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-                   train_if_missing: bool = True, device: str = "cpu") -> MNISTFeatures:
+                   train_if_missing: bool = True, device: str = "cpu",
+                   max_train_images: int | None = None) -> MNISTFeatures:
     """The ``fd_mnist`` extractor for configs: load the classifier, training it once (cached) if it is missing.
 
     Args:
@@ -293,11 +294,12 @@ def mnist_features(path: str | os.PathLike | None = None, data_dir: str | os.Pat
         data_dir: the MNIST root folder used when the classifier has to be trained (a few minutes on a CPU).
         train_if_missing: train when the file is missing (else the ``UserError`` of :func:`load_mnist_features`).
         device: where the network runs.
+        max_train_images: train on at most this many images (None: all 60,000).
     """
     target = Path(path).expanduser() if path is not None else default_path()
     if not target.is_file() and train_if_missing and data_dir is not None:
         _print_now(f"fd_mnist: no classifier at {target}; training it once on {data_dir} (cached for later runs)")
-        train_mnist_classifier(data_dir, target)
+        train_mnist_classifier(data_dir, target, max_train_images=max_train_images)
     return load_mnist_features(target, device)
 
 

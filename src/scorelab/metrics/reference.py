@@ -71,7 +71,8 @@ def reference_stats(datamodule, split: str, extractor: nn.Module, count: int | N
     path = stats_file(datamodule.dataset_name, split, extractor.extractor_id, count, cache)
     if path.is_file() and not rebuild:
         stats = FeatureStats.load(path)
-        stats.check(extractor.extractor_id, extractor.preprocessing, count, what="cached reference statistics")
+        stats.check(extractor.extractor_id, extractor.preprocessing, count, what="cached reference statistics",
+                    num_features=getattr(extractor, "num_features", None))
         log(f"reference statistics: {path} ({stats.count} images of {stats.dataset} {stats.split})")
         return stats, path
     images, _ = datamodule.images(split)  # images decoded on access are read batch by batch, never all at once
