@@ -5,7 +5,8 @@
     python bench/evaluation.py --weights <file>      # offline: the Inception weights file
 
 Without real weights (offline, nothing cached) the network runs with random weights of the same architecture:
-the cost is identical. Prints a Markdown table.
+the cost is identical. Prints a Markdown table. With ``SCORELAB_SMOKE=1`` it is a smoke run (``scorelab.cli.smoke``):
+8 images, and statistics of 256 feature rows instead of 10k; its numbers mean nothing.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scorelab.cli.smoke import smoke_active, smoke_cap  # noqa: E402
 from scorelab.errors import UserError  # noqa: E402
 from scorelab.metrics.evaluation import SampleEvaluator, extract_features  # noqa: E402
 from scorelab.metrics.frechet import FeatureStats  # noqa: E402
@@ -81,6 +83,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--full", action="store_true", help="run the whole 10k-sample feature pass")
     args = parser.parse_args()
+    n_fid = smoke_cap(10_000, 256)  # SCORELAB_SMOKE=1: the same table from a few images (scorelab.cli.smoke)
+    if smoke_active():
+        print(f"SCORELAB_SMOKE=1: a smoke run, its numbers mean nothing (images {args.images} -> "
+              f"{smoke_cap(args.images, 8)}, batch size {args.batch_size} -> {smoke_cap(args.batch_size, 8)}, "
+              f"FID feature rows 10000 -> {n_fid})", flush=True)
+        args.images, args.batch_size = smoke_cap(args.images, 8), smoke_cap(args.batch_size, 8)
     extractor, weights = _extractor(args.weights)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"Inception-v3 features (weights: {weights}), 32x32 RGB inputs resized to 299, batch {args.batch_size}; "
@@ -91,7 +99,7 @@ def main() -> None:
     for device in devices:
         name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
         n = args.images * (10 if device.type == "cuda" else 1)
-        row = measure(device, extractor, n, args.batch_size * (4 if device.type == "cuda" else 1), args.full)
+        row = measure(device, extractor, n, args.batch_size * (4 if device.type == "cuda" else 1), args.full, n_fid)
         print(f"| {name} | {row['images_per_s']:.1f} | {row['stats_s']:.2f} | {row['fid_s']:.0f} | {row['how']} |")
 
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from scorelab.cli.smoke import smoke_active
 from scorelab.data import eight_gaussians, two_modes
 from scorelab.metrics import energy_distance_2d, exact_nll, mode_weight_error
 from scorelab.sampling import (
@@ -311,7 +313,10 @@ def plot(problems: list[Problem], curves: dict, path) -> None:
             ax.set_title(f"{p.name}: {label}", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7, ncol=2)
+    if smoke_active():
+        fig.suptitle("SCORELAB_SMOKE=1: smoke run, numbers mean nothing", color="red")
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

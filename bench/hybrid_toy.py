@@ -13,6 +13,9 @@ Nichol & Dhariwal 2021, Eq. 15), ``beta`` and ``beta_tilde``. The true NLL of th
 the floor. One torch thread:
 
     OMP_NUM_THREADS=1 python bench/hybrid_toy.py                       # two_modes, 3000 steps, N = 25 50 100 1000
+
+With ``SCORELAB_SMOKE=1`` it is a smoke run (``scorelab.cli.smoke``): 20 training steps, the first two chains, 64
+test points; its numbers mean nothing.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import time
 
 import torch
 
+from scorelab.cli.smoke import smoke_active, smoke_cap
 from scorelab.data import eight_gaussians, two_modes
 from scorelab.hybrid import HybridLoss, gaussian_nll
 from scorelab.models import ScoreMLP, ScoreModel
@@ -84,6 +88,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="test points")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if smoke_active():  # SCORELAB_SMOKE=1: the same table, small (scorelab.cli.smoke)
+        old = dict(vars(args))
+        args.steps, args.chains, args.n = smoke_cap(args.steps, 20), smoke_cap(args.chains, 2), smoke_cap(args.n, 64)
+        changed = [f"{k} {old[k]} -> {v}" for k, v in vars(args).items() if v != old[k]]
+        print(f"SCORELAB_SMOKE=1: a smoke run, its numbers mean nothing ({', '.join(changed) or 'nothing to cap'})",
+              flush=True)
     torch.set_num_threads(1)
     mixture, sde = MIXTURES[args.mixture](), VPSDE()
     start = time.perf_counter()

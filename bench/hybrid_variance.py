@@ -7,25 +7,30 @@ the imports are paid once) on the same first ``--n`` images of the split, with t
 noises for every variance, so the rows of one ``N`` differ only in the variance. Prints a markdown table in bits/dim
 (mean ± standard error over images, and the terms ``L_0``, ``sum L_{t-1}``, ``L_N``).
 
-    OMP_NUM_THREADS=1 python bench/hybrid_variance.py --ckpt <run>/checkpoints/last.ckpt --data-dir <data> \\
-        --steps 50 100 --n 100
+    OMP_NUM_THREADS=1 python bench/hybrid_variance.py --ckpt <run>/checkpoints/last.ckpt --steps 50 100 --n 100
 
 ``--plot docs/hybrid_variance.png`` instead draws, on an ``--plot-steps``-step chain (default 50) and the first
 ``--plot-n`` images (default 32), each term ``L_{t-1}`` (``t = 1``: the decoder ``L_0``) in bits/dim against ``t`` for
 the three variances (one network call per ``t``, the same ``x_t`` for all three), and the learned interpolation ``v``
 averaged over pixels and images (about 1 minute on one CPU thread):
 
-    OMP_NUM_THREADS=1 python bench/hybrid_variance.py --ckpt <run>/checkpoints/last.ckpt --data-dir <data> \\
-        --plot docs/hybrid_variance.png
+    OMP_NUM_THREADS=1 python bench/hybrid_variance.py --ckpt <run>/checkpoints/last.ckpt --plot docs/hybrid_variance.png
+
+The data folder is ``--data-dir``, else ``$SCORELAB_DATA``, else ``./data``; relative paths are read from the current
+folder. With ``SCORELAB_SMOKE=1`` it is a smoke run (``scorelab.cli.smoke``): 4 images, one short chain of at most
+25 steps, ``--long`` with at most 4 times, a plot of at most 25 steps; its numbers mean nothing.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from scorelab.cli.smoke import smoke_active, smoke_cap
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANCES = ("learned", "beta", "beta_tilde")
@@ -41,8 +46,7 @@ def run(ckpt: str, data_dir: str, steps: int, timesteps: int | None, variance: s
         cfg = compose(config_name="likelihood", overrides=[
             f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}", f"split={split}", f"n={n}", f"batch_size={n}",
             "method=vlb", f"vlb.num_steps={steps}", f"vlb.timesteps={'null' if timesteps is None else timesteps}",
-            f"vlb.variance={variance}", "device=cpu",
-            f"paths.root_dir={ROOT}", f"paths.output_dir={out}", f"paths.log_dir={out}/logs"])
+            f"vlb.variance={variance}", "device=cpu", f"paths.output_dir={out}", f"paths.log_dir={out}/logs"])
     return likelihood(cfg)
 
 
@@ -98,7 +102,10 @@ def plot(ckpt: str, data_dir: str, steps: int, n: int, split: str, out: str, see
             ylabel="mean v over pixels")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
+    if smoke_active():
+        fig.suptitle("SCORELAB_SMOKE=1: smoke run, numbers mean nothing", color="red")
     fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     print(f"wrote {out}; sums (bits/dim, without L_N): " + ", ".join(f"{k} {sum(terms[k]):.3f}" for k in VARIANCES))
 
@@ -106,7 +113,8 @@ def plot(ckpt: str, data_dir: str, steps: int, n: int, split: str, out: str, see
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True)
-    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--data-dir", default=os.environ.get("SCORELAB_DATA") or "./data",
+                        help="folder holding MNIST/raw (default: $SCORELAB_DATA or ./data)")
     parser.add_argument("--steps", type=int, nargs="+", default=[50, 100], help="chain lengths N (full sums)")
     parser.add_argument("--long", type=int, default=None, help="also N=1000 with this many stratified times K")
     parser.add_argument("--n", type=int, default=100, help="images (the first n of the split)")
@@ -116,6 +124,16 @@ def main() -> None:
     parser.add_argument("--plot-steps", type=int, default=50)
     parser.add_argument("--plot-n", type=int, default=32)
     args = parser.parse_args()
+    if smoke_active():  # SCORELAB_SMOKE=1: the same rows and plot from a few images and steps (scorelab.cli.smoke)
+        old = dict(vars(args))
+        args.steps = [smoke_cap(s, 25) for s in smoke_cap(args.steps, 1)]  # linear VP: N >= beta_max = 20
+        args.long = smoke_cap(args.long, 4) if args.long else args.long
+        args.n, args.plot_steps, args.plot_n = smoke_cap(args.n, 4), smoke_cap(args.plot_steps, 25), \
+            smoke_cap(args.plot_n, 4)
+        keys = ("plot_steps", "plot_n") if args.plot else ("steps", "long", "n")
+        changed = [f"{k.replace('_', '-')} {old[k]} -> {getattr(args, k)}" for k in keys if old[k] != getattr(args, k)]
+        print(f"SCORELAB_SMOKE=1: a smoke run, its numbers mean nothing ({', '.join(changed) or 'nothing to cap'})",
+              flush=True)
     if args.plot:
         plot(args.ckpt, args.data_dir, args.plot_steps, args.plot_n, args.split, args.plot)
         return
@@ -134,7 +152,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.out:
-        Path(args.out).write_text(table + "\n")
+        Path(args.out).write_text(("(smoke run: numbers mean nothing)\n\n" if smoke_active() else "") + table + "\n")
 
 
 if __name__ == "__main__":

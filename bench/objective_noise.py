@@ -18,6 +18,9 @@ the columns compare like with like. Run it with one thread::
 
     OMP_NUM_THREADS=1 python bench/objective_noise.py                        # eight_gaussians, about 4 min
     OMP_NUM_THREADS=1 python bench/objective_noise.py --mixture two_modes
+
+With ``SCORELAB_SMOKE=1`` it is a smoke run (``scorelab.cli.smoke``): 20 training steps, 4 batches per cell; its
+numbers mean nothing.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from objectives import compose, train_row  # noqa: E402  (the same training as bench/objectives.py)
+from objectives import compose, smoke_args, train_row  # noqa: E402  (the same training as bench/objectives.py)
 
 TIMES = (0.01, 0.05, 0.1, 0.2, 0.5, 0.9)
 
@@ -69,6 +72,7 @@ def main() -> None:
     parser.add_argument("--snr-shift", type=float, default=-2.0)
     parser.add_argument("--snr-floor", type=float, default=0.2)
     args = parser.parse_args()
+    smoke_args(args, steps=20, batches=4)
     torch.set_num_threads(1)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)

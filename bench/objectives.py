@@ -25,7 +25,9 @@ noisy than the values. Run it with one thread::
     OMP_NUM_THREADS=1 python bench/objectives.py --steps 2000 --mixtures two_modes --out table.md
     OMP_NUM_THREADS=1 python bench/objectives.py --nll-n 0 --overrides optimizer.lr=5e-3 scheduler=warmup_stable_decay
 
-``--overrides`` changes every row alike (DSM included), so the ratios stay a same-recipe comparison.
+``--overrides`` changes every row alike (DSM included), so the ratios stay a same-recipe comparison. With
+``SCORELAB_SMOKE=1`` it is a smoke run (``scorelab.cli.smoke``): 20 steps (a learning-rate warm-up of at most 5),
+one mixture, at most two seeds, 32 NLL points, every row asked for; its numbers mean nothing.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from scorelab.cli.smoke import smoke_active, smoke_cap
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = (0.05, 0.2, 0.5, 0.9)
@@ -80,12 +84,17 @@ def compose(mixture: str, overrides: list[str], steps: int):
     composes it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=[
-            f"experiment={experiment_of(mixture)}", *overrides, f"trainer.max_steps={steps}", "logger=none", "callbacks=none",
-            "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+        cfg = hydra_compose(config_name="train", overrides=[
+            f"experiment={experiment_of(mixture)}", *overrides, f"trainer.max_steps={steps}", "logger=none",
+            "callbacks=none", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
             "trainer.limit_val_batches=0", f"paths.output_dir={tempfile.mkdtemp(prefix='bench_objectives_')}"])
+    warmup = OmegaConf.select(cfg, "scheduler.warmup_steps", default=None)
+    if smoke_active() and isinstance(warmup, int) and warmup > steps // 4:  # a smoke run's few steps: warm-up
+        cfg.scheduler.warmup_steps = steps // 4  # ends within them (warmup_cosine, warmup_stable_decay need it)
+    return cfg
 
 
 def train_row(cfg):
@@ -166,15 +175,30 @@ def run(mixtures: list[str], steps: int, nll_n: int, rows: list[str], emit, over
             if label == REFERENCE:
                 reference = means
             ratio = sum(means) / sum(reference)
-            worst = max(m / r for m, r in zip(means, reference))
+            worst = max(m / r for m, r in zip(means, reference, strict=True))
             if nlls:  # seed mean of the gaps, standard error of that mean from the per-seed standard errors
-                nll = "{:+.4f} ± {:.4f}".format(sum(g for g, _ in nlls) / len(nlls),
-                                                math.sqrt(sum(se**2 for _, se in nlls)) / len(nlls))
+                nll = (f"{sum(g for g, _ in nlls) / len(nlls):+.4f} ± "
+                       f"{math.sqrt(sum(se**2 for _, se in nlls)) / len(nlls):.4f}")
             else:
                 nll = "-"
             emit(f"| {label} | " + " | ".join(f"{e:.4f}" for e in errors) + f" | {sum(means) / len(means):.4f} | "
                  f"{ratio:.2f}" + (f" | {worst:.2f}" if len(seeds) > 1 else "")
                  + f" | {nll} | {sum(times) / len(times):.0f} |")
+
+
+def smoke_args(args: argparse.Namespace, **caps: int) -> None:
+    """``SCORELAB_SMOKE=1``: cap these arguments (:func:`scorelab.cli.smoke.smoke_cap`: numbers to at most the cap,
+    lists to their first items) and say so in one line; nothing otherwise."""
+    if not smoke_active():
+        return
+    changed = []
+    for name, cap in caps.items():
+        old = getattr(args, name)
+        setattr(args, name, smoke_cap(old, cap))
+        if getattr(args, name) != old:
+            changed.append(f"{name.replace('_', '-')} {old} -> {getattr(args, name)}")
+    print(f"SCORELAB_SMOKE=1: a smoke run, its numbers mean nothing ({', '.join(changed) or 'nothing to cap'})",
+          flush=True)
 
 
 def main() -> None:
@@ -193,6 +217,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.steps, args.nll_n = 100, 200
+    smoke_args(args, steps=20, mixtures=1, seeds=2, nll_n=32)
     torch.set_num_threads(1)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -207,7 +232,8 @@ def main() -> None:
         emit(f"\nOverrides of every row: `{' '.join(args.overrides)}`")
     run(args.mixtures, args.steps, args.nll_n, args.rows, emit, args.overrides, args.seeds)
     if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
+        args.out.write_text("\n".join((["(smoke run: numbers mean nothing)"] if smoke_active() else []) + lines)
+                            + "\n")
 
 
 if __name__ == "__main__":

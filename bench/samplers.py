@@ -28,6 +28,9 @@ Run it with ``python bench/samplers.py`` (``make bench`` calls it); ``--sde all`
 
 ``--fast`` runs the few-step benchmark instead (``bench/fast_samplers.py``): the fewest NFE at which each few-step
 sampler matches 1000-step PC, a grid study, the 10-NFE targets and a PNG of quality against NFE.
+
+With ``SCORELAB_SMOKE=1`` it is a smoke run (``scorelab.cli.smoke``): the same rows from 200 samples (``--n-samples``
+and ``--target-n``); what it writes starts with "(smoke run: numbers mean nothing)" and the PNG says so in red.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from scorelab.cli.smoke import smoke_active, smoke_cap
 from scorelab.data import eight_gaussians, two_modes
 from scorelab.metrics import energy_distance, exact_nll, mode_weight_error
 from scorelab.sampling import (
@@ -60,6 +64,7 @@ from scorelab.sde import VESDE, VPSDE, SubVPSDE
 
 SDES = {"vp": (VPSDE, 1e-3), "subvp": (SubVPSDE, 1e-3), "ve": (VESDE, 1e-5)}  # class, sampling end time eps
 MIXTURES = {"two_modes (0.8/0.2)": two_modes, "eight_gaussians": eight_gaussians}
+SMOKE_MARK = "(smoke run: numbers mean nothing)"  # the first line of what a SCORELAB_SMOKE=1 run writes
 HEADER = ["sampler", "steps", "NFE", "time [s]", "mode err", "energy dist", "NLL", "NLL - H"]
 
 
@@ -175,9 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     sde_names = list(SDES) if sde_arg == "all" else sde_arg.split(",")
     if any(s not in SDES for s in sde_names):
         parser.error(f"--sde must be vp, subvp, ve, all or a comma list of them, got {sde_arg!r}")
+    if smoke_active():  # SCORELAB_SMOKE=1: the same tables from a few samples (scorelab.cli.smoke)
+        caps = [f"samples {n} -> {smoke_cap(n, 200)}"] + (
+            [f"target samples {args.target_n} -> {smoke_cap(args.target_n, 200)}"] if args.fast else [])
+        n, args.target_n = smoke_cap(n, 200), smoke_cap(args.target_n, 200)
+        print(f"SCORELAB_SMOKE=1: a smoke run, its numbers mean nothing ({', '.join(caps)})", flush=True)
     torch.set_num_threads(args.threads)
 
-    lines: list[str] = []
+    lines: list[str] = [SMOKE_MARK, ""] if smoke_active() else []
 
     def emit(line: str) -> None:
         lines.append(line)

@@ -11,6 +11,9 @@ the Python/torch baseline, printed in its own row); GPU memory is ``torch.cuda.m
     python bench/throughput.py                       # CPU table (and GPU table when CUDA is available)
     python bench/throughput.py --quick               # smoke run: tiny batches, 2 steps
     python bench/throughput.py --presets unet_small --variants fp32,channels_last --steps 10
+
+With ``SCORELAB_SMOKE=1`` it is a smoke run (``scorelab.cli.smoke``): the first preset only, as ``--quick`` (batch 2,
+1 warm-up and 1 timed step); its numbers mean nothing.
 """
 from __future__ import annotations
 
@@ -143,7 +146,13 @@ def main() -> None:
 
     import torch
 
+    from scorelab.cli.smoke import smoke_active, smoke_cap
+
     presets = args.presets.split(",")
+    if smoke_active():  # SCORELAB_SMOKE=1: the same table, small (scorelab.cli.smoke)
+        print(f"SCORELAB_SMOKE=1: a smoke run, its numbers mean nothing (presets {len(presets)} -> "
+              f"{len(smoke_cap(presets, 1))}, as --quick: batch 2, 1 warm-up and 1 timed step)", flush=True)
+        presets, args.quick = smoke_cap(presets, 1), True
     steps, warmup = (1, 1) if args.quick else (args.steps, args.warmup)
     out = [f"## Training throughput (torch {torch.__version__}, {torch.get_num_threads()} CPU threads)"]
     if not args.no_cpu:
@@ -169,7 +178,7 @@ def main() -> None:
     text = "\n\n".join(out)
     print("\n" + text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        Path(args.out).write_text(("(smoke run: numbers mean nothing)\n\n" if smoke_active() else "") + text + "\n")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     path, acc = train_mnist_classifier(args.data_dir, out, epochs=smoke_cap(args.epochs, 1), seed=args.seed,
                                        device=args.device, download=args.download,
-                                       max_train_images=smoke_cap(args.max_train_images, 2048))
+                                       max_train_images=smoke_cap(args.max_train_images, 512))
     print(f"test accuracy {acc:.4f} ({acc * 10000:.0f}/10000); saved {path}")
     return 0
 

@@ -29,7 +29,7 @@ _CAPS: dict[str, list[tuple[str, float, str]]] = {
         ("callbacks.fid.batch_size", 16, "none"), ("callbacks.fid.ref_count", 64, "all"),
         ("callbacks.likelihood.n", 4, "none"), ("callbacks.likelihood.batch_size", 4, "none"),
         ("sampler.steps", 10, "none"), ("callbacks.fid.sampler.steps", 10, "none"),
-        ("features.max_train_images", 2048, "all"),
+        ("features.max_train_images", 512, "all"), ("scheduler.warmup_steps", 1, "none"),
     ],
     "sample": [
         ("n_samples", 16, "none"), ("batch_size", 16, "none"), ("per_class", 2, "none"), ("per_image", 2, "none"),
@@ -38,7 +38,7 @@ _CAPS: dict[str, list[tuple[str, float, str]]] = {
         ("teaching.images", 2, "none"), ("teaching.columns", 4, "none"), ("teaching.grid", 6, "none"),
         ("eval.ref_count", 64, "all"), ("eval.batch_size", 32, "none"), ("eval.kid_subsets", 2, "none"),
         ("eval.kid_subset_size", 8, "none"), ("eval.kid_reference_features", 64, "none"),
-        ("features.max_train_images", 2048, "all"),
+        ("features.max_train_images", 512, "all"),
     ],
     "likelihood": [
         ("n", 4, "all"), ("batch_size", 4, "none"), ("repeats", 2, "none"), ("vlb.num_steps", 25, "none"),
@@ -47,7 +47,7 @@ _CAPS: dict[str, list[tuple[str, float, str]]] = {
     "fid": [
         ("n", 16, "all"), ("ref_count", 64, "all"), ("batch_size", 32, "none"), ("kid_subsets", 2, "none"),
         ("kid_subset_size", 8, "none"), ("kid_reference_features", 64, "none"),
-        ("features.max_train_images", 2048, "all"),
+        ("features.max_train_images", 512, "all"),
     ],
 }
 # (dotted key, value) set outright when the key exists
