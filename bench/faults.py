@@ -303,9 +303,14 @@ def _truncated_npz(path: Path) -> Path:
 
 
 def _png_folder(write) -> callable:
+    """A folder of two good digits and, last, one bad file written by ``write``."""
     def make(path: Path) -> Path:
+        from PIL import Image
+
         path.mkdir(exist_ok=True)
-        write(path / "000000.png")
+        for i in range(2):
+            Image.fromarray(np.full((28, 28), 60 * (i + 1), np.uint8)).save(path / f"00000{i}.png")
+        write(path / "000002.png")
         return path
     return make
 
@@ -366,19 +371,21 @@ def mistake(tmp: Path, script: str, args: list[str]) -> tuple[str, str, str]:
             "" if one else f"{len(lines)} lines of output")
 
 
-def full_disk(tmp: Path, good: Path) -> tuple[str, str, str]:
-    """A 1 MiB tmpfs as the output folder (needs root to mount: otherwise the row says so)."""
-    mount = tmp / "tiny_disk"
+def full_disk(tmp: Path, good: Path, free_kib: int) -> tuple[str, str, str]:
+    """A 1 MiB tmpfs as the output folder with ``free_kib`` left (needs root to mount: otherwise the row says so)."""
+    mount = tmp / f"tiny_disk_{free_kib}"
     mount.mkdir()
     made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
     if made.returncode != 0:
         return "not run: mounting a 1 MiB tmpfs needs root", "-", "tests/test_trust.py injects ENOSPC instead"
     try:
         (mount / "keep.txt").write_text("earlier results")
-        (mount / "filler").write_bytes(b"\0" * (1024 * 1024 - 64 * 1024))  # nearly full already
-        proc = _run("sample.py", [f"ckpt_path={good}", "n_samples=20000", f"hydra.run.dir={mount / 'run'}"], tmp)
+        (mount / "filler").write_bytes(b"\0" * ((1024 - free_kib) * 1024 - 8192))
+        proc = _run("sample.py", [f"ckpt_path={good}", "n_samples=40000", f"hydra.run.dir={mount / 'run'}"], tmp)
         kept = (mount / "keep.txt").read_text() == "earlier results"
-        return f"exit {proc.returncode}: {_message(proc)}", "nothing" if kept else "LOST", ""
+        partial = [p.name for p in (mount / "run").glob("samples.npz")] if (mount / "run").exists() else []
+        return (f"exit {proc.returncode}: {_message(proc)}", "nothing" if kept and not partial else "LOST",
+                "no truncated samples.npz" if not partial else "")
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
 
@@ -504,7 +511,8 @@ def main() -> None:
             ("a sweep without `-m` (`sde.beta_min=0.05,0.1`)", mistake(tmp, "train.py", ["sde.beta_min=0.05,0.1"])),
             ("an output folder that cannot be created (`paths.log_dir` under a file)",
              mistake(tmp, "train.py", [f"paths.log_dir={good}/logs"])),
-            ("a full disk while sampling", full_disk(tmp, good)),
+            ("a full disk before sampling starts", full_disk(tmp, good, 32)),
+            ("a disk that fills up while sampling (`samples.npz` of 40,000 points)", full_disk(tmp, good, 256)),
             ("`data.data_dir` without MNIST (the fd_mnist classifier follows it)", wrong_data_folder(tmp, empty)),
         ]
     lines = [HEADER, "| fault | what happened | lost | note |", "| --- | --- | --- | --- |"]
