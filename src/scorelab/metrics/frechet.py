@@ -99,12 +99,13 @@ def check_moments(mu: Any, sigma: Any, what: str = "feature statistics", hint: s
     return mu, sigma
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2, checked: bool = False) -> float:
     """Fréchet distance between two Gaussians given their means ``[F]`` and covariances ``[F, F]`` (float64).
 
     Args:
         mu1, sigma1: mean and covariance of the first set (array-likes or tensors).
         mu2, sigma2: mean and covariance of the second set.
+        checked: the inputs already passed :func:`check_moments` (validated :class:`FeatureStats`).
 
     Returns:
         The squared Fréchet distance (what papers call FID when the features are Inception's); round-off below
@@ -115,9 +116,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
             or not covariances (see :func:`check_moments`), checked before any linear algebra; or a result that
             is not finite or is negative beyond round-off (never returned).
     """
-    hint = "the features they come from must be finite, and the covariances symmetric positive semi-definite"
-    mu1, s1 = check_moments(mu1, sigma1, "the input of frechet_distance", hint, ("mu1", "sigma1"))
-    mu2, s2 = check_moments(mu2, sigma2, "the input of frechet_distance", hint, ("mu2", "sigma2"))
+    if checked:  # both pairs passed check_moments already (FeatureStats does on construction): skip the repeat
+        mu1, s1, mu2, s2 = (np.asarray(a, dtype=np.float64) for a in (mu1, sigma1, mu2, sigma2))
+    else:
+        hint = "the features they come from must be finite, and the covariances symmetric positive semi-definite"
+        mu1, s1 = check_moments(mu1, sigma1, "the input of frechet_distance", hint, ("mu1", "sigma1"))
+        mu2, s2 = check_moments(mu2, sigma2, "the input of frechet_distance", hint, ("mu2", "sigma2"))
     if mu1.shape != mu2.shape:
         raise InvalidStatsError(f"shapes do not match: mu {list(mu1.shape)} / {list(mu2.shape)}, sigma "
                                 f"{list(s1.shape)} / {list(s2.shape)}; compare features of the same extractor")
@@ -220,7 +224,7 @@ class FeatureStats:
     def distance(self, other: FeatureStats) -> float:
         """Fréchet distance to ``other`` (which must come from the same extractor and preprocessing)."""
         other.check(self.extractor_id, self.preprocessing, what="the statistics compared with")
-        return frechet_distance(self.mu, self.sigma, other.mu, other.sigma)
+        return frechet_distance(self.mu, self.sigma, other.mu, other.sigma, checked=True)
 
     def check(self, extractor_id: str, preprocessing: str, count: int | None = None,
               what: str = "reference statistics", num_features: int | None = None) -> None:
