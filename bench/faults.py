@@ -517,7 +517,8 @@ def main() -> None:
         ]
     lines = [HEADER, "| fault | what happened | lost | note |", "| --- | --- | --- | --- |"]
     lines += [f"| {fault} | {what} | {lost} | {note} |" for fault, (what, lost, note) in rows]
-    lines.append(f"\nWhole drill: {time.perf_counter() - began:.0f} s, torch {torch.__version__}.")
+    lines.append(f"\nWhole drill: {time.perf_counter() - began:.0f} s on {os.cpu_count()} CPU cores, "
+                 f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}.")
     table = "\n".join(lines)
     print(table)
     if args.out:
