@@ -106,7 +106,7 @@ def test_bad_input_ends_in_one_clear_line(tmp_path, args, expected):
     ("sample.py", ["sampler=doesnotexist"], "sampler=doesnotexist: no such option"),
     ("likelihood.py", ["splitt=test"], "splitt: no such setting; did you mean split?"),
     ("fid.py", ["featurs=mnist"], "featurs: no such setting; did you mean features?"),
-    ("train.py", ["paths.log_dir=/etc/hostname/logs"], "/etc/hostname is a file, not a folder"),
+    ("train.py", ["hydra.run.dir=/etc/hostname/run"], "/etc/hostname is a file, not a folder"),
 ])
 def test_composition_mistakes_are_one_line_with_status_2_and_create_nothing(tmp_path, script, args, expected):
     res = run_script(script, args, cwd=tmp_path, timeout=120)
