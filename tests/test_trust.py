@@ -197,3 +197,88 @@ def test_paths_have_no_hydra_runtime_interpolation():
     """Hydra resolves hydra.sweep.dir before HydraConfig exists: nothing it reads may need HydraConfig."""
     node = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "paths" / "default.yaml"), resolve=False)
     assert "hydra:" not in node["root_dir"] + node["log_dir"] + node["data_dir"]
+
+
+# --- damaged files through the commands: one line, exit 2 -------------------------------------------------------------
+def _fid_setup(tmp_path):
+    """An offline fd_mnist extractor file and sane reference statistics of it (fid.py needs both)."""
+    import numpy as np
+
+    from scorelab.metrics.mnist_classifier import MNISTClassifier, MNISTFeatures, save_mnist_classifier
+
+    torch.manual_seed(0)
+    net = MNISTClassifier(channels=(4, 8, 8), num_features=8)
+    clf = save_mnist_classifier(net, tmp_path / "clf.pt", test_accuracy=0.0)
+    ex = MNISTFeatures(net)
+    f = np.random.default_rng(1).standard_normal((40, 8))
+    np.savez(tmp_path / "ref.npz", format=np.array("scorelab-feature-stats-v1"), mu=f.mean(0),
+             sigma=np.cov(f, rowvar=False), count=np.array(40), extractor_id=np.array(ex.extractor_id),
+             preprocessing=np.array(ex.preprocessing), dataset=np.array("mnist"), split=np.array("train"))
+    return [f"ref={tmp_path / 'ref.npz'}", "features=mnist", f"feature_extractor_weights_path={clf}",
+            "progress=false", f"cache_dir={tmp_path / 'cache'}"]
+
+
+def _png_samples(tmp_path, bad) -> str:
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((28, 28), 60 * (i + 1), np.uint8)).save(folder / f"00000{i}.png")
+    bad(folder / "000002.png")
+    return str(folder)
+
+
+def _bomb(path):
+    from PIL import Image
+
+    Image.new("1", (30000, 30000)).save(path)  # small on disk, 900 megapixels once decoded
+
+
+def _truncated_npz(tmp_path) -> str:
+    import numpy as np
+
+    np.savez(tmp_path / "full.npz", x=np.zeros((64, 28, 28), np.uint8))
+    data = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    return str(tmp_path / "cut.npz")
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("corrupt png", "000002.png cannot be read"),
+    ("decompression bomb", "000002.png is refused as a decompression bomb"),
+    ("truncated npz", "cut.npz cannot be read"),
+])
+def test_damaged_sample_files_are_one_line_with_status_2(tmp_path, case, expected):
+    make = {"corrupt png": lambda: _png_samples(tmp_path, lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)),
+            "decompression bomb": lambda: _png_samples(tmp_path, _bomb),
+            "truncated npz": lambda: _truncated_npz(tmp_path)}[case]
+    res = run_script("fid.py", [f"samples={make()}", *_fid_setup(tmp_path)], cwd=tmp_path, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert len(_errors(res)) == 1 and expected in _errors(res)[0] and "Traceback" not in res.stderr
+    assert not list(tmp_path.glob("*_fd_mnist.json"))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("extra key", "backdoor.weight"),
+    ("non-tensor value", "not a tensor"),
+    ("config stored as a list", "stored scorelab_config is a list"),
+    ("unknown module key", "warp_drive"),
+])
+def test_malformed_checkpoints_are_one_line_with_status_2(tmp_path, toy_run, case, expected):
+    ckpt = torch.load(toy_run / "checkpoints" / "last.ckpt", weights_only=True)
+    first = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+    if case == "extra key":
+        ckpt["state_dict"]["backdoor.weight"] = torch.ones(1)
+    elif case == "non-tensor value":
+        ckpt["state_dict"][first] = [1.0, 2.0]
+    elif case == "config stored as a list":
+        ckpt["scorelab_config"] = [1, 2]
+    else:
+        ckpt["scorelab_config"]["module"]["warp_drive"] = True
+    torch.save(ckpt, tmp_path / "bad.ckpt")
+    res = run_script("sample.py", [f"ckpt_path={tmp_path / 'bad.ckpt'}", "n_samples=10"], cwd=tmp_path, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert len(_errors(res)) == 1 and expected in _errors(res)[0] and "Traceback" not in res.stderr
+    assert not (tmp_path / "logs" / "sample").exists()  # no empty run folder left behind
