@@ -36,8 +36,9 @@ test: $(STAMP)  ## the CI test command
 test-all: $(STAMP)  ## including the slow end-to-end checks
 	$(PY) -m pytest -q $(ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, and the layer contract of pyproject.toml (import-linter)
 	$(VENV)/bin/ruff check src tests bench train.py sample.py fid.py likelihood.py
+	$(VENV)/bin/lint-imports
 
 sweep: $(STAMP)  ## 2 x 2 grid over the VP schedule; summary.md in the sweep folder
 	$(PY) train.py -m sde.beta_min=0.05,0.1 sde.beta_max=10,20 $(ARGS)
@@ -49,7 +50,7 @@ throughput: $(STAMP)  ## training images/s and peak memory of the image networks
 	$(PY) bench/throughput.py $(ARGS)
 
 mnist-features: $(STAMP)  ## train and cache the small MNIST classifier behind fd_mnist (a few CPU minutes, once)
-	$(PY) -m scorelab.metrics.mnist_classifier $(ARGS)
+	$(PY) -m scorelab.cli.mnist_features $(ARGS)
 
 mnist-metric: $(STAMP)  ## fd_mnist of real, blurred and noise images (bench/mnist_metric.py)
 	$(PY) bench/mnist_metric.py $(ARGS)

@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from scorelab.cli.entry import run_command, run_job
-from scorelab.distributed import hydra_run_folder_on_rank_zero
+from scorelab.core.distributed import hydra_run_folder_on_rank_zero
 
 CONF = Path(__file__).resolve().parent / "conf"
 

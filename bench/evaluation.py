@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scorelab.cli.smoke import smoke_active, smoke_cap  # noqa: E402
-from scorelab.errors import UserError  # noqa: E402
+from scorelab.core.errors import UserError  # noqa: E402
 from scorelab.metrics.evaluation import SampleEvaluator, extract_features  # noqa: E402
 from scorelab.metrics.frechet import FeatureStats  # noqa: E402
 from scorelab.metrics.inception import InceptionFeatures  # noqa: E402

@@ -443,9 +443,9 @@ def main() -> None:
             ("VP with `sampler.eps=0`", bad_input(tmp, good_run, [f"ckpt_path={good}", "sampler.eps=0",
                                                                   "n_samples=8"], "sample.py")),
             # nothing in a file chooses code
-            ("stored config: a scorelab function with a side effect (`scorelab.io.write_text_atomic`) as `data`",
+            ("stored config: a scorelab function with a side effect (`scorelab.core.io.write_text_atomic`) as `data`",
              hostile_stored(tmp, good, "function", "data", lambda m, v: {
-                 "_target_": "scorelab.io.write_text_atomic", "path": str(m), "text": "pwned"})),
+                 "_target_": "scorelab.core.io.write_text_atomic", "path": str(m), "text": "pwned"})),
             ("stored config: a shipped target outside its section (the MNIST extractor as `data`)",
              hostile_stored(tmp, good, "elsewhere", "data", lambda m, v: {
                  "_target_": "scorelab.metrics.mnist_classifier.mnist_features", "path": str(m)})),

@@ -27,10 +27,10 @@ import torch
 
 from scorelab.cli.smoke import smoke_active, smoke_cap
 from scorelab.data import eight_gaussians, two_modes
-from scorelab.hybrid import HybridLoss, gaussian_nll
 from scorelab.models import ScoreMLP, ScoreModel
+from scorelab.objectives.hybrid import HybridLoss, gaussian_nll
+from scorelab.objectives.vlb import DDPMChain, eps_from_score, prior_term, term_from_prediction
 from scorelab.sde import VPSDE
-from scorelab.vlb import DDPMChain, eps_from_score, prior_term, term_from_prediction
 
 MIXTURES = {"two_modes": two_modes, "eight_gaussians": eight_gaussians}
 VARIANCES = ("learned", "beta", "beta_tilde")

@@ -60,7 +60,7 @@ def plot(ckpt: str, data_dir: str, steps: int, n: int, split: str, out: str, see
 
     from scorelab.cli.likelihood import load_split
     from scorelab.cli.sample import load_trained
-    from scorelab.vlb import DDPMChain, bits_per_dim, eps_from_score, pixels_to_data, term_from_prediction
+    from scorelab.objectives.vlb import DDPMChain, bits_per_dim, eps_from_score, pixels_to_data, term_from_prediction
 
     trained = load_trained(ckpt, data_dir=data_dir)
     score, sde, datamodule = trained[0], trained[1], trained[2]

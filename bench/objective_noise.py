@@ -39,7 +39,7 @@ TIMES = (0.01, 0.05, 0.1, 0.2, 0.5, 0.9)
 
 
 def estimators(sde, snr_shift: float, snr_floor: float) -> dict:
-    from scorelab.losses import DSMLoss, ISMLoss, SSMLoss
+    from scorelab.objectives.score_matching import DSMLoss, ISMLoss, SSMLoss
 
     return {
         "DSM": DSMLoss(sde),

@@ -135,7 +135,7 @@ def score_errors(module, datamodule) -> list[float]:
 
 def nll_gap(module, datamodule, n: int) -> tuple[float, float]:
     """Paired model NLL - exact NLL (nats) of ``n`` fresh test points, mean and standard error."""
-    from scorelab.likelihood import log_likelihood
+    from scorelab.metrics.likelihood import log_likelihood
 
     mixture = datamodule.mixture
     x = mixture.sample(n, generator=torch.Generator().manual_seed(123))

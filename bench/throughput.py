@@ -45,7 +45,7 @@ def worker(preset: str, variant: str, device: str, batch: int, steps: int, warmu
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from scorelab.losses import DSMLoss
+    from scorelab.objectives.score_matching import DSMLoss
     from scorelab.sde import VESDE, VPSDE
 
     torch.manual_seed(0)

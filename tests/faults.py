@@ -6,7 +6,7 @@ import sys
 import lightning as L
 import torch
 
-from scorelab.losses import DSMLoss
+from scorelab.objectives.score_matching import DSMLoss
 
 
 class FaultyLoss(DSMLoss):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import scorelab.io
+import scorelab.core.io
 from scorelab.cli import sample, train
 from scorelab.cli.sweep import write_summary
 from scorelab.lit.checkpointing import AtomicCheckpointIO, NonFiniteWeightsError
@@ -45,9 +45,10 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeyp
     if where == "torch.save":
         monkeypatch.setattr(torch, "save", _half_written_then(ENOSPC))
     elif where == "fsync":
-        monkeypatch.setattr(scorelab.io.os, "fsync", lambda fd: (_ for _ in ()).throw(ENOSPC))
+        monkeypatch.setattr(scorelab.core.io.os, "fsync", lambda fd: (_ for _ in ()).throw(ENOSPC))
     else:
-        monkeypatch.setattr(scorelab.io.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+        monkeypatch.setattr(scorelab.core.io.os, "replace",
+                            lambda a, b: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
     with pytest.raises(OSError):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
     monkeypatch.undo()
@@ -105,7 +106,7 @@ def test_a_training_run_that_cannot_write_keeps_the_previous_results(tmp_path, m
     path = next(run.rglob(name))
     before = path.read_bytes()
     again = make_cfg(tmp_path, FAST + ["ckpt_path=auto", "trainer.max_steps=16"])  # continues in the same folder
-    monkeypatch.setattr(scorelab.io.os, "replace", _failing_rename(name))
+    monkeypatch.setattr(scorelab.core.io.os, "replace", _failing_rename(name))
     with pytest.raises(OSError, match="No space left"):
         train(again)
     monkeypatch.undo()
@@ -123,7 +124,7 @@ def test_sweep_summary_and_samples_survive_a_failed_rewrite(tmp_path, monkeypatc
     oracle = ["model=oracle", "sampler=ode", "sampler.steps=5"]
     npz = sample(make_cfg(tmp_path / "s", oracle + ["n_samples=64"], config_name="sample"))
     before = snapshot(tmp_path)
-    monkeypatch.setattr(scorelab.io.os, "fsync", lambda fd: (_ for _ in ()).throw(ENOSPC))
+    monkeypatch.setattr(scorelab.core.io.os, "fsync", lambda fd: (_ for _ in ()).throw(ENOSPC))
     with pytest.raises(OSError, match="No space left"):
         write_summary(tmp_path, [{"job": "0", "sde.beta_min": "0.2", "toy/nll": 9.9}])
     with pytest.raises(OSError, match="No space left"):
@@ -135,7 +136,7 @@ def test_sweep_summary_and_samples_survive_a_failed_rewrite(tmp_path, monkeypatc
 
 def test_atomic_files_get_the_permissions_of_an_ordinary_file(tmp_path):
     AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "global_step": 1}, tmp_path / "last.ckpt")
-    scorelab.io.write_text_atomic(tmp_path / "metrics.json", "{}")
+    scorelab.core.io.write_text_atomic(tmp_path / "metrics.json", "{}")
     (tmp_path / "plain.txt").write_text("")  # what the process's umask gives a file written in place
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes["last.ckpt"] == modes["metrics.json"] == modes["plain.txt"]  # colleagues can read checkpoints

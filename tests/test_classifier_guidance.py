@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from scorelab.classifier_guidance import ClassifierGuidance, OracleClassifier, classifier_log_prob_grad
 from scorelab.cli.classifier import check_compatible, load_classifier
 from scorelab.cli.errors import UnsafeFileError, UserError
 from scorelab.cli.sample import sample
 from scorelab.cli.train import train
 from scorelab.data.toy import GaussianMixture, eight_gaussians
+from scorelab.guidance.classifier import ClassifierGuidance, OracleClassifier, classifier_log_prob_grad
 from scorelab.models.noisy_classifier import ClassifierCNN, ClassifierMLP, NoisyClassifier
 from scorelab.sampling import EulerMaruyama, NoCorrector, PCSampler
 from scorelab.sde import VESDE, VPSDE

@@ -14,20 +14,9 @@ from omegaconf import open_dict
 from scorelab.cli import sample, train
 from scorelab.cli.conditional import run_task
 from scorelab.cli.errors import run_or_exit
-from scorelab.conditional import (
-    KnownValues,
-    color_matrix,
-    color_space_score,
-    colorize,
-    decode,
-    encode,
-    from_color_space,
-    inpaint,
-    slerp,
-    to_color_space,
-)
+from scorelab.core.errors import UserError
+from scorelab.core.rng import PerSampleGenerator
 from scorelab.data import GaussianMixture
-from scorelab.errors import UserError
 from scorelab.sampling import (
     DDIMSampler,
     DEISSampler,
@@ -41,7 +30,18 @@ from scorelab.sampling import (
     UniPCSampler,
 )
 from scorelab.sde import VESDE, VPSDE
-from scorelab.utils import PerSampleGenerator
+from scorelab.tasks.conditional import (
+    KnownValues,
+    color_matrix,
+    color_space_score,
+    colorize,
+    decode,
+    encode,
+    from_color_space,
+    inpaint,
+    slerp,
+    to_color_space,
+)
 
 from .evaluation_utils import TINY_IMAGE_RUN, write_images_npz
 from .platform_utils import make_cfg

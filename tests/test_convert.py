@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from scorelab.cli.convert import convert
 from scorelab.cli.sample import load_trained
-from scorelab.convert import convert
 from scorelab.interop.score_sde import ReferenceLayout, build_network, read_reference_weights, reference_config
 
 from .platform_utils import ROOT, python_command, run_script, snapshot
@@ -93,7 +93,7 @@ def test_state_dict_file_with_its_config_converts(tmp_path, name):
     ["${{oc.env:HOME}}"],                                                  # an environment value, in a list
 ], ids=["target", "oc_create", "oc_env_in_a_list"])
 def test_hostile_reference_config_values_are_refused(tmp_path, value):
-    from scorelab.errors import UnsafeFileError
+    from scorelab.core.errors import UnsafeFileError
 
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"precious bytes\n")
@@ -153,7 +153,7 @@ OTHER_SIZES = {
 def test_other_sizes_and_options_convert(tmp_path, case):
     """Any size or option of the architecture converts: weights saved in the reference's layout (names and EMA
     order from the structural walk) come back into the right places, for the raw and the EMA copy."""
-    from scorelab.convert import parse_values
+    from scorelab.cli.convert import parse_values
 
     preset, values = OTHER_SIZES[case]
     cfg = reference_config(preset, parse_values(values)[1])

@@ -14,11 +14,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from scorelab.data import GaussianMixture, two_modes
-from scorelab.likelihood import log_likelihood
-from scorelab.losses import DDPMLoss
 from scorelab.metrics import mode_weights
-from scorelab.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
-from scorelab.vlb import (
+from scorelab.metrics.likelihood import log_likelihood
+from scorelab.objectives.score_matching import DDPMLoss
+from scorelab.objectives.vlb import (
     DDPMChain,
     bound_term,
     chain_times,
@@ -28,6 +27,7 @@ from scorelab.vlb import (
     stratified_timesteps,
     variational_bound,
 )
+from scorelab.sde import VESDE, VPSDE, CosineVPSDE, SubVPSDE
 
 S = 0.008
 

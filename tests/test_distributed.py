@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from scorelab import distributed
+from scorelab.core import distributed
 
 from .platform_utils import ROOT
 
@@ -51,7 +51,7 @@ def test_only_rank_zero_gets_a_hydra_run_folder(monkeypatch, tmp_path):
 
 WORKER = textwrap.dedent("""
     import torch
-    from scorelab import distributed
+    from scorelab.core import distributed
 
     def solve(items):
         if distributed.rank() == 1:

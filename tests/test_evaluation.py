@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from scorelab.errors import UserError
+from scorelab.core.errors import UserError
 from scorelab.metrics import FeatureStats, SampleEvaluator, StatsMismatchError, frechet_distance
 from scorelab.metrics.inception import InceptionFeatures
 from scorelab.metrics.reference import reference_stats

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from scorelab.core.rng import PerSampleGenerator
 from scorelab.data import two_modes
 from scorelab.data.toy import GaussianMixture
 from scorelab.metrics import energy_distance, energy_distance_2d, mode_weights
@@ -23,7 +24,6 @@ from scorelab.sampling import (
 )
 from scorelab.sampling.sigma_space import phi, taylor_weights
 from scorelab.sde import SDE, VESDE, VPSDE, SubVPSDE
-from scorelab.utils import PerSampleGenerator
 
 N = 10_000  # standard error of a mode weight: sqrt(0.16 / N) = 0.004, so +-0.02 is 5 standard errors
 MIXTURE = two_modes()  # modes at (-2, 0) w.p. 0.8 and (2, 0) w.p. 0.2, std 0.5

@@ -13,14 +13,14 @@ from omegaconf import OmegaConf, open_dict
 from scorelab.cli import sample, train
 from scorelab.cli.common import fill_from_data
 from scorelab.cli.errors import UserError
+from scorelab.core.rng import ShardedGenerator
 from scorelab.data.toy import GaussianMixture
-from scorelab.guidance import ClassifierFreeGuidance
+from scorelab.guidance.free import ClassifierFreeGuidance
 from scorelab.lit.module import BoundLabels, ScoreModule
-from scorelab.losses import DSMLoss, ISMLoss
 from scorelab.metrics.label_accuracy import label_accuracy
 from scorelab.models import ScoreMLP, ScoreModel, ScoreUNet
+from scorelab.objectives.score_matching import DSMLoss, ISMLoss
 from scorelab.sde import VPSDE
-from scorelab.utils import ShardedGenerator
 
 from .evaluation_utils import TINY_IMAGE_RUN, write_images_npz
 from .platform_utils import make_cfg

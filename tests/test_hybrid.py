@@ -14,11 +14,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from scorelab.hybrid import HybridLoss
+from scorelab.core.rng import sample_noise
 from scorelab.models import ScoreMLP, ScoreModel
+from scorelab.objectives.hybrid import HybridLoss
+from scorelab.objectives.vlb import DDPMChain, bound_term, chain_times, variational_bound
 from scorelab.sde import VESDE, VPSDE, CosineVPSDE
-from scorelab.utils import sample_noise
-from scorelab.vlb import DDPMChain, bound_term, chain_times, variational_bound
 
 from .platform_utils import CONF, make_cfg
 
@@ -308,7 +308,7 @@ def test_train_loss_hybrid_gives_a_finite_learned_variance_model(hybrid_checkpoi
         k for k in state["callbacks"] if k.startswith("ModelCheckpoint"))]["best_model_score"]))  # val/loss
 
     trained = load_trained(str(hybrid_checkpoint["ckpt"]), data_dir=str(hybrid_checkpoint["data_dir"]))
-    assert trained.score.learn_variance and trained.config.loss._target_ == "scorelab.hybrid.HybridLoss"
+    assert trained.score.learn_variance and trained.config.loss._target_ == "scorelab.objectives.HybridLoss"
     assert all(torch.isfinite(p).all() for p in trained.score.parameters())
     x = torch.rand(4, 1, 8, 8) * 2 - 1
     loss = HybridLoss(trained.sde, num_steps=100)(trained.score, x, torch.Generator().manual_seed(0))

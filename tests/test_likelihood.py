@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from scorelab.data import GaussianMixture
-from scorelab.likelihood import bits_per_dim, dequantize, log_likelihood
+from scorelab.metrics.likelihood import bits_per_dim, dequantize, log_likelihood
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
 
 from .conftest import ALL_SDES, SDE_IDS

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from scorelab.data import two_modes
-from scorelab.losses import DDPMLoss, DSMLoss
 from scorelab.models import ScoreMLP, ScoreModel
+from scorelab.objectives.score_matching import DDPMLoss, DSMLoss
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
 
 from .conftest import ALL_SDES, SDE_IDS

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from scorelab.cli.mnist_features import main
+from scorelab.core.errors import UserError
 from scorelab.data.images import DatasetNotFoundError, load_mnist
-from scorelab.errors import UserError
 from scorelab.metrics.frechet import FeatureStats
 from scorelab.metrics.mnist_classifier import (
     MNISTClassifier,
@@ -140,7 +140,7 @@ def test_command_keeps_a_cached_file_unless_forced(tmp_path, capsys):
     path = save_mnist_classifier(untrained().net, tmp_path / "clf.pt", test_accuracy=0.25)
     before = path.read_bytes()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    command = [*python_command(), "-m", "scorelab.metrics.mnist_classifier", "--out", str(path), "--data-dir", "none"]
+    command = [*python_command(), "-m", "scorelab.cli.mnist_features", "--out", str(path), "--data-dir", "none"]
     out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "exists" in out.stdout and "0.2500" in out.stdout and path.read_bytes() == before

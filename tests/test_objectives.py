@@ -17,7 +17,8 @@ from torch import nn
 
 from scorelab.cli import train
 from scorelab.data import two_modes
-from scorelab.losses import (
+from scorelab.models import ScoreMLP, ScoreModel
+from scorelab.objectives.score_matching import (
     DSMLoss,
     ISMLoss,
     LikelihoodTimes,
@@ -26,7 +27,6 @@ from scorelab.losses import (
     exact_trace,
     projected_jacobian,
 )
-from scorelab.models import ScoreMLP, ScoreModel
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
 
 from .platform_utils import FAST, make_cfg

@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 
 from scorelab.cli.common import load_checkpoint
 from scorelab.cli.safety import check_stored_config
-from scorelab.errors import UnsafeFileError
-from scorelab.io import load_torch_file
+from scorelab.core.errors import UnsafeFileError
+from scorelab.core.io import load_torch_file
 
 from .platform_utils import make_cfg, run_script
 
@@ -71,7 +71,7 @@ def _hostile_configs(victim: pathlib.Path, marker: pathlib.Path) -> dict:
     decode = "${oc.decode:\"" + OPEN_FOR_WRITING.format(victim=victim) + "\"}"
     return {
         # a scorelab function with a side effect: under "scorelab." but never a target of conf/
-        "scorelab_function": ("data", {"_target_": "scorelab.io.write_text_atomic", "path": str(marker),
+        "scorelab_function": ("data", {"_target_": "scorelab.core.io.write_text_atomic", "path": str(marker),
                                        "text": "pwned"}),
         # shipped, but not where it is used: the MNIST extractor trains and caches a classifier when missing
         "shipped_elsewhere": ("data", {"_target_": "scorelab.metrics.mnist_classifier.mnist_features",
@@ -143,7 +143,7 @@ def test_own_config_passes_and_the_rule_is_the_shipped_tree(tmp_path):
     allowed = shipped_targets()
     assert "scorelab.sde.VPSDE" in allowed["sde"] and "torch.optim.Adam" in allowed["optimizer"]
     assert "scorelab.sampling.PCSampler" in allowed["callbacks"]  # the FID callback's own sampler
-    assert not any(t.startswith("builtins.") or t == "scorelab.io.write_text_atomic"
+    assert not any(t.startswith("builtins.") or t == "scorelab.core.io.write_text_atomic"
                    for targets in allowed.values() for t in targets)
     for name in ("scorelab.utils.torch.save", "scorelab.lit.loggers.os.system", "pathlib.Path.touch"):
         with pytest.raises(UnsafeFileError, match=name):

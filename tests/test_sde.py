@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from scorelab.losses import ddpm_alphas_cumprod
+from scorelab.objectives.score_matching import ddpm_alphas_cumprod
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
 
 from .conftest import ALL_SDES, SDE_IDS

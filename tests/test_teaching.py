@@ -15,7 +15,6 @@ from scorelab.cli import sample, train
 from scorelab.cli.errors import UserError
 from scorelab.data.sample_files import ImageSet
 from scorelab.data.toy import GaussianMixture, eight_gaussians
-from scorelab.lit.teaching_plots import epsilon_error, frame_indices, highlighted, strip_grid
 from scorelab.metrics.evaluation import to_uint8
 from scorelab.sampling import (
     DDIMSampler,
@@ -29,7 +28,7 @@ from scorelab.sampling import (
 )
 from scorelab.sampling.seeded import seeded_batches
 from scorelab.sde import VESDE, VPSDE
-from scorelab.teaching import (
+from scorelab.viz.teaching import (
     StateRecorder,
     denoising_progression,
     record_paths,
@@ -37,6 +36,7 @@ from scorelab.teaching import (
     strip_times,
     write_teaching_pictures,
 )
+from scorelab.viz.teaching_plots import epsilon_error, frame_indices, highlighted, strip_grid
 
 from .evaluation_utils import TINY_IMAGE_RUN, write_images_npz
 from .platform_utils import make_cfg

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
+from scorelab.core.rng import mix_seed
 from scorelab.lit.ema import EMA, ema_decay_at
 from scorelab.lit.schedules import linear_warmup, warmup_cosine, warmup_stable_decay
 from scorelab.models import ScoreModel
 from scorelab.sde import VESDE, VPSDE
-from scorelab.utils import mix_seed
 
 # VP (beta 0.1 -> 20) at t = 0.5: B = 2.5375, a = exp(-B / 2) = 0.281183, s = sqrt(1 - exp(-B)) = 0.959654.
 A, S = 0.2811828808, 0.9596542021
@@ -160,9 +160,9 @@ def test_every_rank_draws_its_own_training_noise_and_dropout():
     noise one process with the whole batch draws."""
     from types import SimpleNamespace
 
+    from scorelab.core.rng import sample_noise
     from scorelab.lit.module import ScoreModule
     from scorelab.models import ScoreMLP
-    from scorelab.utils import sample_noise
 
     def draws(rank: int, step: int, world: int = 2, local: int = 4) -> tuple[torch.Tensor, int]:
         module = ScoreModule(ScoreModel(ScoreMLP(dim=2, width=8, depth=1, embed_dim=8), VPSDE()), VPSDE())

@@ -144,7 +144,8 @@ def test_every_reader_of_data_follows_one_data_folder(tmp_path):
     assert data_folder(sample_cfg) == "/moved"  # what a restored run's data module reads (tasks, FID reference)
 
 
-def test_missing_data_names_the_data_folder_setting_and_the_download_key(tmp_path):
+def test_missing_data_names_the_data_folder_setting_and_the_download_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCORELAB_CACHE", str(tmp_path / "cache"))  # with or without a cached fd_mnist classifier
     res = run_script("train.py", ["experiment=mnist_small", f"paths.data_dir={tmp_path / 'empty'}"], cwd=tmp_path,
                      timeout=120)
     assert res.returncode == 2 and len(_errors(res)) == 1, res.stderr[-2000:]

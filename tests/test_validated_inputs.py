@@ -15,8 +15,8 @@ import torch
 from omegaconf import OmegaConf
 
 from scorelab.cli.common import build_core, check_module_keys, check_state_dict, load_checkpoint
+from scorelab.core.errors import UserError
 from scorelab.data.sample_files import ImageSet, write_png_images
-from scorelab.errors import UserError
 from scorelab.lit.module import ScoreModule
 from scorelab.metrics import FeatureStats, SampleEvaluator, StatsMismatchError, frechet_distance
 from scorelab.metrics.frechet import InvalidStatsError

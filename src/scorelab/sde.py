@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import torch
 
-from .utils import Generator, append_dims, batch_sum, sample_noise
+from .core.rng import Generator, sample_noise
+from .core.tensors import append_dims, batch_sum
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -72,7 +73,7 @@ class SDE(abc.ABC):
         dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """Draw ``x(T) ~ N(0, c^2 I)`` of the given shape ``[B, ...]`` (from a ``torch.Generator`` or a
-        :class:`~scorelab.utils.PerSampleGenerator`)."""
+        :class:`~scorelab.core.rng.PerSampleGenerator`)."""
         like = torch.empty((), device=device, dtype=dtype if dtype is not None else torch.get_default_dtype())
         return self.prior_std * sample_noise(tuple(shape), like, generator)
 
@@ -183,8 +184,8 @@ class SDE(abc.ABC):
     def ddpm_alphas_cumprod(self, num_steps: int) -> torch.Tensor | None:
         """``alpha_bar_i``, ``i = 1..N``, of the discrete DDPM chain whose continuous limit this SDE is, or None.
 
-        The DDPM loss (Ho et al. 2020, Eq. 14) and the variational bound (Eq. 5, :mod:`scorelab.vlb`) work on this
-        chain. The default is the linear chain of :meth:`ddpm_beta_range`; a VP SDE with another schedule overrides
+        The DDPM loss (Ho et al. 2020, Eq. 14) and the variational bound (Eq. 5, :mod:`scorelab.objectives.vlb`) work on
+        this chain. The default is the linear chain of :meth:`ddpm_beta_range`; a VP SDE with another schedule overrides
         it (:class:`CosineVPSDE`); VE and sub-VP have none.
 
         Returns:

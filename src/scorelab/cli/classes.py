@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from ..guidance import ClassifierFreeGuidance
+from ..guidance.free import ClassifierFreeGuidance
 from .errors import UserError
 
 

@@ -4,7 +4,7 @@
   ``classifier_module`` names :class:`~scorelab.lit.classifier_module.NoisyClassifierModule` and its ``model`` a
   :class:`~scorelab.models.noisy_classifier.NoisyClassifier`; :func:`build_classifier_module` builds them.
 * ``python sample.py ckpt_path=<score model> classifier=<classifier ckpt> label=3`` (or ``labels=all per_class=10``)
-  samples with ``s + classifier_scale * grad log p_phi(y | x, t)`` (:mod:`scorelab.classifier_guidance`).
+  samples with ``s + classifier_scale * grad log p_phi(y | x, t)`` (:mod:`scorelab.guidance.classifier`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ..classifier_guidance import ClassifierGuidance
+from ..guidance.classifier import ClassifierGuidance
 from ..lit.classifier_module import NoisyClassifierModule
 from ..models.noisy_classifier import NoisyClassifier
 from .classes import ClassRequest, class_request

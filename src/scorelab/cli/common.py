@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..io import load_torch_file
+from ..core.io import load_torch_file
 from .errors import UnsafeFileError, UserError
 from .project import conf_dir
 

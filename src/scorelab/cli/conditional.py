@@ -16,10 +16,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
-from ..conditional import FLOW_METHODS, colorize, decode, encode, grey_level, inpaint, slerp
-from ..distributed import env_world_size
-from ..io import atomic_path, save_npz_atomic, write_text_atomic
-from ..utils import PerSampleGenerator
+from ..core.distributed import env_world_size
+from ..core.io import atomic_path, save_npz_atomic, write_text_atomic
+from ..core.rng import PerSampleGenerator
+from ..tasks.conditional import FLOW_METHODS, colorize, decode, encode, grey_level, inpaint, slerp
 from .common import resolve_device
 from .errors import UserError
 

@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import UserError
-from ..io import write_text_atomic
+from ..core.errors import UserError
+from ..core.io import write_text_atomic
 from .errors import describe, is_user_error
 from .smoke import apply_smoke
 

@@ -11,7 +11,7 @@ from typing import TypeVar
 from hydra.errors import HydraException, InstantiationException
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import UnsafeFileError, UserError
+from ..core.errors import UnsafeFileError, UserError
 
 T = TypeVar("T")
 __all__ = ["USER_ERRORS", "UnsafeFileError", "UserError", "describe", "is_user_error", "root_message", "run_or_exit"]

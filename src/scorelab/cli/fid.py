@@ -10,8 +10,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from ..core.io import write_text_atomic
 from ..data.sample_files import ImageSet
-from ..io import write_text_atomic
 from ..metrics.evaluation import SampleEvaluator
 from ..metrics.reference import reference_stats
 from .common import progress_bar, resolve_device

@@ -6,11 +6,11 @@ Sec. 4.3 and App. D.2: RK45, rtol = atol = 1e-5, from eps = 1e-5). Images are un
 estimator with Rademacher probes (Grathwohl et al. 2019, FFJORD). Toy points are reported in nats, next to the exact
 NLL of the same points under the true mixture and the mixture's entropy.
 
-``method=vlb`` reports DDPM's variational bound instead (Ho et al. 2020, Eq. 5; :mod:`scorelab.vlb`): the discrete
-chain of the checkpoint's SDE (``sde.ddpm_alphas_cumprod``), the 8-bit values themselves under the discretised
-decoder (no dequantisation), the sum over times in full or estimated without bias from ``vlb.timesteps`` times;
-the reverse variance ``vlb.variance`` is the model's learned one when it has one (improved DDPM,
-:mod:`scorelab.hybrid`), else ``beta_t``, or forced to ``beta`` / ``beta_tilde``.
+``method=vlb`` reports DDPM's variational bound instead (Ho et al. 2020, Eq. 5; :mod:`scorelab.objectives.vlb`):
+the discrete chain of the checkpoint's SDE (``sde.ddpm_alphas_cumprod``), the 8-bit values themselves under the
+discretised decoder (no dequantisation), the sum over times in full or estimated without bias from
+``vlb.timesteps`` times; the reverse variance ``vlb.variance`` is the model's learned one when it has one
+(improved DDPM, :mod:`scorelab.objectives.hybrid`), else ``beta_t``, or forced to ``beta`` / ``beta_tilde``.
 
 ``repeats`` draws independent dequantisation noise and probes (for the bound: times and noises). The reported
 standard error is over examples: each example's values are averaged over the repeats, and ``se = std / sqrt(n)`` of
@@ -19,7 +19,7 @@ estimator's noise).
 
 Randomness is seeded per (seed, repeat, example) and batches are fixed by index, so results do not depend on the
 number of processes: under ``torchrun`` each rank solves its own batches and the results are gathered once at the end
-(:mod:`scorelab.distributed` explains why).
+(:mod:`scorelab.core.distributed` explains why).
 """
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..distributed import device_for_rank, is_main_process, process_group, run_and_gather, shard, world_size
-from ..io import save_npz_atomic, write_text_atomic
-from ..likelihood import PROBES, bits_per_dim, dequantize, log_likelihood
+from ..core.distributed import device_for_rank, is_main_process, process_group, run_and_gather, shard, world_size
+from ..core.io import save_npz_atomic, write_text_atomic
+from ..core.rng import PerSampleGenerator
+from ..metrics.likelihood import PROBES, bits_per_dim, dequantize, log_likelihood
+from ..objectives.vlb import LEARNED, VARIANCES, eps_from_score, pixels_to_data, variational_bound
 from ..sampling.ode import ADAPTIVE
-from ..utils import PerSampleGenerator
-from ..vlb import LEARNED, VARIANCES, eps_from_score, pixels_to_data, variational_bound
 from .common import resolve_device
 from .errors import UserError
 from .sample import load_score_model

@@ -1,4 +1,4 @@
-"""`make mnist-features` (`python -m scorelab.metrics.mnist_classifier`): train and cache the fd_mnist classifier."""
+"""`make mnist-features` (`python -m scorelab.cli.mnist_features`): train and cache the fd_mnist classifier."""
 from __future__ import annotations
 
 import argparse
@@ -12,8 +12,8 @@ from .smoke import smoke_cap
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m scorelab.metrics.mnist_classifier``: train and cache the ``fd_mnist`` classifier."""
-    p = argparse.ArgumentParser(prog="python -m scorelab.metrics.mnist_classifier",
+    """``python -m scorelab.cli.mnist_features``: train and cache the ``fd_mnist`` classifier."""
+    p = argparse.ArgumentParser(prog="python -m scorelab.cli.mnist_features",
                                 description="Train the small MNIST classifier whose penultimate features give the "
                                             "offline fd_mnist metric (not FID), and cache it.")
     p.add_argument("--data-dir", default=os.environ.get("SCORELAB_DATA") or "./data",
@@ -42,3 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+if __name__ == "__main__":
+    from .errors import run_or_exit
+
+    raise SystemExit(run_or_exit(main))

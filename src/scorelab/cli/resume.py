@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 RESUME_KEYWORDS = ("last", "auto")
 CHECKPOINT_NAMES = ("checkpoints/last.ckpt", "last.ckpt")

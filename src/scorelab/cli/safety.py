@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import UnsafeFileError
+from ..core.errors import UnsafeFileError
 from .project import CONF_DIR
 
 __all__ = ["RENAMED_TARGETS", "check_plain_values", "check_stored_config", "shipped_targets",
@@ -34,8 +34,9 @@ __all__ = ["RENAMED_TARGETS", "check_plain_values", "check_stored_config", "ship
 
 INTERPOLATION = "${"
 
-# Networks that earlier scorelab versions stored by their own class name and that are now presets (configs) of
-# ``ScoreUNet``: old name -> the old class's defaults, filled in wherever a stored config left a key out.
+# Targets that earlier scorelab versions stored under another name: old name -> (today's name, the old class's
+# defaults, filled in wherever a stored config left a key out). The networks stored by their own class name are now
+# presets (configs) of ``ScoreUNet``.
 _UNET_DEFAULTS = dict(in_channels=3, image_size=32, ch=128, ch_mult=[1, 2, 2, 2], num_res_blocks=4,
                       attn_resolutions=[16], dropout=0.1, embedding_type="positional", fourier_scale=16.0,
                       resblock_type="biggan", resamp_with_conv=True, fir=False, fir_kernel=[1, 3, 3, 1],
@@ -45,6 +46,10 @@ RENAMED_TARGETS = {
     "scorelab.models.ddpmpp.DDPMpp": ("scorelab.models.ScoreUNet", _UNET_DEFAULTS),
     "scorelab.models.ncsnpp.NCSNpp": ("scorelab.models.ScoreUNet", {
         **_UNET_DEFAULTS, "embedding_type": "fourier", "fir": True, "progressive_input": "residual"}),
+    # the objectives left the loose modules losses.py and hybrid.py for scorelab.objectives
+    **{f"scorelab.losses.{name}": (f"scorelab.objectives.{name}", {})
+       for name in ("DSMLoss", "ISMLoss", "SSMLoss", "DDPMLoss")},
+    "scorelab.hybrid.HybridLoss": ("scorelab.objectives.HybridLoss", {}),
 }
 
 

@@ -4,7 +4,7 @@ optionally score them (FID / KID, or the MNIST domain metric).
 Sample ``i`` uses seed ``seed + i``, so a seed range gives the same samples at any batch size, and on any number
 of processes: under ``torchrun --nproc_per_node=N sample.py ...`` batch ``b`` of the seed range is drawn by rank
 ``b mod N``, every rank writes its own image shards into the one run folder (rank 0's), and rank 0 gathers the
-points, NFE counts and picture into the same files a 1-process run writes (:mod:`scorelab.distributed`).
+points, NFE counts and picture into the same files a 1-process run writes (:mod:`scorelab.core.distributed`).
 """
 from __future__ import annotations
 
@@ -19,16 +19,24 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ..core.distributed import (
+    device_for_rank,
+    gather,
+    is_main_process,
+    process_group,
+    run_and_gather,
+    shard,
+    world_size,
+)
+from ..core.io import save_npz_atomic, write_text_atomic
 from ..data.sample_files import write_npz_shard, write_png_images
-from ..distributed import device_for_rank, gather, is_main_process, process_group, run_and_gather, shard, world_size
-from ..io import save_npz_atomic, write_text_atomic
 from ..lit.module import ScoreModule
-from ..lit.plotting import save_class_grid, save_samples_picture
 from ..metrics.evaluation import mean_and_stderr, to_uint8
 from ..metrics.label_accuracy import LabelAccuracy, label_accuracy, mixture_label_accuracy, mnist_label_accuracy
 from ..metrics.toy import toy_metrics
 from ..sampling.seeded import SeededBatch, seeded_batches
-from ..teaching import write_teaching_pictures
+from ..viz.plotting import save_class_grid, save_samples_picture
+from ..viz.teaching import write_teaching_pictures
 from .classes import ClassRequest, check_class_keys, class_request
 from .classifier import classifier_request, refuse_score_as_classifier
 from .common import build_core, check_module_keys, check_state_dict, compose_group, progress_bar, resolve_device

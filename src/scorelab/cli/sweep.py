@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ..io import write_text_atomic
+from ..core.io import write_text_atomic
 
 # the result files of each command whose plain numbers go into the table (train.py, sample.py, likelihood.py)
 RESULT_FILES = ("final_metrics.json", "metrics.json", "sample.json", "likelihood.json")

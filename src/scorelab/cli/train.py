@@ -17,11 +17,11 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
-from ..io import write_text_atomic
+from ..core.io import write_text_atomic
 from ..lit.checkpointing import AtomicCheckpointIO, PreemptionCallback
 from ..lit.fid_callback import domain_mismatch
 from ..lit.module import ScoreModule
-from ..losses import loss_lr_scale
+from ..objectives.score_matching import loss_lr_scale
 from .common import build_core, check_state_dict, load_checkpoint
 from .errors import UserError
 from .resume import resolve_ckpt_path
@@ -54,6 +54,7 @@ def train(cfg: DictConfig) -> float | None:
     ckpt_path, ckpt = load_checkpoint(resume_from) if resume_from else (None, None)
     L.seed_everything(cfg.seed, workers=True)
     parts = build_core(cfg)
+    parts["datamodule"].check_available()  # missing data: one line before loggers and checkpoints write anything
     module = build_module(cfg, parts)
     if ckpt is not None:
         check_state_dict(module, ckpt["state_dict"], ckpt_path)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .images import NO_LABEL, DatasetNotFoundError, _first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

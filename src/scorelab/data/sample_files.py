@@ -1,7 +1,7 @@
 """Image sets on disk, as generative-model evaluations exchange them: folders of PNGs, ``.npz`` files, shards.
 
 Reading is lazy (a slice loads only its images), so 50k-image folders never sit in memory whole. Writing goes
-through :func:`scorelab.io.atomic_path`: a crash leaves whole files only.
+through :func:`scorelab.core.io.atomic_path`: a crash leaves whole files only.
 
 Accepted ``.npz`` layouts: uint8 ``[N, H, W, C]`` or ``[N, H, W]`` under ``x``, ``arr_0``, ``samples`` or
 ``images`` (the conventions of scorelab, OpenAI's guided-diffusion and EDM). A folder holds either images
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..io import atomic_path, load_npz, save_npz_atomic
+from ..core.errors import UserError
+from ..core.io import atomic_path, load_npz, save_npz_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NPZ_KEYS = ("x", "arr_0", "samples", "images")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..models.embeddings import GaussianFourierEmbedding
 from ..models.layers import AttnBlock, Combine, Downsample, FIRConv2d, ResnetBlockBigGAN, ResnetBlockDDPM, Upsample
 from ..models.unet import ScoreUNet

@@ -10,12 +10,12 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ..distributed import run_and_gather
-from ..io import write_text_atomic
+from ..core.distributed import run_and_gather
+from ..core.io import write_text_atomic
+from ..core.rng import ShardedGenerator
 from ..metrics.toy import toy_metrics
 from ..sampling.seeded import FiniteWatch, NonFiniteSamplesError
-from ..utils import ShardedGenerator
-from .plotting import save_samples_picture
+from ..viz.plotting import save_samples_picture
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -55,7 +55,7 @@ def draw_shared(trainer: L.Trainer, pl_module, sampler: Callable, n: int, seed: 
     """:func:`draw_finite` split over the data-parallel ranks, gathered on every rank (CPU tensor ``[n, ...]``).
 
     Rank ``r`` of ``W`` draws rows ``r, r + W, ...`` of the ``n`` samples from the noise a single process would draw
-    with ``seed`` (:class:`~scorelab.utils.ShardedGenerator`), so the gathered samples are those of a 1-process run
+    with ``seed`` (:class:`~scorelab.core.rng.ShardedGenerator`), so the gathered samples are those of a 1-process run
     (up to floating-point differences of the network on other batch sizes; adaptive ODE solvers, whose step sizes
     depend on the batch, agree only to their tolerance). Every rank samples, none waits for minutes at the next
     collective while another one samples, and the work is ``W`` times faster. A failure on any rank (NaN/Inf

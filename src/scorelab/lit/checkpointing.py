@@ -21,8 +21,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ..errors import UserError
-from ..io import atomic_path, deferred_signals
+from ..core.errors import UserError
+from ..core.io import atomic_path, deferred_signals
 
 LAST = "last.ckpt"
 

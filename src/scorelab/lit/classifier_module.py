@@ -2,7 +2,7 @@
 
 Song et al. 2021, App. I.1: the classifier is trained with cross-entropy on perturbed data
 ``x_t = a(t) x_0 + s(t) z``, ``z ~ N(0, I)``, ``t ~ U(eps, T)``, drawn from the same SDE the score model diffuses
-with; its input gradient then guides that score model (:mod:`scorelab.classifier_guidance`).
+with; its input gradient then guides that score model (:mod:`scorelab.guidance.classifier`).
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from ..core.errors import UserError
+from ..core.rng import mix_seed, sample_noise
+from ..core.tensors import append_dims
 from ..models.noisy_classifier import NoisyClassifier
 from ..sde import SDE
-from ..utils import append_dims, mix_seed, sample_noise
 
 
 class NoisyClassifierModule(L.LightningModule):

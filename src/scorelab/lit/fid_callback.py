@@ -13,8 +13,8 @@ from ..metrics.evaluation import SampleEvaluator, to_uint8
 from ..metrics.frechet import FeatureStats
 from ..metrics.reference import DEFAULT_KEEP_FEATURES, reference_stats
 from ..sampling.seeded import seeded_batches
+from ..viz.plotting import save_samples_picture
 from .callbacks import PeriodicEvaluation, log_picture, run_dir
-from .plotting import save_samples_picture
 
 
 def features_domain(features: Any) -> str | None:

@@ -120,6 +120,12 @@ class ImageDataModule(L.LightningDataModule):
         raise TypeError(f"{type(self).__name__} does not define _load(split): subclass ImageDataModule with one")
 
     # --- Lightning hooks --------------------------------------------------------------------------
+    def check_available(self) -> None:
+        """Refuse missing files before a run writes anything (with ``download`` set, ``prepare_data`` fetches them
+        instead)."""
+        if not self.download:
+            self._fetch(False)
+
     def prepare_data(self) -> None:
         """Check the files once per node; download missing ones when ``download`` is set."""
         self._fetch(self.download)

@@ -7,9 +7,9 @@ import math
 import lightning as L
 import torch
 
-from ..distributed import run_and_gather
-from ..likelihood import bits_per_dim, dequantize, log_likelihood
-from ..utils import PerSampleGenerator
+from ..core.distributed import run_and_gather
+from ..core.rng import PerSampleGenerator
+from ..metrics.likelihood import bits_per_dim, dequantize, log_likelihood
 from .callbacks import PeriodicEvaluation
 
 

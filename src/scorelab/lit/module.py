@@ -8,10 +8,10 @@ import lightning as L
 import torch
 from torch import nn
 
-from ..losses import DSMLoss, loss_lr_scale
+from ..core.rng import ShardedGenerator, data_parallel_rows, mix_seed, sample_noise
 from ..models.score_model import ScoreModel
+from ..objectives.score_matching import DSMLoss, loss_lr_scale
 from ..sde import SDE
-from ..utils import ShardedGenerator, data_parallel_rows, mix_seed, sample_noise
 from .ema import EMA
 from .nonfinite import NonFiniteGuard
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 POLICIES = ("skip", "stop")
 

@@ -8,9 +8,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from ..core.errors import UserError
+from ..core.rng import mix_seed
 from ..data.toy import GaussianMixture, mixture_from_spec
-from ..errors import UserError
-from ..utils import mix_seed
 
 
 class EpochSeededSampler(DistributedSampler):
@@ -128,6 +128,9 @@ class ToyDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return self.mixture.n_components
+
+    def check_available(self) -> None:
+        """Nothing to check: the points are drawn from the mixture."""
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UnsafeFileError, UserError
-from ..io import UnreadableFileError, load_npz, save_npz_atomic
+from ..core.errors import UnsafeFileError, UserError
+from ..core.io import UnreadableFileError, load_npz, save_npz_atomic
 
 STATS_FORMAT = "scorelab-feature-stats-v1"
 

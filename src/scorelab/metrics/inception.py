@@ -17,9 +17,9 @@ from unittest import mock
 import torch
 from torch import nn
 
+from ..core.errors import UserError
+from ..core.io import load_torch_file
 from ..data.images import socket_timeout
-from ..errors import UserError
-from ..io import load_torch_file
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")

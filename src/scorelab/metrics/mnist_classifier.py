@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
-from ..io import atomic_path, cache_dir, load_torch_file
+from ..core.errors import UserError
+from ..core.io import atomic_path, cache_dir, load_torch_file
 
 FORMAT = "scorelab-mnist-classifier-v1"
 ARCH = "mnist-cnn-v1"
@@ -337,9 +337,3 @@ def train_mnist_classifier(data_dir: str | os.PathLike, out: str | os.PathLike |
                                  train_images=int(images.shape[0]), train_seconds=round(seconds, 1))
     return path, acc
 
-
-if __name__ == "__main__":
-    from ..cli.errors import run_or_exit
-    from ..cli.mnist_features import main
-
-    raise SystemExit(run_or_exit(main))

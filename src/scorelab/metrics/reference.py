@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..io import cache_dir
+from ..core.errors import UserError
+from ..core.io import cache_dir
 from .evaluation import extract_features
 from .frechet import FeatureStats
 
@@ -55,7 +55,7 @@ def reference_stats(datamodule, split: str, extractor: nn.Module, count: int | N
         split: ``"train"``, ``"val"`` or ``"test"``.
         extractor: the feature extractor (on ``device``).
         count: use only the first ``count`` images of the split (None: all of them).
-        cache: cache folder (default :func:`~scorelab.io.cache_dir`).
+        cache: cache folder (default :func:`~scorelab.core.io.cache_dir`).
         batch_size, device: for the feature pass.
         keep_features: raw features kept for KID.
         rebuild: recompute even if a cached file exists.

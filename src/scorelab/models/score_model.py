@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.tensors import append_dims
 from ..sde import SDE
-from ..utils import append_dims
 
 OUTPUTS = ("score", "eps", "x0", "scaled_score")
 NOISE_LABELS = ("sde", "t", "log_std")
@@ -58,7 +58,8 @@ class ScoreModel(nn.Module):
         centered: the network sees the input as given (True) or maps data in ``[0, 1]`` to ``[-1, 1]`` first
             (False: the reference's ``data.centered = False``, used by its VE models on ``[0, 1]`` data).
         learn_variance: the backbone outputs twice the data's channels; the second half ``r`` is the reverse-variance
-            interpolation ``v = (r + 1) / 2`` of improved DDPM (Nichol & Dhariwal 2021, Eq. 15; :mod:`scorelab.hybrid`),
+            interpolation ``v = (r + 1) / 2`` of improved DDPM (Nichol & Dhariwal 2021, Eq. 15;
+            :mod:`scorelab.objectives.hybrid`),
             returned by ``forward(..., return_variance=True)``. ``forward(x, t)`` stays the score alone.
     """
 
@@ -94,7 +95,7 @@ class ScoreModel(nn.Module):
 
         With ``return_variance`` (models with ``learn_variance`` only): ``(score, v)``, ``v [B, ...]`` the
         interpolation ``(r + 1) / 2`` of the variance channels ``r`` (Nichol & Dhariwal 2021, Eq. 15: the reverse
-        variance of a discrete chain is ``exp(v log beta_t + (1 - v) log beta~_t)``, :func:`scorelab.hybrid.
+        variance of a discrete chain is ``exp(v log beta_t + (1 - v) log beta~_t)``, :func:`scorelab.objectives.hybrid.
         interpolated_variance`).
         """
         if return_variance and not self.learn_variance:

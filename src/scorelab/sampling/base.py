@@ -6,13 +6,13 @@ from typing import Any
 
 import torch
 
-from ..utils import sample_noise
+from ..core.rng import sample_noise
 from .grids import GRIDS, check_eps, time_grid  # noqa: F401  (re-exported: the grids used to live here)
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
 # ``project(x [B, ...], t [B]) -> x [B, ...]``: a map applied to the state after every step (e.g. replacing known
-# pixels, :mod:`scorelab.conditional`); the sampler continues from what it returns.
+# pixels, :mod:`scorelab.tasks.conditional`); the sampler continues from what it returns.
 Project = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

@@ -9,8 +9,8 @@ import abc
 
 import torch
 
+from ..core.tensors import append_dims
 from ..sde import SDE
-from ..utils import append_dims
 from .base import ScoreFn, noise_like
 
 

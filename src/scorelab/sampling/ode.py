@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
+from ..core.tensors import append_dims
 from ..sde import SDE
-from ..utils import append_dims
 from .base import Callback, CountingScore, Project, ScoreFn, batch_time, initial_noise
 from .grids import TimeGrid, as_grid
 

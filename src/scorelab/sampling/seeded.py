@@ -1,6 +1,6 @@
 """Generate many samples in batches, sample ``i`` from its own seed, and stop at the first non-finite step.
 
-Because every sample draws its noise from its own generator (:class:`~scorelab.utils.PerSampleGenerator`), a
+Because every sample draws its noise from its own generator (:class:`~scorelab.core.rng.PerSampleGenerator`), a
 seed range gives the same samples at any batch size and split across any number of processes (on one device
 type: CPU and CUDA generators differ).
 """
@@ -11,9 +11,9 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
+from ..core.rng import PerSampleGenerator
 from ..sde import SDE
-from ..utils import PerSampleGenerator
 from .base import ScoreFn
 
 

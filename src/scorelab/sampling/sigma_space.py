@@ -18,8 +18,8 @@ import math
 
 import torch
 
+from ..core.tensors import append_dims
 from ..sde import SDE
-from ..utils import append_dims
 from .base import Callback, CountingScore, Project, ScoreFn, batch_time, initial_noise
 from .grids import TimeGrid, as_grid
 

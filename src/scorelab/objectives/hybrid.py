@@ -13,8 +13,9 @@ an interpolation in the log domain between the two fixed choices of Ho et al. 20
 and a stop-gradient on the mean inside ``L_vlb``, so that ``L_simple`` alone drives the mean and ``L_vlb`` only the
 variance (Sec. 3.1).
 
-The chain is :mod:`scorelab.vlb`'s: ``alpha_bar_1..N`` of the SDE (``sde.ddpm_alphas_cumprod``: VP's linear chain or
-the cosine one), the network queried at the SDE times with the chain's noise levels (:func:`scorelab.vlb.chain_times`),
+The chain is :mod:`scorelab.objectives.vlb`'s: ``alpha_bar_1..N`` of the SDE (``sde.ddpm_alphas_cumprod``: VP's
+linear chain or the cosine one), the network queried at the SDE times with the chain's noise levels
+(:func:`scorelab.objectives.vlb.chain_times`),
 so ``likelihood.py method=vlb`` evaluates exactly the terms trained here. ``v`` does not depend on ``N``: a chain of
 fewer steps uses the same ``v`` between its own ``beta_t`` and ``beta~_t`` (the respacing of Nichol & Dhariwal 2021,
 Sec. 4).
@@ -26,8 +27,9 @@ from collections.abc import Callable
 
 import torch
 
-from .sde import SDE
-from .utils import ShardedGenerator, append_dims, batch_mean, batch_sum, sample_noise
+from ..core.rng import ShardedGenerator, sample_noise
+from ..core.tensors import append_dims, batch_mean, batch_sum
+from ..sde import SDE
 from .vlb import DDPMChain, chain_times, term_from_prediction
 
 ModelFn = Callable[..., torch.Tensor]
@@ -42,7 +44,7 @@ def gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> tor
 
 def draw_chain_times(num_steps: int, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
     """``n`` integer times ``[n]`` (long) uniform in ``1..N``; a ``ShardedGenerator`` gives this rank's rows of the
-    global batch's draw (as :class:`~scorelab.losses.DDPMLoss`)."""
+    global batch's draw (as :class:`~scorelab.objectives.score_matching.DDPMLoss`)."""
     if isinstance(generator, ShardedGenerator):
         i = generator.randint(num_steps, (n,))
     else:
@@ -59,7 +61,8 @@ class HybridLoss:
       at the SDE time of the chain's noise level (DSM with ``lambda(t) = s(t)^2`` at the chain's times);
     * ``L_vlb = sum_t L_{t-1}`` in bits per dimension (nats / (D ln 2)), estimated from the same ``t`` as
       ``N L_{t-1}`` (``L_0``, the discretised decoder of 8-bit data, at ``t = 1``), with the reverse mean built from
-      ``stop_gradient(eps_theta)`` and the learned variance (:meth:`~scorelab.vlb.DDPMChain.interpolated_variance`).
+      ``stop_gradient(eps_theta)`` and the learned variance
+      (:meth:`~scorelab.objectives.vlb.DDPMChain.interpolated_variance`).
       ``lambda N L_{t-1}`` is the reference code's ``vlb * num_timesteps / 1000`` with ``lambda = 0.001``.
 
     ``L_N`` does not depend on the model and is left out. The model must have a learned variance

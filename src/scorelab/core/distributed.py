@@ -11,7 +11,7 @@ raise too instead of waiting.
 
 Results that do not depend on the number of processes: :func:`shard` splits by index (rank ``r`` of ``W`` takes
 items ``r, r + W, ...``); shard *batches* rather than examples, and seed randomness per example (see
-:class:`scorelab.utils.PerSampleGenerator`), and every batch is computed exactly as in a single process.
+:class:`scorelab.core.rng.PerSampleGenerator`), and every batch is computed exactly as in a single process.
 
 Hydra creates a time-stamped run folder per process; under ``torchrun`` the entry point wraps its ``main()`` in
 :func:`hydra_run_folder_on_rank_zero`, so only rank 0 makes one (the others get a temporary folder, removed on exit).

@@ -16,11 +16,12 @@ import math
 
 import torch
 
-from .errors import UserError
-from .sampling.base import CountingScore, ScoreFn, batch_time
-from .sampling.ode import ADAPTIVE, FIXED, fixed_step, probability_flow
-from .sde import SDE
-from .utils import Generator, append_dims, sample_noise
+from ..core.errors import UserError
+from ..core.rng import Generator, sample_noise
+from ..core.tensors import append_dims
+from ..sampling.base import CountingScore, ScoreFn, batch_time
+from ..sampling.ode import ADAPTIVE, FIXED, fixed_step, probability_flow
+from ..sde import SDE
 
 FLOW_METHODS = FIXED + ADAPTIVE
 

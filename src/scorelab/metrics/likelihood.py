@@ -6,10 +6,11 @@ from typing import NamedTuple
 
 import torch
 
-from .sampling.base import CountingScore, ScoreFn, batch_time, check_eps
-from .sampling.ode import ADAPTIVE, probability_flow
-from .sde import SDE
-from .utils import batch_sum, sample_noise
+from ..core.rng import sample_noise
+from ..core.tensors import batch_sum
+from ..sampling.base import CountingScore, ScoreFn, batch_time, check_eps
+from ..sampling.ode import ADAPTIVE, probability_flow
+from ..sde import SDE
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")

@@ -2,7 +2,7 @@
 
 Checkpoints, statistics and sample files are loaded with ``torch.load(weights_only=True)`` (tensors, numbers,
 strings and plain containers only) or ``numpy.load(allow_pickle=False)``. A file that needs anything else is
-refused with :class:`~scorelab.errors.UnsafeFileError`. Results are written to a temporary file in the same folder
+refused with :class:`~scorelab.core.errors.UnsafeFileError`. Results are written to a temporary file in the same folder
 and renamed over the target, so a crash mid-write leaves the previous file intact.
 """
 from __future__ import annotations

@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .data.toy import GaussianMixture
-from .sde import SDE
+from ..data.toy import GaussianMixture
+from ..sde import SDE
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

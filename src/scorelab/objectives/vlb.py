@@ -15,7 +15,8 @@ offset since the decoder gives the probability of the 8-bit value itself. Everyt
 ``alpha_bar_t`` (``[N]``, from :meth:`scorelab.sde.SDE.ddpm_alphas_cumprod`: VP's linear chain or the cosine one),
 and the network as a noise prediction ``eps_fn(x_t, t)`` with integer ``t`` in ``1..N``. The reverse variance is
 ``beta_t``, ``beta~_t`` or learned: ``exp(v log beta_t + (1 - v) log beta~_t)`` with ``v`` from the network
-(``variance="learned"``, ``eps_fn`` then returns ``(eps, v)``; Nichol & Dhariwal 2021, Eq. 15, :mod:`scorelab.hybrid`).
+(``variance="learned"``, ``eps_fn`` then returns ``(eps, v)``; Nichol & Dhariwal 2021, Eq. 15,
+:mod:`scorelab.objectives.hybrid`).
 
 Pure PyTorch; the likelihood CLI's ``method=vlb`` (``scorelab.cli.likelihood``) runs it over a data split.
 """
@@ -27,8 +28,9 @@ from typing import NamedTuple
 
 import torch
 
-from .sde import SDE
-from .utils import Generator, append_dims, batch_sum, sample_noise
+from ..core.rng import Generator, sample_noise
+from ..core.tensors import append_dims, batch_sum
+from ..sde import SDE
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 VARIANCES = ("beta", "beta_tilde")  # the fixed reverse variances of Ho et al. 2020

@@ -1,4 +1,4 @@
-"""Drawing the pictures that teach (:mod:`scorelab.teaching`): matplotlib for the figures, Pillow for the GIF."""
+"""Drawing the pictures that teach (:mod:`scorelab.viz.teaching`): matplotlib for the figures, Pillow for the GIF."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -12,7 +12,7 @@ and for images ``denoising_strip.png``: a few samples at ~10 times from ``T`` to
 ``x_t`` and as the network's Tweedie estimate ``E[x0 | x_t] = (x_t + s(t)^2 score) / a(t)`` (Efron 2011).
 
 Every picture comes from its own, small sampler call on the run's first seeds (``seed, seed + 1, ...``). Sample ``i``
-depends on its seed alone (:class:`~scorelab.utils.PerSampleGenerator`), so the recorded paths end at the run's own
+depends on its seed alone (:class:`~scorelab.core.rng.PerSampleGenerator`), so the recorded paths end at the run's own
 first samples, and the run's samples are the same with and without pictures. Every sampler reports its state after
 each step to a ``callback`` as ``{"i", "t", "x", "x_mean"}``; :class:`StateRecorder` is the one place that reads it.
 """
@@ -25,9 +25,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .errors import UserError
-from .sampling.base import batch_time
-from .utils import PerSampleGenerator
+from ..core.errors import UserError
+from ..core.rng import PerSampleGenerator
+from ..sampling.base import batch_time
 
 PICTURES_POINTS = ("score_field.png", "trajectories.png", "marginals.gif")
 PICTURES_IMAGES = ("denoising_strip.png",)
@@ -252,8 +252,8 @@ def write_teaching_pictures(cfg, trained, sampler, score_fn, shape: Sequence[int
     settings = teach_settings(cfg, float(trained.sde.T))
     if settings is None:
         return []
-    from .distributed import is_main_process
-    from .lit import teaching_plots as plots
+    from ..core.distributed import is_main_process
+    from . import teaching_plots as plots
 
     shape = tuple(shape)
     if len(shape) not in (1, 3) or (len(shape) == 1 and shape[0] != 2):

@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .sde import SDE, ddpm_alphas_cumprod
-from .utils import ShardedGenerator, append_dims, batch_mean, batch_sum, sample_noise
+from ..core.rng import ShardedGenerator, sample_noise
+from ..core.tensors import append_dims, batch_mean, batch_sum
+from ..sde import SDE, ddpm_alphas_cumprod
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 WEIGHTINGS = ("sigma2", "g2", "none", "snr_sigmoid")
