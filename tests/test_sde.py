@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from scorelab.objectives.score_matching import ddpm_alphas_cumprod
-from scorelab.sde import VESDE, VPSDE, SubVPSDE
+from scorelab.sde import VESDE, VPSDE, SubVPSDE, VPFamily
 
 from .conftest import ALL_SDES, SDE_IDS
 
@@ -147,3 +147,53 @@ def test_ve_discretisation_adds_the_forward_variance():
 def test_invalid_sde_arguments_raise(make, name):
     with pytest.raises(ValueError, match=name):
         make()
+
+
+class ConstantVPSDE(VPFamily):
+    """The contributor guide's example: a VP SDE given by nothing but a constant beta and its integral."""
+
+    def __init__(self, beta: float = 10.0):
+        self.beta_value = float(beta)
+
+    def beta(self, t):
+        return torch.full_like(t, self.beta_value)
+
+    def integral(self, t):
+        return self.beta_value * t
+
+
+def test_a_new_vp_schedule_is_only_its_beta():
+    """Everything else of a VP SDE follows from beta(t) and B(t), against the closed forms of constant beta."""
+    sde, b = ConstantVPSDE(4.0), 4.0
+    t = torch.tensor([0.01, 0.3, 0.9], dtype=torch.float64)
+    t_next = t - 0.005
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sde.mean_coeff(t), torch.exp(-b * t / 2))
+    torch.testing.assert_close(sde.marginal_std(t), torch.sqrt(1 - torch.exp(-b * t)))
+    torch.testing.assert_close(sde.sigma(t), torch.sqrt(torch.exp(b * t) - 1))
+    torch.testing.assert_close(sde.t_of_sigma(sde.sigma(t)), t, rtol=1e-9, atol=1e-12)  # the generic inverse
+    drift, diffusion = sde.sde(x, t)
+    torch.testing.assert_close(drift, -b / 2 * x)
+    torch.testing.assert_close(diffusion, torch.full_like(t, b**0.5))
+    alpha = torch.exp(-b * (t - t_next))  # DDPM's alpha_i between the two grid times
+    f, g = sde.discretize(x, t, t_next)
+    torch.testing.assert_close(f, (alpha.sqrt() - 1)[:, None] * x)
+    torch.testing.assert_close(g, torch.sqrt(1 - alpha))
+    score, z = -x, torch.ones_like(x)
+    new, mean = sde.ancestral_step(x, t, t_next, score, z)
+    torch.testing.assert_close(mean, (x + (1 - alpha)[:, None] * score) / alpha.sqrt()[:, None])
+    torch.testing.assert_close(sde.langevin_alpha(t, t - t_next), torch.exp(-b * (t - t_next)))
+    assert sde.prior_std == 1.0
+
+
+def test_a_new_vp_schedule_samples_the_toy_mixture():
+    """The same class drives the samplers: the exact score of the 0.8 / 0.2 mixture, ancestral sampling."""
+    from scorelab.data import two_modes
+    from scorelab.metrics.toy import mode_weights
+    from scorelab.sampling import Ancestral, PCSampler
+
+    sde, mixture = ConstantVPSDE(12.0), two_modes()
+    x, _ = PCSampler(Ancestral(), None, steps=200)(mixture.oracle(sde), sde, (4000, 2),
+                                                    generator=torch.Generator().manual_seed(0))
+    weights = mode_weights(mixture, x)
+    assert abs(float(weights[0]) - 0.8) < 0.03
