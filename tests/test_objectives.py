@@ -18,15 +18,8 @@ from torch import nn
 from scorelab.cli import train
 from scorelab.data import two_modes
 from scorelab.models import ScoreMLP, ScoreModel
-from scorelab.objectives.score_matching import (
-    DSMLoss,
-    ISMLoss,
-    LikelihoodTimes,
-    SSMLoss,
-    draw_probes,
-    exact_trace,
-    projected_jacobian,
-)
+from scorelab.objectives import DSMLoss, ISMLoss, LikelihoodTimes, SSMLoss
+from scorelab.ops.divergence import draw_probes, exact_trace, projected_jacobian
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
 
 from .platform_utils import FAST, make_cfg
@@ -388,3 +381,14 @@ def test_train_cli_trains_each_objective_at_its_configured_rate(tmp_path, loss, 
                                  4e-3, scale)
     assert ("learning rate 0.002 = optimizer.lr 0.004 x loss.lr_scale 0.5" in line) == (scale == 0.5), line
     assert ("learning rate 0.004 as configured" in line) == (scale == 1.0), line
+
+
+def test_one_divergence_rule_for_the_objectives_and_the_likelihood():
+    """ISM's ``trace=auto`` and the likelihood's ``divergence=auto`` are one rule (exact up to 16 dimensions)."""
+    from scorelab.ops.divergence import AUTO_EXACT_MAX_DIM, choose_divergence
+
+    loss = ISMLoss(VPSDE(), trace="auto")
+    for dim in (2, AUTO_EXACT_MAX_DIM, AUTO_EXACT_MAX_DIM + 1, 784):
+        expected = "exact" if dim <= 16 else "hutchinson"
+        assert choose_divergence("auto", dim) == expected
+        assert loss.uses_exact_trace(torch.zeros(3, dim)) == (expected == "exact")

@@ -40,7 +40,8 @@ from ..core.io import save_npz_atomic, write_text_atomic
 from ..core.rng import PerSampleGenerator
 from ..metrics.likelihood import PROBES, bits_per_dim, dequantize, log_likelihood
 from ..objectives.vlb import LEARNED, VARIANCES, eps_from_score, pixels_to_data, variational_bound
-from ..sampling.ode import ADAPTIVE
+from ..ops.divergence import choose_divergence
+from ..ops.flow import ADAPTIVE
 from .common import resolve_device
 from .errors import UserError
 from .sample import load_score_model
@@ -48,7 +49,6 @@ from .sample import load_score_model
 SPLITS = ("train", "val", "test")
 DIVERGENCES = ("auto", "exact", "hutchinson")
 PRIORS = ("auto", "sde", "exact")
-EXACT_MAX_DIM = 16  # divergence=auto: exact (D backward passes) up to this dimension, Hutchinson above
 ENTROPY_POINTS = 200_000
 VLB = "vlb"  # method=vlb: DDPM's variational bound instead of the ODE
 VLB_TERMS = ("prior", "decoder", "diffusion")
@@ -191,13 +191,14 @@ def resolve_options(cfg: DictConfig, score, sde, datamodule, x: torch.Tensor, de
                     oracle: bool) -> Options:
     """Turn ``auto`` choices into concrete ones: divergence by dimension, prior and dtype by model.
 
-    ``auto`` divergence is exact up to ``EXACT_MAX_DIM`` dimensions, Hutchinson above; ``auto`` prior is the exact
-    ``p_T`` of the mixture for the oracle (its NLL is then exact up to solver error) and the SDE's ``N(0, I)``-type
-    prior for a checkpoint. The oracle runs in float64, a checkpoint in its parameters' dtype.
+    ``auto`` divergence is exact up to 16 dimensions, Hutchinson above
+    (:func:`scorelab.ops.divergence.choose_divergence`); ``auto`` prior is the exact ``p_T`` of the mixture for the
+    oracle (its NLL is then exact up to solver error) and the SDE's ``N(0, I)``-type prior for a checkpoint. The
+    oracle runs in float64, a checkpoint in its parameters' dtype.
     """
     images = getattr(datamodule, "mixture", None) is None
     dim = x[0].numel()
-    divergence = cfg.divergence if cfg.divergence != "auto" else ("exact" if dim <= EXACT_MAX_DIM else "hutchinson")
+    divergence = choose_divergence(cfg.divergence, dim)
     if not float(cfg.eps) < sde.T:
         raise UserError(f"eps must be smaller than the SDE's end time T = {sde.T}, got {cfg.eps}")
     prior = cfg.prior if cfg.prior != "auto" else ("exact" if oracle else "sde")

@@ -7,13 +7,10 @@ from typing import NamedTuple
 import torch
 
 from ..core.rng import sample_noise
-from ..core.tensors import batch_sum
-from ..sampling.base import CountingScore, ScoreFn, batch_time, check_eps
-from ..sampling.ode import ADAPTIVE, probability_flow
+from ..ops.divergence import DIVERGENCES, PROBES, draw_probes, exact_trace, projected_jacobian
+from ..ops.flow import ADAPTIVE, integrate, probability_flow
+from ..sampling.base import CountingScore, ScoreFn, check_eps
 from ..sde import SDE
-
-DIVERGENCES = ("exact", "hutchinson")
-PROBES = ("rademacher", "gaussian")
 
 
 class Likelihood(NamedTuple):
@@ -22,27 +19,6 @@ class Likelihood(NamedTuple):
     log_prob: torch.Tensor
     z: torch.Tensor
     nfe: int
-
-
-def exact_divergence(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``div_x f = sum_i d f_i / d x_i`` by autograd, one backward pass per dimension (for small D); ``[B]``."""
-    flat_f = f.flatten(1)
-    div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for i in range(flat_f.shape[1]):
-        (grad,) = torch.autograd.grad(flat_f[:, i].sum(), x, retain_graph=True)
-        div = div + grad.flatten(1)[:, i]
-    return div
-
-
-def hutchinson_divergence(f: torch.Tensor, x: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
-    """Hutchinson's unbiased estimate ``v^T (df/dx) v`` with ``E[v v^T] = I`` (Hutchinson 1989; FFJORD 2019)."""
-    (grad,) = torch.autograd.grad((f * probe).sum(), x)
-    return batch_sum(grad * probe)
-
-
-def _probe(x: torch.Tensor, kind: str, generator: torch.Generator | None) -> torch.Tensor:
-    v = sample_noise(x.shape, x, generator)
-    return v.sign() if kind == "rademacher" else v
 
 
 def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, eps: float = 1e-5, divergence: str = "exact",
@@ -70,8 +46,6 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, eps: float = 1e
     Returns:
         :class:`Likelihood` ``(log_prob [B], z [B, ...], nfe)``.
     """
-    from torchdiffeq import odeint
-
     check_eps(eps, sde.T)
     if method not in ADAPTIVE:
         raise ValueError(f"method must be an adaptive solver {ADAPTIVE} (a fixed-step one would take a single step)")
@@ -81,20 +55,17 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, eps: float = 1e
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     counted = CountingScore(score_fn)
     velocity = probability_flow(counted, sde)
-    v = _probe(x, probe, generator) if divergence == "hutchinson" else None
+    v = draw_probes(x, 1, probe, generator)[0] if divergence == "hutchinson" else None
 
-    def rhs(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        xt = state[0]
+    def rhs(state: tuple[torch.Tensor, torch.Tensor], t: torch.Tensor):
         with torch.enable_grad():
-            xt = xt.detach().requires_grad_(True)
-            f = velocity(xt, batch_time(t, xt))
-            div = exact_divergence(f, xt) if v is None else hutchinson_divergence(f, xt, v)
+            xt = state[0].detach().requires_grad_(True)
+            f = velocity(xt, t)
+            div = exact_trace(f, xt, create_graph=False) if v is None else projected_jacobian(f, xt, v, False)
         return f.detach(), div.detach()
 
-    span = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    xs, deltas = odeint(rhs, (x, delta0), span, rtol=rtol, atol=atol, method=method, options={"step_t": span})
-    z, delta = xs[-1], deltas[-1]
+    z, delta = integrate(rhs, (x, delta0), torch.tensor([eps, sde.T], dtype=torch.float64), method, rtol, atol)
     prior = sde.prior_logp(z) if prior_logp is None else prior_logp(z)
     return Likelihood(prior + delta, z, counted.nfe)
 

@@ -13,13 +13,12 @@ import torch
 
 from ..core.rng import ShardedGenerator, sample_noise
 from ..core.tensors import append_dims, batch_mean, batch_sum
+from ..ops.divergence import PROBES, choose_divergence, draw_probes, exact_trace, projected_jacobian
 from ..sde import SDE, ddpm_alphas_cumprod
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 WEIGHTINGS = ("sigma2", "g2", "none", "snr_sigmoid")
 TRACES = ("exact", "hutchinson", "auto")
-PROBES = ("rademacher", "gaussian")
-AUTO_EXACT_MAX_DIM = 16  # trace="auto": the exact trace up to this many dimensions per example, Hutchinson above
 
 
 class LikelihoodTimes:
@@ -226,58 +225,6 @@ def input_gradients() -> Iterator[bool]:
         yield record
 
 
-def _grad(output: torch.Tensor, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
-    (grad,) = torch.autograd.grad(output, x, create_graph=create_graph, retain_graph=True, allow_unused=True,
-                                  materialize_grads=True)
-    return grad
-
-
-def exact_trace(score: torch.Tensor, x: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
-    """``tr ∇_x s(x) = sum_i ∂s_i / ∂x_i`` by autograd, one backward pass per data dimension (for small D).
-
-    Assumes example ``b`` of ``score`` depends on example ``b`` of ``x`` only (no batch statistics).
-
-    Args:
-        score: ``s(x) [B, ...]``, computed from ``x`` with autograd on.
-        x: the input ``[B, ...]`` (``requires_grad``).
-        create_graph: keep the graph of the derivatives (so that a loss built on them trains the parameters).
-
-    Returns:
-        The trace ``[B]``.
-    """
-    flat = score.flatten(1)
-    trace = torch.zeros(x.shape[0], dtype=score.dtype, device=score.device)
-    for i in range(flat.shape[1]):
-        trace = trace + _grad(flat[:, i].sum(), x, create_graph).flatten(1)[:, i]
-    return trace
-
-
-def projected_jacobian(score: torch.Tensor, x: torch.Tensor, v: torch.Tensor,
-                       create_graph: bool = True) -> torch.Tensor:
-    """``v^T ∇_x s(x) v`` by one vector-Jacobian product: Hutchinson's estimate of the trace when ``E[v v^T] = I``
-    (Hutchinson 1989), the first term of sliced score matching (Song, Garg, Shi, Ermon 2019, Eq. 7).
-
-    Args:
-        score: ``s(x) [B, ...]``, computed from ``x`` with autograd on.
-        x: the input ``[B, ...]`` (``requires_grad``).
-        v: one projection per example ``[B, ...]``.
-        create_graph: keep the graph of the derivatives.
-
-    Returns:
-        ``[B]``.
-    """
-    return batch_sum(_grad((score * v).sum(), x, create_graph) * v)
-
-
-def draw_probes(x: torch.Tensor, num: int, kind: str = "rademacher", generator=None) -> list[torch.Tensor]:
-    """``num`` probes ``[B, ...]`` with ``E[v v^T] = I``: Rademacher (random signs) or standard Gaussian."""
-    if kind not in PROBES:
-        raise ValueError(f"probe must be one of {PROBES}, got {kind!r}")
-    v = sample_noise((x.shape[0], num, *x.shape[1:]), x, generator)  # examples first: per-sample/sharded generators
-    v = v.sign() if kind == "rademacher" else v
-    return list(v.unbind(1))
-
-
 def _check_count(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -329,7 +276,8 @@ class ISMLoss(_InputDerivativeLoss):
     Args:
         sde: the forward SDE.
         weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor, lr_scale: as in :class:`TimeWeighting`.
-        trace: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact up to ``AUTO_EXACT_MAX_DIM`` = 16 dimensions).
+        trace: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact up to 16 dimensions:
+            :func:`scorelab.ops.divergence.choose_divergence`).
         probe: Hutchinson probes, ``"rademacher"`` (lower variance) or ``"gaussian"``.
         num_probes: Hutchinson probes per example.
     """
@@ -347,7 +295,7 @@ class ISMLoss(_InputDerivativeLoss):
 
     def uses_exact_trace(self, x: torch.Tensor) -> bool:
         """Whether the trace of data like ``x [B, ...]`` is computed exactly."""
-        return self.trace == "exact" or (self.trace == "auto" and x[0].numel() <= AUTO_EXACT_MAX_DIM)
+        return choose_divergence(self.trace, x[0].numel()) == "exact"
 
     def _terms(self, score, x, generator, create_graph):
         if self.uses_exact_trace(x):

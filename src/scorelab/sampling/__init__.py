@@ -5,6 +5,7 @@ one with ``PCSampler(EulerMaruyama(), Langevin(snr=0.16), steps=1000)``, ``ODESa
 ``DPMSolverPP(steps=10, variant="3m")`` or ``DEISSampler(steps=10, order=4, variant="ipndm")``; time grids come
 from :class:`TimeGrid` / :func:`time_grid`, outside the solvers.
 """
+from ..ops.flow import fixed_step, probability_flow
 from .base import CountingScore
 from .correctors import AnnealedLangevin, Corrector, Langevin, NoCorrector
 from .ddim import DDIMSampler
@@ -12,7 +13,7 @@ from .deis import DEISSampler
 from .dpm_solver import DPMSolverPP, UniPCSampler
 from .edm import EDMSampler
 from .grids import GRIDS, TimeGrid, time_grid
-from .ode import ODESampler, fixed_step, probability_flow
+from .ode import ODESampler
 from .pc import PCSampler
 from .predictors import Ancestral, EulerMaruyama, NoPredictor, Predictor, ReverseDiffusion
 from .sigma_space import Denoiser, SigmaSampler

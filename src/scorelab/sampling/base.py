@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..core.rng import sample_noise
+from ..ops.flow import batch_time  # noqa: F401  (re-exported: the samplers take it from here)
 from .grids import GRIDS, check_eps, time_grid  # noqa: F401  (re-exported: the grids used to live here)
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -25,11 +26,6 @@ class CountingScore:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         return self.score_fn(x, t)
-
-
-def batch_time(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    """Expand a scalar time to ``[B]`` in ``x``'s dtype and device."""
-    return torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0]).clone()
 
 
 def initial_noise(sde, shape, generator, device, dtype, x_init):

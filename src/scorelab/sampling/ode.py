@@ -1,39 +1,15 @@
-"""Sampling by integrating the probability-flow ODE (Song et al. 2021, Sec. 4.3, Eq. 13)."""
+"""Sampling by integrating the probability-flow ODE (Song et al. 2021, Sec. 4.3, Eq. 13) with the one engine of
+:mod:`scorelab.ops.flow`."""
 from __future__ import annotations
 
 import torch
 
 from ..core.errors import UserError
 from ..core.tensors import append_dims
+from ..ops.flow import ADAPTIVE, FIXED, integrate, probability_flow
 from ..sde import SDE
 from .base import Callback, CountingScore, Project, ScoreFn, batch_time, initial_noise
 from .grids import TimeGrid, as_grid
-
-FIXED = ("euler", "heun", "rk4")
-ADAPTIVE = ("dopri5", "bosh3", "adaptive_heun", "dopri8")
-
-
-def probability_flow(score_fn: ScoreFn, sde: SDE):
-    """The ODE velocity ``dx/dt = f(x, t) - g(t)^2 s(x, t) / 2`` as a function ``(x, t [B]) -> [B, ...]``."""
-    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return sde.reverse_drift(x, t, score_fn(x, t), probability_flow=True)
-    return velocity
-
-
-def fixed_step(velocity, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, method: str) -> torch.Tensor:
-    """One explicit step of Euler (1 NFE), Heun (2 NFE, Karras et al. 2022, Alg. 1) or classic RK4 (4 NFE)."""
-    h = append_dims(t_next - t, x.ndim)
-    k1 = velocity(x, t)
-    if method == "euler":
-        return x + h * k1
-    if method == "heun":
-        k2 = velocity(x + h * k1, t_next)
-        return x + h * (k1 + k2) / 2
-    t_mid = (t + t_next) / 2
-    k2 = velocity(x + h / 2 * k1, t_mid)
-    k3 = velocity(x + h / 2 * k2, t_mid)
-    k4 = velocity(x + h * k3, t_next)
-    return x + h * (k1 + 2 * k2 + 2 * k3 + k4) / 6
 
 
 class ODESampler:
@@ -81,33 +57,25 @@ class ODESampler:
         x = initial_noise(sde, shape, generator, device, dtype, x_init)
         if self.method in FIXED:
             ts = self.grid(self.steps, self.eps, sde.T, sde=sde)
-            for i in range(self.steps):
-                x = fixed_step(velocity, x, batch_time(ts[i], x), batch_time(ts[i + 1], x), self.method)
+
+            def on_step(i: int, t_next: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
                 if project is not None:
-                    x = project(x, batch_time(ts[i + 1], x))
+                    x = project(x, t_next)
                 if callback is not None:
                     callback({"i": i, "t": float(ts[i + 1]), "x": x, "x_mean": x})
+                return x
+
+            x = integrate(velocity, x, ts, self.method, on_step=on_step)
         else:
-            x = self._adaptive(velocity, x, sde.T, callback)
+            x = integrate(velocity, x, torch.tensor([sde.T, self.eps], dtype=torch.float64), self.method,
+                          self.rtol, self.atol)
+            if callback is not None:
+                callback({"i": 0, "t": self.eps, "x": x, "x_mean": x})
         if self.denoise:
             t = batch_time(self.eps, x)
             a, std = append_dims(sde.mean_coeff(t), x.ndim), append_dims(sde.marginal_std(t), x.ndim)
             x = (x + std**2 * counted(x, t)) / a
         return x, counted.nfe
-
-    def _adaptive(self, velocity, x: torch.Tensor, T: float, callback: Callback | None) -> torch.Tensor:
-        from torchdiffeq import odeint
-
-        def rhs(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return velocity(x, batch_time(t, x))
-
-        span = torch.tensor([T, self.eps], dtype=x.dtype, device=x.device)
-        # step_t makes the solver land exactly on eps instead of stepping past it (t < 0 is outside the SDE)
-        options = {"step_t": span}
-        x = odeint(rhs, x, span, rtol=self.rtol, atol=self.atol, method=self.method, options=options)[-1]
-        if callback is not None:
-            callback({"i": 0, "t": self.eps, "x": x, "x_mean": x})
-        return x
 
     def __repr__(self) -> str:
         return f"ODESampler(method={self.method!r}, steps={self.steps}, eps={self.eps})"

@@ -19,11 +19,11 @@ import torch
 from ..core.errors import UserError
 from ..core.rng import Generator, sample_noise
 from ..core.tensors import append_dims
+from ..ops.flow import ADAPTIVE, FIXED, integrate, probability_flow
 from ..sampling.base import CountingScore, ScoreFn, batch_time
-from ..sampling.ode import ADAPTIVE, FIXED, fixed_step, probability_flow
 from ..sde import SDE
 
-FLOW_METHODS = FIXED + ADAPTIVE
+FLOW_METHODS = FIXED + ADAPTIVE  # the engine's methods (scorelab.ops.flow)
 
 
 class KnownValues:
@@ -177,18 +177,10 @@ def integrate_flow(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t_start: float,
     if method in FIXED:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        ts = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
-        for i in range(steps):
-            x = fixed_step(velocity, x, batch_time(ts[i], x), batch_time(ts[i + 1], x), method)
-        return x, counted.nfe
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
-    from torchdiffeq import odeint
-
-    span = torch.tensor([t_start, t_end], dtype=x.dtype, device=x.device)
-    x = odeint(lambda t, state: velocity(state, batch_time(t, state)), x, span, rtol=rtol, atol=atol, method=method,
-               options={"step_t": span})[-1]
-    return x, counted.nfe
+        times = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
+    else:
+        times = torch.tensor([t_start, t_end], dtype=torch.float64)
+    return integrate(velocity, x, times, method, rtol, atol), counted.nfe
 
 
 def encode(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, eps: float = 1e-3, **solver) -> tuple[torch.Tensor, int]:
