@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -12,9 +12,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ..core.distributed import run_and_gather
 from ..core.io import write_text_atomic
-from ..core.rng import ShardedGenerator
 from ..metrics.toy import toy_metrics
-from ..sampling.seeded import FiniteWatch, NonFiniteSamplesError
+from ..sampling.seeded import NonFiniteSamplesError, draw_seeded
 from ..viz.plotting import save_samples_picture
 
 
@@ -23,26 +22,32 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
-def draw_finite(pl_module, sampler: Callable, n: int, seed: int,
-                generator: torch.Generator | ShardedGenerator | None = None) -> tuple[torch.Tensor, int]:
-    """``pl_module.sample`` with EMA weights and a fixed seed, refusing samples that hold NaN/Inf.
+def draw_finite(pl_module, sampler: Callable, seeds: Sequence[int],
+                shape: Sequence[int] | None = None) -> tuple[torch.Tensor, int]:
+    """Samples of the EMA weights, sample ``k`` from seed ``seeds[k]`` (as ``sample.py`` draws them,
+    :func:`~scorelab.sampling.seeded.draw_seeded`), refusing samples that hold NaN/Inf.
 
     Args:
         pl_module: the :class:`~scorelab.lit.module.ScoreModule`.
         sampler: a scorelab sampler.
-        n: number of samples.
-        seed: seed of the sampling noise.
-        generator: draw from this instead of a generator seeded with ``seed`` (e.g. a rank's share).
+        seeds: one seed per sample.
+        shape: of one sample (default: the trainer's data module's ``sample_shape``).
 
     Returns:
-        ``(samples [n, ...], nfe)``.
+        ``(samples [len(seeds), ...], nfe)``.
 
     Raises:
         NonFiniteSamplesError: naming the sampler, the sampler step and the training step.
     """
-    gen = generator if generator is not None else torch.Generator(device=pl_module.device).manual_seed(seed)
-    watch = FiniteWatch()
-    x, nfe = pl_module.sample(sampler, n, generator=gen, callback=watch)
+    model = pl_module.score_fn(use_ema=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            shape = tuple(shape) if shape is not None else pl_module._sample_shape()
+            x, nfe, watch = draw_seeded(sampler, model, pl_module.sde, shape, seeds, pl_module.device)
+    finally:
+        model.train(was_training)
     if watch.bad_step is not None or not bool(torch.isfinite(x).all()):
         bad = watch.bad_step
         where = f"at sampler step {bad['i']} (t = {bad['t']:.4g})" if bad else "in its final step"
@@ -52,30 +57,29 @@ def draw_finite(pl_module, sampler: Callable, n: int, seed: int,
 
 
 def draw_shared(trainer: L.Trainer, pl_module, sampler: Callable, n: int, seed: int) -> tuple[torch.Tensor, int]:
-    """:func:`draw_finite` split over the data-parallel ranks, gathered on every rank (CPU tensor ``[n, ...]``).
+    """``n`` samples with seeds ``seed .. seed + n - 1`` (:func:`draw_finite`), split over the data-parallel ranks
+    and gathered on every rank (CPU tensor ``[n, ...]``).
 
-    Rank ``r`` of ``W`` draws rows ``r, r + W, ...`` of the ``n`` samples from the noise a single process would draw
-    with ``seed`` (:class:`~scorelab.core.rng.ShardedGenerator`), so the gathered samples are those of a 1-process run
-    (up to floating-point differences of the network on other batch sizes; adaptive ODE solvers, whose step sizes
-    depend on the batch, agree only to their tolerance). Every rank samples, none waits for minutes at the next
-    collective while another one samples, and the work is ``W`` times faster. A failure on any rank (NaN/Inf
-    samples included) is raised on every rank.
+    Rank ``r`` of ``W`` draws samples ``r, r + W, ...``, each from its own seed, so the gathered samples are those of
+    a 1-process run and of ``sample.py seed=<seed>`` (up to floating-point differences of the network on other
+    batch sizes; adaptive ODE solvers, whose step sizes depend on the batch, agree only to their tolerance). Every
+    rank samples, none waits for minutes at the next collective while another one samples, and the work is ``W``
+    times faster. A failure on any rank (NaN/Inf samples included) is raised on every rank.
 
     Returns:
         ``(samples [n, ...] on the CPU, NFE)``.
     """
     world, rank = trainer.world_size, trainer.global_rank
     if world <= 1:
-        x, nfe = draw_finite(pl_module, sampler, n, seed)
+        x, nfe = draw_finite(pl_module, sampler, range(seed, seed + n))
         return x.cpu(), nfe
     rows = list(range(rank, n, world))
 
     def mine() -> tuple[torch.Tensor | None, int, str | None]:
         if not rows:
             return None, 0, None
-        gen = ShardedGenerator(torch.Generator(device=pl_module.device).manual_seed(seed), rows, n)
         try:
-            x, nfe = draw_finite(pl_module, sampler, len(rows), seed, generator=gen)
+            x, nfe = draw_finite(pl_module, sampler, [seed + r for r in rows])
         except NonFiniteSamplesError as exc:  # every rank must take the same decision: sent to all
             return None, 0, str(exc)
         return x.cpu(), nfe, None

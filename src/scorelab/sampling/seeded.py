@@ -41,6 +41,23 @@ class FiniteWatch:
             self.bad_step = {"i": info["i"], "t": info["t"]}
 
 
+def draw_seeded(sampler: Callable, score_fn: ScoreFn, sde: SDE, sample_shape: Sequence[int], seeds: Sequence[int],
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                ) -> tuple[torch.Tensor, int, FiniteWatch]:
+    """Draw one batch, sample ``k`` from seed ``seeds[k]`` alone (:class:`~scorelab.core.rng.PerSampleGenerator`):
+    the one seeded drawing of ``sample.py``, the FID callback and the training-time pictures and metrics, so a seed
+    range gives the same samples in all of them, at any batch size and on any number of processes.
+
+    Returns:
+        ``(samples [len(seeds), ...], nfe, watch)``; ``watch.bad_step`` names the first non-finite step, if any.
+    """
+    watch = FiniteWatch()
+    x, nfe = sampler(score_fn, sde, (len(seeds), *sample_shape), generator=PerSampleGenerator([int(s) for s in seeds],
+                                                                                            device),
+                     device=device, dtype=dtype, callback=watch)
+    return x, nfe, watch
+
+
 def seeded_batches(sampler: Callable, score_fn: ScoreFn, sde: SDE, sample_shape: Sequence[int],
                    seeds: Sequence[int], batch_size: int, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> Iterator[SeededBatch]:
@@ -61,9 +78,7 @@ def seeded_batches(sampler: Callable, score_fn: ScoreFn, sde: SDE, sample_shape:
     seeds = [int(s) for s in seeds]
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
-        watch = FiniteWatch()
-        x, nfe = sampler(score_fn, sde, (len(chunk), *sample_shape), generator=PerSampleGenerator(chunk, device),
-                         device=device, dtype=dtype, callback=watch)
+        x, nfe, watch = draw_seeded(sampler, score_fn, sde, sample_shape, chunk, device, dtype)
         if watch.bad_step is not None or not bool(torch.isfinite(x).all()):
             where = (f"at step {watch.bad_step['i']} (t = {watch.bad_step['t']:.4g})" if watch.bad_step
                      else "in its final step")
