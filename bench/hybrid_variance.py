@@ -60,7 +60,7 @@ def plot(ckpt: str, data_dir: str, steps: int, n: int, split: str, out: str, see
 
     from scorelab.cli.likelihood import load_split
     from scorelab.cli.sample import load_trained
-    from scorelab.objectives.vlb import DDPMChain, bits_per_dim, eps_from_score, pixels_to_data, term_from_prediction
+    from scorelab.objectives.vlb import DDPMChain, eps_from_score, pixels_to_data, term_from_prediction
 
     trained = load_trained(ckpt, data_dir=data_dir)
     score, sde, datamodule = trained[0], trained[1], trained[2]
@@ -84,7 +84,7 @@ def plot(ckpt: str, data_dir: str, steps: int, n: int, split: str, out: str, see
         for name in VARIANCES:
             var = chain.interpolated_variance(t, v) if name == "learned" else chain.model_variance(t, x0, name)
             term = term_from_prediction(chain, x0, xt, t, mean, var, data_range)
-            terms[name].append(float(bits_per_dim(term.double(), dim).mean()))
+            terms[name].append(float(DDPMChain.bits_per_dim(term.double(), dim).mean()))
     ts = list(range(1, steps + 1))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
     labels = {"learned": r"learned $\Sigma_\theta$", "beta": r"$\beta_t$", "beta_tilde": r"$\tilde\beta_t$"}

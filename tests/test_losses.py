@@ -141,8 +141,10 @@ def test_ddpm_loss_of_exact_eps_is_zero_for_point_mass():
     m = torch.tensor([[0.7, -1.2]], dtype=torch.float64).expand(256, 2)
     abar = loss.alphas_cumprod
 
+    times = loss.chain.sde_times(loss.sde)  # the time of step i + 1 at index i
+
     def exact(x, t):
-        i = (t * 1000).round().long() - 1
+        i = (t.double()[:, None] - times[None]).abs().argmin(1)
         a = abar[i][:, None]
         return -(x - a.sqrt() * m) / (1 - a)
 

@@ -53,3 +53,32 @@ def test_the_same_seed_range_draws_the_same_samples_in_training_callbacks_and_in
     module.load_state_dict(run.checkpoint["state_dict"])
     from_callback, _ = draw_finite(module, instantiate(run.config.sampler), range(5, 5 + 32), shape=(2,))
     np.testing.assert_array_equal(from_callback.numpy(), from_sample_py)
+
+
+def test_the_ddpm_loss_and_the_hybrid_loss_query_one_chain_at_the_same_times():
+    """Step i of the DDPM chain is one SDE time for L_simple, the hybrid objective and the bound
+    (DDPMChain.sde_times): the DDPM loss used (i + 1) / N, which agrees with it for the linear chain only as N grows."""
+    from scorelab.objectives import DDPMLoss, HybridLoss
+    from scorelab.objectives.vlb import chain_times
+
+    sde = VPSDE()
+    x0 = torch.rand(16, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        learn_variance = True
+
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x, t, return_variance=False):
+            seen[self.name] = t.clone()
+            return (-x, torch.zeros_like(x)) if return_variance else -x
+
+    DDPMLoss(sde, num_steps=1000).per_example(Recorder("ddpm"), x0, torch.Generator().manual_seed(0))
+    HybridLoss(sde, num_steps=1000).terms(Recorder("hybrid"), x0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(seen["ddpm"], seen["hybrid"], rtol=0, atol=0)
+    times = chain_times(sde, sde.ddpm_alphas_cumprod(1000)).float()
+    assert all(bool((times - t).abs().min() == 0) for t in seen["ddpm"])  # each one is a chain time
+    assert not torch.allclose(times, torch.arange(1, 1001) / 1000.0, rtol=0, atol=1e-4)  # not (i + 1) / N

@@ -27,10 +27,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..core.rng import ShardedGenerator, sample_noise
+from ..core.rng import sample_noise
 from ..core.tensors import append_dims, batch_mean, batch_sum
 from ..sde import SDE
-from .vlb import DDPMChain, chain_times, term_from_prediction
+from .vlb import DDPMChain, term_from_prediction
 
 ModelFn = Callable[..., torch.Tensor]
 DECODERS = ("discretized", "gaussian")
@@ -40,17 +40,6 @@ def gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> tor
     """``-log N(x0; mean, var)`` summed over dimensions, ``[B]`` nats: the continuous decoder ``L_0``."""
     var = var.expand_as(x0)
     return batch_sum(0.5 * (torch.log(2 * math.pi * var) + (x0 - mean) ** 2 / var))
-
-
-def draw_chain_times(num_steps: int, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
-    """``n`` integer times ``[n]`` (long) uniform in ``1..N``; a ``ShardedGenerator`` gives this rank's rows of the
-    global batch's draw (as :class:`~scorelab.objectives.score_matching.DDPMLoss`)."""
-    if isinstance(generator, ShardedGenerator):
-        i = generator.randint(num_steps, (n,))
-    else:
-        gen_device = generator.device if generator is not None else None
-        i = torch.randint(0, num_steps, (n,), generator=generator, device=gen_device)
-    return (i + 1).to(like.device)
 
 
 class HybridLoss:
@@ -100,7 +89,7 @@ class HybridLoss:
         self.num_steps, self.vlb_weight, self.data_range = num_steps, float(vlb_weight), (lo, hi)
         self.reduce_mean, self.decoder = reduce_mean, decoder
         self.chain = DDPMChain(alphas)
-        self.times = chain_times(sde, alphas)  # [N] float64: SDE time of step i at index i - 1
+        self.times = self.chain.sde_times(sde)  # [N] float64: SDE time of step i at index i - 1
         self.stds = torch.sqrt(1.0 - torch.as_tensor(alphas, dtype=torch.float64))
 
     @staticmethod
@@ -116,7 +105,7 @@ class HybridLoss:
         drawn uniformly unless given. The second term's gradient reaches only the variance output."""
         self.check_model(score_fn)
         if t is None:
-            t = draw_chain_times(self.num_steps, x0.shape[0], x0, generator)
+            t = self.chain.draw(x0.shape[0], x0, generator)
         noise = sample_noise(x0.shape, x0, generator)
         xt = self.chain.q_sample(x0, t, noise)
         index = (t - 1).cpu()

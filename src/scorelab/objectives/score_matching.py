@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..core.rng import ShardedGenerator, sample_noise
+from ..core.rng import sample_noise
 from ..core.tensors import append_dims, batch_mean, batch_sum
 from ..ops.divergence import PROBES, choose_divergence, draw_probes, exact_trace, projected_jacobian
-from ..sde import SDE, ddpm_alphas_cumprod
+from ..sde import SDE, VPSDE, ddpm_alphas_cumprod
+from .vlb import DDPMChain
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 WEIGHTINGS = ("sigma2", "g2", "none", "snr_sigmoid")
@@ -348,12 +349,16 @@ class SSMLoss(_InputDerivativeLoss):
 class DDPMLoss:
     """DDPM's discrete ``L_simple = E_i E || eps - eps_theta(x_i, i) ||^2`` (Ho et al. 2020, Eq. 14).
 
-    The model is queried at ``t_i = (i + 1) / N`` and its score turned into a noise estimate with the discrete
-    ``sqrt(1 - alpha_bar_i)``, so the loss reads ``|| sqrt(1 - alpha_bar_i) s_theta + eps ||^2``.
+    The chain (its ``alpha_bar_i``, the draw of ``i`` and the SDE time of each step) is the
+    :class:`~scorelab.objectives.vlb.DDPMChain` that the hybrid objective and the variational bound use too: the
+    model is queried at the SDE time whose noise level is the chain's (``chain.sde_times``), and its score turned
+    into a noise estimate with the discrete ``sqrt(1 - alpha_bar_i)``, so the loss reads
+    ``|| sqrt(1 - alpha_bar_i) s_theta + eps ||^2``.
 
     Args:
         sde: optional SDE whose DDPM chain (:meth:`~scorelab.sde.SDE.ddpm_alphas_cumprod`: VP's linear one or
-            the cosine one) overrides the two arguments below.
+            the cosine one) overrides the two arguments below; without one, the linear VP SDE of ``beta_min``,
+            ``beta_max``.
         num_steps: N, the number of discrete noise levels (1000 in DDPM).
         beta_min, beta_max: the VP schedule end points (``N * beta_1`` and ``N * beta_N``).
         reduce_mean: average (``True``) or sum over data dimensions.
@@ -363,27 +368,25 @@ class DDPMLoss:
                  reduce_mean: bool = True):
         if sde is None:
             alphas_cumprod = ddpm_alphas_cumprod(num_steps, beta_min, beta_max)
+            sde = VPSDE(beta_min, beta_max)
         else:
             alphas_cumprod = sde.ddpm_alphas_cumprod(num_steps)
             if alphas_cumprod is None:
                 raise ValueError(f"the DDPM loss needs an SDE that is the limit of DDPM's chain (VP), got "
                                  f"{type(sde).__name__}")
-        self.num_steps, self.reduce_mean = num_steps, reduce_mean
+        self.num_steps, self.reduce_mean, self.sde = num_steps, reduce_mean, sde
         self.alphas_cumprod = alphas_cumprod
+        self.chain = DDPMChain(alphas_cumprod)
 
     def per_example(self, score_fn: ScoreFn, x0: torch.Tensor,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-example loss ``[B]``."""
-        if isinstance(generator, ShardedGenerator):  # this rank's rows of the global batch's draw
-            i = generator.randint(self.num_steps, (x0.shape[0],)).to(x0.device)
-        else:
-            gen_device = generator.device if generator else None
-            i = torch.randint(0, self.num_steps, (x0.shape[0],), generator=generator, device=gen_device).to(x0.device)
-        abar = append_dims(self.alphas_cumprod.to(x0.device, x0.dtype)[i], x0.ndim)
+        i = self.chain.draw(x0.shape[0], x0, generator)  # 1..N
         eps = sample_noise(x0.shape, x0, generator)
-        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-        t = (i + 1).to(x0.dtype) / self.num_steps
+        x_t = self.chain.q_sample(x0, i, eps)
+        t = self.chain.sde_times(self.sde).to(x0.device)[i - 1].to(x0.dtype)
         score = score_fn(x_t, t)
+        abar = append_dims(self.alphas_cumprod.to(x0.device, x0.dtype)[i - 1], x0.ndim)
         reduce = batch_mean if self.reduce_mean else batch_sum
         return reduce(((1 - abar).sqrt() * score + eps) ** 2)
 

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..core.rng import Generator, sample_noise
+from ..core.rng import Generator, ShardedGenerator, sample_noise
 from ..core.tensors import append_dims, batch_sum
 from ..sde import SDE
 
@@ -110,6 +110,32 @@ class DDPMChain:
         prev = self.alphas_cumprod[:-1]
         self.posterior_variance = torch.cat([torch.zeros(1, dtype=torch.float64),
                                              self.betas[1:] * (1.0 - prev) / (1.0 - abar)])
+
+    # --- times, draws and units: the chain's own, for the DDPM loss, the hybrid loss and the bound alike ---------
+    def sde_times(self, sde: SDE) -> torch.Tensor:
+        """``[N]`` float64: the SDE time of step ``t`` at index ``t - 1`` (:func:`chain_times`), where the SDE's
+        kernel has the chain's noise level: the time a score model trained on the SDE is queried at for step ``t``."""
+        key = id(sde)
+        if getattr(self, "_times_for", None) != key:
+            self._times, self._times_for = chain_times(sde, self.alphas_cumprod[1:]), key
+        return self._times
+
+    def draw(self, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
+        """``n`` integer times ``[n]`` (long, on ``like``'s device) uniform in ``1..N``; a ``ShardedGenerator`` gives
+        this rank's rows of the global batch's draw, so a DDP step equals the 1-process step."""
+        if isinstance(generator, ShardedGenerator):
+            i = generator.randint(self.num_steps, (n,))
+        else:
+            gen_device = generator.device if generator is not None else None
+            i = torch.randint(0, self.num_steps, (n,), generator=generator, device=gen_device)
+        return (i + 1).to(like.device)
+
+    @staticmethod
+    def bits_per_dim(nats: torch.Tensor, dim: int) -> torch.Tensor:
+        """A discrete NLL in nats (``[B]``) as bits/dim: ``nats / (D ln 2)``, with no offset: it is the probability
+        of the 8-bit values themselves, not a density of dequantised data
+        (:func:`scorelab.metrics.likelihood.bits_per_dim` is that one)."""
+        return nats / (dim * math.log(2.0))
 
     def _at(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``table[t]`` in ``like``'s dtype and device, shaped to broadcast against it: ``[B, 1, ...]``."""
@@ -332,9 +358,3 @@ def pixels_to_data(x: torch.Tensor, data_range: tuple[float, float] = (-1.0, 1.0
     the decoder gives the probability of ``k`` itself; Ho et al. 2020, Sec. 3.3)."""
     lo, hi = data_range
     return lo + (hi - lo) * x.float() / 255.0
-
-
-def bits_per_dim(nats: torch.Tensor, dim: int) -> torch.Tensor:
-    """A discrete NLL in nats (``[B]``) as bits/dim: ``nats / (D ln 2)``, with no offset (it is the probability of
-    the 8-bit values, not a density)."""
-    return nats / (dim * math.log(2.0))
