@@ -82,3 +82,34 @@ def test_the_ddpm_loss_and_the_hybrid_loss_query_one_chain_at_the_same_times():
     times = chain_times(sde, sde.ddpm_alphas_cumprod(1000)).float()
     assert all(bool((times - t).abs().min() == 0) for t in seen["ddpm"])  # each one is a chain time
     assert not torch.allclose(times, torch.arange(1, 1001) / 1000.0, rtol=0, atol=1e-4)  # not (i + 1) / N
+
+
+def test_the_likelihood_callback_and_likelihood_py_give_an_example_the_same_value(tmp_path):
+    """One NLL of a batch (metrics.likelihood.batch_nll), seeded per (seed, repeat, example): the callback's value of
+    validation example i is likelihood.py's repeat-0 value of the same example (they were seeded differently)."""
+    import types
+
+    import numpy as np
+
+    from scorelab.cli.likelihood import likelihood
+    from scorelab.cli.sample import load_trained
+    from scorelab.lit.likelihood_callback import LikelihoodCallback
+
+    from .platform_utils import ROOT, make_cfg
+
+    ckpt = ROOT / "tests" / "fixtures" / "runs" / "toy.ckpt"
+    cfg = make_cfg(tmp_path, [f"ckpt_path={ckpt}", "split=val", "n=6", "batch_size=3", "seed=4", "rtol=1e-4",
+                              "atol=1e-4"], config_name="likelihood")
+    likelihood(cfg)
+    by_command = np.load(tmp_path / "run" / "likelihood_values.npz")["values"][:, 0]
+
+    trained = load_trained(str(ckpt), cfg=cfg)
+    trained.datamodule.setup("fit")
+    x = trained.datamodule.val_set.tensors[0][:6]
+    callback = LikelihoodCallback(n=6, batch_size=3, rtol=1e-4, atol=1e-4, seed=4)
+    module = types.SimpleNamespace(sde=trained.sde, device="cpu")
+    trainer = types.SimpleNamespace(datamodule=trained.datamodule, global_step=0)
+    # the same batches as the command (an adaptive solver's steps depend on the batch it solves together)
+    by_callback = [v for i in (0, 3) for v in callback._solve(trained.score.eval(), module, x[i:i + 3],
+                                                              [i, i + 1, i + 2], False, trainer)]
+    np.testing.assert_allclose(by_callback, by_command, rtol=0, atol=1e-9)

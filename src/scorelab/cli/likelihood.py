@@ -37,8 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.distributed import device_for_rank, is_main_process, process_group, run_and_gather, shard, world_size
 from ..core.io import save_npz_atomic, write_text_atomic
-from ..core.rng import PerSampleGenerator
-from ..metrics.likelihood import PROBES, bits_per_dim, dequantize, log_likelihood
+from ..metrics.likelihood import PROBES, batch_nll, derive_seed, example_generator
 from ..objectives.vlb import LEARNED, VARIANCES, eps_from_score, pixels_to_data, variational_bound
 from ..ops.divergence import choose_divergence
 from ..ops.flow import ADAPTIVE
@@ -80,16 +79,6 @@ class Options:
     vlb_alphas: torch.Tensor | None = None  # method=vlb: the chain's alpha_bar_1..N
     vlb_timesteps: int | None = None
     vlb_variance: str = "beta"
-
-
-def derive_seed(*keys: int) -> int:
-    """A 64-bit seed that depends on every key (NumPy's ``SeedSequence`` hashing): independent streams per key."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0])
-
-
-def example_generator(seed: int, repeat: int, index: range | list[int]) -> PerSampleGenerator:
-    """One CPU generator per example, seeded by ``(seed, repeat, example index)``: any batch, any process count."""
-    return PerSampleGenerator([derive_seed(seed, repeat, i) for i in index])
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -286,18 +275,15 @@ def solve_batch(score, sde, x: torch.Tensor, index: range, repeat: int,
         ``(values [B] float64 on the CPU, nfe, parts)``; ``parts`` holds the bound's terms ``{prior, decoder,
         diffusion}`` in bits/dim (``[B]`` each) for ``method=vlb``, else nothing.
     """
-    gen = example_generator(opts.seed, repeat, index) if opts.stochastic else None
     if opts.method == VLB:
+        gen = example_generator(opts.seed, repeat, index) if opts.stochastic else None
         return _vlb_batch(score, sde, x, gen, opts)
-    if opts.images:
-        x = dequantize(x, opts.data_range, gen)  # uniform noise over each 8-bit bin, then onto the data range
-    x = x.to(opts.device, opts.dtype)
-    with torch.no_grad():  # log_likelihood turns gradients on where the divergence needs them
-        res = log_likelihood(score, sde, x, eps=opts.eps, divergence=opts.divergence, probe=opts.probe,
-                             method=opts.method, rtol=opts.rtol, atol=opts.atol, generator=gen,
-                             prior_logp=opts.prior_logp)
-    values = bits_per_dim(res.log_prob, x[0].numel(), opts.data_range) if opts.images else -res.log_prob
-    return values.detach().double().cpu(), res.nfe, {}
+    values, nfe = batch_nll(score, sde, x, index, seed=opts.seed, repeat=repeat,
+                            data_range=opts.data_range if opts.images else None, stochastic=opts.stochastic,
+                            divergence=opts.divergence, probe=opts.probe, eps=opts.eps, method=opts.method,
+                            rtol=opts.rtol, atol=opts.atol, prior_logp=opts.prior_logp, device=opts.device,
+                            dtype=opts.dtype)
+    return values, nfe, {}
 
 
 def _vlb_batch(score, sde, x: torch.Tensor, gen, opts: Options) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:

@@ -8,8 +8,7 @@ import lightning as L
 import torch
 
 from ..core.distributed import run_and_gather
-from ..core.rng import PerSampleGenerator
-from ..metrics.likelihood import bits_per_dim, dequantize, log_likelihood
+from ..metrics.likelihood import batch_nll
 from .callbacks import PeriodicEvaluation
 
 
@@ -18,7 +17,8 @@ class LikelihoodCallback(PeriodicEvaluation):
 
     Logged as ``bpd@<n>`` for images (uniform dequantisation, Hutchinson divergence) and ``nll@<n>`` in nats for
     points (exact divergence up to 16 dimensions). Example ``i`` draws its dequantisation noise and probe from
-    seed ``seed + i``, so the curve measures the model, not the noise. Under DDP each rank solves its share alone
+    seed ``(seed, 0, i)``, as ``likelihood.py seed=<seed>`` draws it (``scorelab.metrics.likelihood.batch_nll``), so
+    the curve measures the model, not the noise. Under DDP each rank solves its share alone
     (adaptive solvers take different step counts per rank, so no collective can run during the solves) and the
     values are gathered once at the end.
 
@@ -70,18 +70,11 @@ class LikelihoodCallback(PeriodicEvaluation):
         return values
 
     def _solve(self, model, pl_module, x: torch.Tensor, index: list[int], images: bool, trainer) -> list[float]:
-        gen = PerSampleGenerator([self.seed + i for i in index])
-        dtype = next(model.parameters()).dtype
-        if images:
-            x = dequantize(x, tuple(trainer.datamodule.data_range), gen)
-        x = x.to(pl_module.device, dtype)
-        dim = x[0].numel()
-        divergence = "exact" if dim <= 16 else "hutchinson"
-        with torch.no_grad():
-            res = log_likelihood(model, pl_module.sde, x, eps=self.eps, divergence=divergence, method=self.method,
-                                 rtol=self.rtol, atol=self.atol, generator=gen)
-        out = bits_per_dim(res.log_prob, dim, tuple(trainer.datamodule.data_range)) if images else -res.log_prob
-        values = out.double().cpu().tolist()
+        data_range = tuple(trainer.datamodule.data_range) if images else None
+        values, _ = batch_nll(model, pl_module.sde, x, index, seed=self.seed, repeat=0, data_range=data_range,
+                              stochastic=True, divergence="auto", eps=self.eps, method=self.method, rtol=self.rtol,
+                              atol=self.atol, device=pl_module.device, dtype=next(model.parameters()).dtype)
+        values = values.tolist()
         if not all(math.isfinite(v) for v in values):
             raise FloatingPointError(f"non-finite likelihood at step {trainer.global_step}")
         return values

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
-from ..core.rng import sample_noise
-from ..ops.divergence import DIVERGENCES, PROBES, draw_probes, exact_trace, projected_jacobian
+from ..core.rng import PerSampleGenerator, sample_noise
+from ..ops.divergence import DIVERGENCES, PROBES, choose_divergence, draw_probes, exact_trace, projected_jacobian
 from ..ops.flow import ADAPTIVE, integrate, probability_flow
 from ..sampling.base import CountingScore, ScoreFn, check_eps
 from ..sde import SDE
@@ -106,3 +107,53 @@ def dequantize(x: torch.Tensor, data_range: tuple[float, float] = (-1.0, 1.0),
     unit = (x + sample_noise(x.shape, x, generator, kind="uniform")) / 256.0
     lo, hi = data_range
     return lo + (hi - lo) * unit
+
+
+# --- the NLL of a batch of examples: likelihood.py and the training-time callback alike ---------------------------
+def derive_seed(*keys: int) -> int:
+    """A 64-bit seed that depends on every key (NumPy's ``SeedSequence`` hashing): independent streams per key."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0])
+
+
+def example_generator(seed: int, repeat: int, index: Sequence[int]) -> PerSampleGenerator:
+    """One CPU generator per example, seeded by ``(seed, repeat, example index)``: any batch, any process count."""
+    return PerSampleGenerator([derive_seed(seed, repeat, i) for i in index])
+
+
+def batch_nll(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, index: Sequence[int], *, seed: int, repeat: int = 0,
+              data_range: tuple[float, float] | None = None, stochastic: bool = True, divergence: str = "auto",
+              probe: str = "rademacher", eps: float = 1e-5, method: str = "dopri5", rtol: float = 1e-5,
+              atol: float = 1e-5, prior_logp=None, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
+    """The NLL of each example of a batch: bits/dim of 8-bit images (``data_range`` given: dequantised onto it),
+    nats of points; the one computation of ``likelihood.py`` and of the training-time likelihood callback.
+
+    Example ``i`` of repeat ``r`` draws its dequantisation noise and probe from ``(seed, r, i)``
+    (:func:`example_generator`), so its value does not depend on the batch, the process count or the caller.
+
+    Args:
+        score_fn, sde: the model.
+        x: raw examples ``[B, ...]``: uint8 images or float points.
+        index: the examples' indices in their split (their seeds).
+        seed, repeat: the seed keys.
+        data_range: the model's pixel range for images; None for points.
+        stochastic: draw noise and probes (images, Hutchinson); False: a deterministic exact evaluation.
+        divergence: ``exact``, ``hutchinson`` or ``auto`` (:func:`~scorelab.ops.divergence.choose_divergence`).
+        probe, eps, method, rtol, atol, prior_logp: as :func:`log_likelihood`.
+        device, dtype: where and in what precision to solve.
+
+    Returns:
+        ``(values [B] float64 on the CPU, nfe)``.
+    """
+    gen = example_generator(seed, repeat, index) if stochastic else None
+    if data_range is not None:
+        x = dequantize(x, data_range, gen)  # uniform noise over each 8-bit bin, then onto the data range
+    x = x.to(device, dtype)
+    divergence = choose_divergence(divergence, x[0].numel())
+    with torch.no_grad():  # log_likelihood turns gradients on where the divergence needs them
+        res = log_likelihood(score_fn, sde, x, eps=eps, divergence=divergence, probe=probe, method=method, rtol=rtol,
+                             atol=atol, generator=gen, prior_logp=prior_logp)
+    values = bits_per_dim(res.log_prob, x[0].numel(), data_range) if data_range is not None else -res.log_prob
+    return values.detach().double().cpu(), res.nfe
