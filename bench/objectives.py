@@ -2,7 +2,7 @@
 
 Every row trains the default toy job (``conf/experiment/toy_<mixture>.yaml``: the MLP, VP SDE, Adam 2e-3 with warm-up,
 batch 512, EMA 0.999, seed 0; the grid: ``toy_grid_ve``) for the same number of steps, through the same parts
-``train.py`` builds (``build_core``, ``ScoreModule``, the Lightning Trainer; no callbacks), changing only ``loss=``
+``train.py`` builds (``scorelab.cli.runs.build_run``, the Lightning Trainer; no callbacks), changing only ``loss=``
 (a row without ``sigma2`` or ``lr_scale 1`` in its label uses the loss config's own weighting and learning-rate
 factor: ``sigma2`` and 1 for DSM, ``snr_sigmoid`` and 0.5 for ISM and SSM; the ``sigma2`` rows of ISM and SSM keep
 factor 1, as the earlier tables had it). Then, with the EMA weights:
@@ -101,16 +101,12 @@ def train_row(cfg):
     """Train as ``train.py`` does (same parts, seed and trainer settings) without callbacks; return the module."""
     import lightning as L
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    from scorelab.cli.common import build_core
-    from scorelab.lit.module import ScoreModule
+    from scorelab.cli.runs import build_run
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    parts = build_core(cfg)
-    module = ScoreModule(parts["score_model"], parts["sde"], loss=parts["loss"], optimizer=instantiate(cfg.optimizer),
-                         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-                         **OmegaConf.to_container(cfg.module, resolve=True))
+    run = build_run(cfg)
+    parts, module = run.parts, run.module
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     start = time.perf_counter()
     trainer.fit(module, datamodule=parts["datamodule"])

@@ -270,6 +270,7 @@ def test_checkpoints_without_the_learn_variance_keys_still_load(tmp_path):
     cfg = make_cfg(tmp_path, ["trainer.max_steps=1"])
     stored = OmegaConf.to_container(cfg, resolve=True)
     del stored["model"]["learn_variance"], stored["model"]["net"]["learn_variance"]
+    del stored["module"]["_target_"]  # nor did its module section name its class
     parts = build_core(OmegaConf.create(stored))
     module = ScoreModule(parts["score_model"], parts["sde"], **stored["module"])
     torch.save({"state_dict": module.state_dict(), "scorelab_config": stored}, tmp_path / "old.ckpt")

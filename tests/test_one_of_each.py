@@ -35,23 +35,18 @@ def test_the_same_seed_range_draws_the_same_samples_in_training_callbacks_and_in
     import numpy as np
     from hydra.utils import instantiate
 
-    from scorelab.cli.restore import read_stored_run
+    from scorelab.cli.runs import restore_run
     from scorelab.cli.sample import sample
     from scorelab.lit.callbacks import draw_finite
-    from scorelab.lit.module import ScoreModule
 
     from .platform_utils import ROOT, make_cfg
 
     ckpt = ROOT / "tests" / "fixtures" / "runs" / "toy.ckpt"
     cfg = make_cfg(tmp_path, [f"ckpt_path={ckpt}", "seed=5", "n_samples=32", "batch_size=32"], config_name="sample")
     from_sample_py = np.load(sample(cfg))["x"]
-    run = read_stored_run(str(ckpt), cfg)
-    from scorelab.cli.common import build_core
-
-    parts = build_core(run.config)
-    module = ScoreModule(parts["score_model"], parts["sde"], **dict(run.config.module))
-    module.load_state_dict(run.checkpoint["state_dict"])
-    from_callback, _ = draw_finite(module, instantiate(run.config.sampler), range(5, 5 + 32), shape=(2,))
+    run = restore_run(str(ckpt), cfg)
+    module = run.module
+    from_callback, _ = draw_finite(module, instantiate(run.sampler_cfg), range(5, 5 + 32), shape=(2,))
     np.testing.assert_array_equal(from_callback.numpy(), from_sample_py)
 
 

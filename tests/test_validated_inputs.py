@@ -302,7 +302,7 @@ def test_bad_image_files_are_one_line_naming_the_file(png_folder, bad, expected)
 def tiny(tmp_path_factory):
     cfg = make_cfg(tmp_path_factory.mktemp("cfg"), ["model.net.width=8", "model.net.depth=1"])
     parts = build_core(cfg)
-    module_cfg = OmegaConf.to_container(cfg.module, resolve=True)
+    module_cfg = {k: v for k, v in OmegaConf.to_container(cfg.module, resolve=True).items() if k != "_target_"}
     return ScoreModule(parts["score_model"], parts["sde"], **module_cfg), module_cfg
 
 

@@ -18,9 +18,7 @@ from ..guidance.classifier import ClassifierGuidance
 from ..lit.classifier_module import NoisyClassifierModule
 from ..models.noisy_classifier import NoisyClassifier
 from .classes import ClassRequest, class_request
-from .common import build_core, check_state_dict
 from .errors import UserError
-from .restore import read_stored_run, standalone_config
 
 CLASSIFIER_EXPERIMENTS = "experiment=mnist_noisy_classifier or experiment=toy_eight_gaussians_classifier"
 
@@ -56,17 +54,17 @@ class LoadedClassifier(NamedTuple):
 def load_classifier(path: str, cfg: DictConfig | None = None, data_dir: str | None = None) -> LoadedClassifier:
     """Rebuild a noisy classifier from a ``train.py`` checkpoint named by ``classifier=`` (a file, a run folder,
     ``last`` or ``auto``), read with ``weights_only=True`` and its stored config checked before anything is built
-    (:func:`~scorelab.cli.restore.read_stored_run`). ``cfg``: the running command's config; outside a command,
+    (:func:`~scorelab.cli.runs.restore_run`). ``cfg``: the running command's config; outside a command,
     ``data_dir`` is the data folder instead."""
-    run = read_stored_run(path, cfg if cfg is not None else standalone_config(data_dir), key="classifier")
-    if not run.config.get("classifier_module"):
-        raise UserError(f"classifier={run.path} is a score-model checkpoint, not a noisy classifier; train one with "
-                        f"{CLASSIFIER_EXPERIMENTS}")
-    parts = build_core(run.config)
-    module = build_classifier_module(run.config, parts)
-    check_state_dict(module, run.checkpoint["state_dict"], run.path)
-    module.load_state_dict(run.checkpoint["state_dict"])
-    return LoadedClassifier(module.classifier.eval(), parts["sde"], parts["datamodule"], run.path)
+    from .runs import restore_run
+
+    def must_be_a_classifier(stored_path: str, stored: DictConfig) -> None:
+        if not stored.get("classifier_module"):
+            raise UserError(f"classifier={stored_path} is a score-model checkpoint, not a noisy classifier; train "
+                            f"one with {CLASSIFIER_EXPERIMENTS}")
+
+    run = restore_run(path, cfg, key="classifier", data_dir=data_dir, check=must_be_a_classifier)
+    return LoadedClassifier(run.module.classifier.eval(), run.sde, run.datamodule, run.path)
 
 
 def refuse_score_as_classifier(ckpt_path: str, stored: dict) -> None:

@@ -89,8 +89,7 @@ def convert(source: str, config: list[str], out: str, weights: str = "ema", over
     Returns:
         The written path. Nothing is written when anything fails.
     """
-    from ..lit.module import ScoreModule
-    from .common import build_core
+    from .runs import build_run
 
     if weights not in WEIGHTS:
         raise UserError(f"--weights must be one of {WEIGHTS}, got {weights!r}")
@@ -117,12 +116,12 @@ def convert(source: str, config: list[str], out: str, weights: str = "ema", over
                         "--weights raw to convert them")
 
     cfg = scorelab_config(ref, dst)
-    parts = build_core(cfg)
+    run = build_run(cfg)
+    parts, module = run.parts, run.module
     shape = (int(ref["num_channels"]), int(ref["image_size"]), int(ref["image_size"]))
     if tuple(parts["datamodule"].sample_shape) != shape:
         raise UserError(f"the reference model takes {shape} images but data={cfg.data._target_.rsplit('.', 1)[-1]} "
                         f"gives {tuple(parts['datamodule'].sample_shape)}")
-    module = ScoreModule(parts["score_model"], parts["sde"], **OmegaConf.to_container(cfg.module, resolve=True))
     layout = ReferenceLayout(module.score_model.net)
     trained = layout.to_scorelab(raw)
     averaged = layout.to_scorelab(layout.ema_state(shadow, raw)) if weights == "ema" else trained

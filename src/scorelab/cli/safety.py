@@ -53,21 +53,33 @@ RENAMED_TARGETS = {
 }
 
 
+SCORE_MODULE = "scorelab.lit.module.ScoreModule"
+
+
 def upgrade_stored_config(node: Any) -> Any:
     """A stored config (plain containers) with the ``_target_``s of earlier scorelab versions renamed to today's.
 
     Only exact names in :data:`RENAMED_TARGETS` change, so the check that follows still sees every other name as
-    written in the file.
+    written in the file; and a ``module`` section stored without a ``_target_`` (before it named its class) gets
+    :class:`~scorelab.lit.module.ScoreModule`'s.
     """
+    upgraded = _rename_targets(node)
+    module = upgraded.get("module") if isinstance(upgraded, dict) else None
+    if isinstance(module, dict) and "_target_" not in module:
+        upgraded["module"] = {"_target_": SCORE_MODULE, **module}
+    return upgraded
+
+
+def _rename_targets(node: Any) -> Any:
     if isinstance(node, Mapping):
-        out = {k: upgrade_stored_config(v) for k, v in node.items()}
+        out = {k: _rename_targets(v) for k, v in node.items()}
         renamed = RENAMED_TARGETS.get(out.get("_target_")) if isinstance(out.get("_target_"), str) else None
         if renamed is not None:
             target, defaults = renamed
             out = {**defaults, **out, "_target_": target}  # keys the file has (even null: filled from data) win
         return out
     if isinstance(node, (list, tuple)):
-        return [upgrade_stored_config(v) for v in node]
+        return [_rename_targets(v) for v in node]
     return node
 
 

@@ -30,7 +30,6 @@ from ..core.distributed import (
 )
 from ..core.io import save_npz_atomic, write_text_atomic
 from ..data.sample_files import write_npz_shard, write_png_images
-from ..lit.module import ScoreModule
 from ..metrics.evaluation import mean_and_stderr, to_uint8
 from ..metrics.label_accuracy import LabelAccuracy, label_accuracy, mixture_label_accuracy, mnist_label_accuracy
 from ..metrics.toy import toy_metrics
@@ -39,10 +38,10 @@ from ..viz.plotting import save_class_grid, save_samples_picture
 from ..viz.teaching import write_teaching_pictures
 from .classes import ClassRequest, check_class_keys, class_request
 from .classifier import classifier_request, refuse_score_as_classifier
-from .common import build_core, check_module_keys, check_state_dict, compose_group, progress_bar, resolve_device
+from .common import compose_group, progress_bar, resolve_device
 from .errors import UserError
 from .evaluate import build_evaluator, build_extractor
-from .restore import read_stored_run, standalone_config
+from .runs import restore_run
 from .smoke import cap_sampler
 
 FORMATS = ("npz", "png")
@@ -62,7 +61,7 @@ class Trained(NamedTuple):
 def load_trained(ckpt_path: str, use_ema: bool = True, cfg: DictConfig | None = None,
                  data_dir: str | None = None) -> Trained:
     """Rebuild data module, SDE and score model from the config stored in a ``train.py`` checkpoint (read safely,
-    its stored config checked before anything is built; :func:`~scorelab.cli.restore.read_stored_run`).
+    its stored config checked before anything is built; :func:`~scorelab.cli.runs.restore_run`).
 
     Args:
         ckpt_path: a ``.ckpt`` file, a run folder, ``last`` or ``auto``.
@@ -71,15 +70,8 @@ def load_trained(ckpt_path: str, use_ema: bool = True, cfg: DictConfig | None = 
             config reads this machine's). None: outside a command (notebooks, benches).
         data_dir: outside a command, the data folder (default ``$SCORELAB_DATA``, else ``./data``).
     """
-    run = read_stored_run(ckpt_path, cfg if cfg is not None else standalone_config(data_dir))
-    refuse_score_as_classifier(run.path, run.config)
-    parts = build_core(run.config)
-    check_module_keys(run.config.get("module", {}), ScoreModule, run.path)
-    module = ScoreModule(parts["score_model"], parts["sde"], **OmegaConf.to_container(run.config.get("module", {})))
-    check_state_dict(module, run.checkpoint["state_dict"], run.path)
-    module.load_state_dict(run.checkpoint["state_dict"])
-    return Trained(module.score_fn(use_ema), parts["sde"], parts["datamodule"], run.config.get("sampler"),
-                   run.config)
+    run = restore_run(ckpt_path, cfg, data_dir=data_dir, check=refuse_score_as_classifier)
+    return Trained(run.module.score_fn(use_ema), run.sde, run.datamodule, run.sampler_cfg, run.config)
 
 
 def load_score_model(ckpt_path: str, use_ema: bool = True, cfg: DictConfig | None = None,

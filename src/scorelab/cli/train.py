@@ -20,11 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from ..core.io import write_text_atomic
 from ..lit.checkpointing import AtomicCheckpointIO, PreemptionCallback
 from ..lit.fid_callback import domain_mismatch
-from ..lit.module import ScoreModule
 from ..objectives.score_matching import loss_lr_scale
-from .common import build_core, check_state_dict, load_checkpoint
+from .common import check_state_dict, load_checkpoint
 from .errors import UserError
 from .resume import resolve_ckpt_path
+from .runs import build_module, build_run  # noqa: F401  (build_module: re-exported for scripts)
 
 # trainer.precision values the presets support (Lightning's names; 32 is 32-true)
 PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
@@ -53,9 +53,9 @@ def train(cfg: DictConfig) -> float | None:
     resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     ckpt_path, ckpt = load_checkpoint(resume_from) if resume_from else (None, None)
     L.seed_everything(cfg.seed, workers=True)
-    parts = build_core(cfg)
+    run = build_run(cfg)
+    parts, module = run.parts, run.module
     parts["datamodule"].check_available()  # missing data: one line before loggers and checkpoints write anything
-    module = build_module(cfg, parts)
     if ckpt is not None:
         check_state_dict(module, ckpt["state_dict"], ckpt_path)
         del ckpt
@@ -103,20 +103,6 @@ def _unfitting_callbacks(cfg: DictConfig | None, datamodule) -> tuple[str, ...]:
         return ()
     rank_zero_warn(note)
     return ("fid",)
-
-
-def build_module(cfg: DictConfig, parts: dict[str, Any]) -> L.LightningModule:
-    """The LightningModule to train: a :class:`ScoreModule` (``cfg.module``), or, when ``cfg.classifier_module`` is
-    set, the noisy classifier of classifier guidance (:mod:`scorelab.cli.classifier`)."""
-    from .classifier import build_classifier_module, refuse_classifier_model
-
-    if cfg.get("classifier_module"):
-        return build_classifier_module(cfg, parts)
-    refuse_classifier_model(parts)
-    return ScoreModule(parts["score_model"], parts["sde"], loss=parts["loss"],
-                       optimizer=instantiate(cfg.optimizer),
-                       scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-                       **OmegaConf.to_container(cfg.module, resolve=True))
 
 
 def check_trainer_config(trainer_cfg: DictConfig) -> None:
