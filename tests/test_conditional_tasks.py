@@ -417,7 +417,10 @@ def test_cli_refuses_tasks_that_make_no_sense_for_the_model(tmp_path):
     cfg = make_cfg(tmp_path, ["model=oracle", "task=inpaint", "image=0", "box=[0,0,1,1]"], config_name="sample")
     with pytest.raises(UserError, match=r"task=inpaint is for image models; this one makes points of shape \(2,\)"):
         sample(cfg)
-    grey_model = SimpleNamespace(datamodule=SimpleNamespace(sample_shape=(1, 28, 28)))
+    from scorelab.domains import Images
+
+    grey_model = SimpleNamespace(datamodule=SimpleNamespace(sample_shape=(1, 28, 28),
+                                                            domain=Images("mnist", (-1.0, 1.0))))
     with open_dict(cfg):
         cfg.task = "colorize"
     with pytest.raises(UserError, match="needs a colour .3-channel. model; this one makes 1-channel images"):

@@ -135,7 +135,10 @@ class _Images:
     """The image part of a data module: ``dataset_name`` and ``images(split)``."""
 
     def __init__(self, images: torch.Tensor):
+        from scorelab.domains import Images
+
         self.images_, self.dataset_name = images, "fake"
+        self.domain = Images("fake", (-1.0, 1.0))
 
     def images(self, split):
         return self.images_, None

@@ -187,7 +187,9 @@ def test_2d_data_without_an_exact_score_get_the_model_row_and_paths_over_the_sam
     """A 2-D data module without a mixture (e.g. points from a file): no exact row, paths coloured by angle."""
     sde = VPSDE()
     oracle = eight_gaussians().oracle(sde)
-    trained = SimpleNamespace(sde=sde, datamodule=SimpleNamespace(sample_shape=(2,)))
+    from scorelab.domains import Points
+
+    trained = SimpleNamespace(sde=sde, datamodule=SimpleNamespace(sample_shape=(2,), domain=Points(2)))
     cfg = OmegaConf.create({"teach": True, "seed": 3, "teaching": {"cloud": 30, "points": 5, "frames": 3,
                                                                    "grid": 4, "times": [0.5]}})
     paths = write_teaching_pictures(cfg, trained, ODESampler("euler", steps=4), oracle, (2,), "cpu", tmp_path)

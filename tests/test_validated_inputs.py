@@ -134,7 +134,10 @@ def test_feature_dimension_must_match_the_extractor(tmp_path):
 
 
 class _Images:
+    from scorelab.domains import Images
+
     dataset_name = "tiny"
+    domain = Images("tiny", (-1.0, 1.0))
 
     def images(self, split):
         return torch.zeros(4, 3, 8, 8, dtype=torch.uint8), None

@@ -159,7 +159,7 @@ def _seeds(cfg: DictConfig, rows: int, per_row: int) -> list[list[int]]:
 def run_task(cfg: DictConfig, trained, sampler_cfg: DictConfig) -> Path:
     """Run ``cfg.task`` on a loaded model; returns the ``.npz`` written."""
     shape = tuple(trained.datamodule.sample_shape)
-    if len(shape) != 3:
+    if trained.datamodule.domain.kind != "images":
         raise UserError(f"task={cfg.task} is for image models; this one makes points of shape {shape} "
                         "(sample them with task=sample)")
     if cfg.task == "colorize" and shape[0] != 3:

@@ -14,13 +14,6 @@ from ..metrics.frechet import FeatureStats
 from ..metrics.reference import reference_stats
 from .common import compose_group, progress_bar
 
-DOMAIN_FEATURES = {"mnist": "mnist"}  # dataset name -> conf/features option of its domain metric
-
-
-def features_name(name: str, dataset_name: str | None) -> str:
-    """Resolve ``auto``: the domain metric where one exists (``mnist``), Inception (FID) otherwise."""
-    return DOMAIN_FEATURES.get(dataset_name or "", "inception") if name == "auto" else name
-
 
 def build_extractor(features_cfg: DictConfig, device: torch.device) -> torch.nn.Module:
     """Instantiate a feature extractor config (``conf/features/*.yaml``) on ``device``, in evaluation mode."""
@@ -61,8 +54,9 @@ def build_evaluator(cfg: DictConfig, trained, device: torch.device) -> SampleEva
     """The evaluator of ``sample.py eval.fid=true``: ``cfg.eval.features`` against ``cfg.eval.ref`` (default: the
     checkpoint's own dataset, ``cfg.eval.split``)."""
     settings = cfg.eval
-    dataset = getattr(trained.datamodule, "dataset_name", None)
-    extractor = build_extractor(compose_group(cfg, "features", features_name(settings.features, dataset)), device)
+    # auto: the data's own metric where one exists (fd_mnist for MNIST), Inception (FID) otherwise
+    name = trained.datamodule.domain.default_features() if settings.features == "auto" else settings.features
+    extractor = build_extractor(compose_group(cfg, "features", name), device)
     # ref = None: the checkpoint's own data module, which reads this machine's paths.data_dir
     reference = load_reference(settings, cfg, settings.ref, extractor, device, trained.datamodule)
     return SampleEvaluator(extractor, reference, settings.kid_subsets, settings.kid_subset_size).to(device)

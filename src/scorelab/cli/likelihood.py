@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..core.distributed import device_for_rank, is_main_process, process_group, run_and_gather, shard, world_size
 from ..core.io import save_npz_atomic, write_text_atomic
@@ -41,9 +41,9 @@ from ..metrics.likelihood import PROBES, batch_nll, derive_seed, example_generat
 from ..objectives.vlb import LEARNED, VARIANCES, eps_from_score, pixels_to_data, variational_bound
 from ..ops.divergence import choose_divergence
 from ..ops.flow import ADAPTIVE
-from .common import resolve_device
+from .common import compose_group, resolve_device
 from .errors import UserError
-from .sample import load_score_model
+from .sample import load_score_model, untrained_source
 
 SPLITS = ("train", "val", "test")
 DIVERGENCES = ("auto", "exact", "hutchinson")
@@ -121,7 +121,7 @@ def _check_same_data(given, trained, ckpt_path: str) -> None:
     if shape != expected:
         raise UserError(f"data= gives examples of shape {shape} but {ckpt_path} was trained on {expected}: pass the "
                         "data it was trained on, or omit data= to use the checkpoint's own")
-    if getattr(given, "data_range", None) != getattr(trained, "data_range", None):
+    if given.data_range != trained.data_range:
         raise UserError(f"data= scales pixels to {list(given.data_range)} but {ckpt_path} was trained on "
                         f"{list(trained.data_range)}: pass data.data_range={list(trained.data_range)}")
 
@@ -138,16 +138,11 @@ def load_source(cfg: DictConfig) -> tuple[torch.nn.Module, Any, Any, str | None]
         if given is not None:
             _check_same_data(given, trained, cfg.ckpt_path)
         return score, sde, given or trained, str(cfg.ckpt_path)
-    if (cfg.get("model") or {}).get("oracle", False):
-        from ..lit.toy_datamodule import ToyDataModule
-
-        datamodule = given if given is not None else ToyDataModule()  # the two_modes preset of data=toy_two_modes
-        if getattr(datamodule, "mixture", None) is None:
-            raise UserError("model=oracle needs toy data (data=toy_*): images have no exact score")
-        sde = instantiate(cfg.sde)
-        return datamodule.mixture.oracle(sde), sde, datamodule, None
-    raise UserError("nothing to evaluate: pass ckpt_path=<run dir>/checkpoints/last.ckpt, or model=oracle for the "
-                    "exact score of toy data")
+    if cfg.get("data") is None and cfg.get("model"):  # the exact score: the two_modes mixture by default
+        with open_dict(cfg):
+            cfg.data = compose_group(cfg, "data", "toy_two_modes")
+    score, sde, datamodule = untrained_source(cfg, "evaluate")
+    return score, sde, datamodule, None
 
 
 def load_split(datamodule, split: str, n: int | None, seed: int) -> torch.Tensor:
@@ -156,23 +151,13 @@ def load_split(datamodule, split: str, n: int | None, seed: int) -> torch.Tensor
     Toy data: ``train`` is the fixed training set, ``val`` the validation set, ``test`` ``n`` fresh points of the
     mixture drawn with ``seed`` (``n=null``: as many as the validation set).
     """
-    mixture = getattr(datamodule, "mixture", None)
-    if mixture is None:
+    if datamodule.domain.kind == "images":
         try:
             x, _ = datamodule.images(split)
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
-    elif split == "test":
-        count = n or datamodule.n_val
-        if count < 1:
-            raise UserError("split=test on toy data draws n fresh points: pass n=<count>")
-        x = mixture.sample(count, generator=torch.Generator().manual_seed(derive_seed(seed, _TEST_POINTS_STREAM)))
     else:
-        datamodule.setup()
-        dataset = datamodule.train_set if split == "train" else datamodule.val_set
-        if dataset is None:
-            raise UserError(f"this toy data module has no {split} split (data.n_val=0); pick another split")
-        x = dataset.tensors[0]
+        x = datamodule.points(split, n, derive_seed(seed, _TEST_POINTS_STREAM))
     return x[:n] if n is not None else x
 
 
@@ -185,7 +170,7 @@ def resolve_options(cfg: DictConfig, score, sde, datamodule, x: torch.Tensor, de
     oracle (its NLL is then exact up to solver error) and the SDE's ``N(0, I)``-type prior for a checkpoint. The
     oracle runs in float64, a checkpoint in its parameters' dtype.
     """
-    images = getattr(datamodule, "mixture", None) is None
+    images = datamodule.domain.kind == "images"
     dim = x[0].numel()
     divergence = choose_divergence(cfg.divergence, dim)
     if not float(cfg.eps) < sde.T:
@@ -195,14 +180,12 @@ def resolve_options(cfg: DictConfig, score, sde, datamodule, x: torch.Tensor, de
     if cfg.method == VLB:
         return _vlb_options(cfg, score, sde, datamodule, images, device, oracle)
     if prior == "exact":
-        if images:
-            raise UserError("prior=exact needs toy data (the exact p_T of the mixture); use prior=sde for images")
-        prior_logp = exact_prior(datamodule.mixture, sde)
+        prior_logp = datamodule.domain.exact_prior(sde)
     stochastic = images or divergence == "hutchinson"
     repeats = cfg.repeats if stochastic else 1
     if repeats != cfg.repeats and is_main_process():
         print(f"note: repeats={cfg.repeats} ignored: exact divergence on continuous data is deterministic")
-    return Options(images=images, data_range=getattr(datamodule, "data_range", None), device=device,
+    return Options(images=images, data_range=datamodule.data_range, device=device,
                    dtype=torch.float64 if oracle else next(score.parameters()).dtype, seed=int(cfg.seed),
                    repeats=repeats, batch_size=int(cfg.batch_size), stochastic=stochastic, divergence=divergence,
                    probe=cfg.probe, method=cfg.method, rtol=float(cfg.rtol), atol=float(cfg.atol), eps=float(cfg.eps),
@@ -226,7 +209,7 @@ def _vlb_options(cfg: DictConfig, score, sde, datamodule, images: bool, device: 
         raise UserError(f"vlb.timesteps must be at most vlb.num_steps - 1 = {num_steps - 1} (null: all), "
                         f"got {timesteps}")
     variance = _vlb_variance(cfg.vlb.variance, score)
-    return Options(images=True, data_range=getattr(datamodule, "data_range", None), device=device,
+    return Options(images=True, data_range=datamodule.data_range, device=device,
                    dtype=torch.float64 if oracle else next(score.parameters()).dtype, seed=int(cfg.seed),
                    repeats=cfg.repeats, batch_size=int(cfg.batch_size), stochastic=True, divergence="none",
                    probe=cfg.probe, method=VLB, rtol=float(cfg.rtol), atol=float(cfg.atol), eps=float(cfg.eps),
@@ -243,19 +226,6 @@ def _vlb_variance(name: str, score) -> str:
         raise UserError("vlb.variance=learned needs a model with a learned variance (trained with "
                         "model.learn_variance=true, e.g. loss=hybrid); this one has none: use beta or beta_tilde")
     return name
-
-
-def exact_prior(mixture, sde):
-    """``z [B, D] -> log p_T(z) [B]``, the true marginal of the mixture at ``T`` (in place of the SDE's prior).
-
-    It removes the prior-mismatch term ``log p_T - log pi`` from the likelihood, leaving solver error only.
-    """
-    oracle = mixture.oracle(sde)
-
-    def log_p_T(z: torch.Tensor) -> torch.Tensor:
-        return oracle.log_prob(z, torch.full((len(z),), sde.T, dtype=z.dtype, device=z.device))
-
-    return log_p_T
 
 
 # --- solves -----------------------------------------------------------------------------------------------------
@@ -343,14 +313,18 @@ def summarize(values: np.ndarray) -> dict[str, Any]:
             "per_repeat_mean": per_repeat.tolist(), "se_between_repeats": se(per_repeat)}
 
 
-def toy_reference(mixture, x: torch.Tensor, model_nll: np.ndarray, seed: int) -> tuple[dict, np.ndarray]:
-    """The exact NLL of the same points under the true mixture, the paired difference, and the true entropy.
+def toy_reference(domain, x: torch.Tensor, model_nll: np.ndarray, seed: int) -> tuple[dict, np.ndarray] | None:
+    """The exact NLL of the same points under the true distribution, the paired difference, and the true entropy
+    (None when the domain knows neither).
 
     Returns:
         ``({"exact_nll", "model_minus_exact", "entropy"}: each {"mean", "se"}, exact NLL per point [n])``.
     """
-    exact = (-mixture.log_prob(x.double())).numpy()
-    entropy, entropy_se = mixture.entropy(ENTROPY_POINTS, generator=torch.Generator().manual_seed(seed))
+    exact_nll = domain.exact_nll(x)
+    if exact_nll is None:
+        return None
+    exact = exact_nll.numpy()
+    entropy, entropy_se = domain.entropy(ENTROPY_POINTS, seed)
     exact_summary = summarize(exact[:, None])
     diff = summarize((model_nll.mean(axis=1) - exact)[:, None])
     return {"exact_nll": {"mean": exact_summary["mean"], "se": exact_summary["se"]},
@@ -433,9 +407,9 @@ def likelihood(cfg: DictConfig) -> dict[str, Any]:
         result["vlb"] = {"num_steps": len(opts.vlb_alphas), "timesteps": opts.vlb_timesteps,
                          "variance": opts.vlb_variance, **{k: summarize(v) for k, v in terms.items()}}
         arrays.update({f"vlb_{k}": v for k, v in terms.items()})
-    mixture = getattr(datamodule, "mixture", None)
-    if mixture is not None:
-        result["toy"], arrays["exact_nll"] = toy_reference(mixture, x, values, cfg.seed)
+    reference = toy_reference(datamodule.domain, x, values, cfg.seed)
+    if reference is not None:
+        result["toy"], arrays["exact_nll"] = reference
     result.update(values_file=VALUES_FILE, config=OmegaConf.to_container(cfg, resolve=True))
     if is_main_process():
         report(result)

@@ -85,7 +85,7 @@ def _rename_targets(node: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------- the shipped targets
 _PACKAGE = re.compile(r"^#\s*@package\s+(\S+)", re.MULTILINE)
-_SECTION_REFERENCE = re.compile(r"^\$\{(\w+)\}$")
+_SECTION_REFERENCE = re.compile(r"^\$\{(?:oc\.select:)?(\w+)((?:\.\w+)*)(?:,[^}]*)?\}$")
 
 
 def _walk_targets(node: Any, where: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
@@ -101,15 +101,17 @@ def _walk_targets(node: Any, where: tuple[str, ...] = ()) -> Iterator[tuple[tupl
             yield from _walk_targets(value, where)
 
 
-def _walk_references(node: Any, where: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
-    """``(key path, section)`` of every value that is a whole-section interpolation such as ``${features}``."""
+def _walk_references(node: Any, where: tuple[str, ...] = ()
+                     ) -> Iterator[tuple[tuple[str, ...], str, tuple[str, ...]]]:
+    """``(key path, section, key path inside it)`` of every value that is an interpolation of (part of) a section,
+    such as ``${features}`` or ``${oc.select:data.mixture,null}``."""
     if isinstance(node, Mapping):
         for key, value in node.items():
             yield from _walk_references(value, (*where, str(key)))
     elif isinstance(node, str):
         match = _SECTION_REFERENCE.match(node.strip())
         if match:
-            yield where, match.group(1)
+            yield where, match.group(1), tuple(k for k in match.group(2).split(".") if k)
 
 
 @functools.lru_cache(maxsize=4)
@@ -118,11 +120,14 @@ def shipped_targets(conf: Path = CONF_DIR) -> dict[str, frozenset[str]]:
 
     A group file's keys live under its package (``conf/callbacks/fid/default.yaml`` -> ``callbacks.fid``; ``#
     @package _global_`` files at the top). A defaults entry ``/sampler@sampler`` brings the whole ``sampler`` group
-    into the section that holds it, and a value ``${features}`` the ``features`` section.
+    into the section that holds it, a value ``${features}`` the ``features`` section, and ``${data.mixture}`` what
+    lies under ``mixture`` in the ``data`` section.
     """
     direct: dict[str, set[str]] = {}
+    placed: dict[str, set[tuple[tuple[str, ...], str]]] = {}  # section -> (key path inside it, target)
     groups: dict[str, set[str]] = {}  # group (first folder) -> the targets its files name
-    imports: dict[str, set[str]] = {}  # section -> groups or sections whose targets it also holds
+    imports: dict[str, set[str]] = {}  # section -> groups whose targets it also holds
+    references: dict[str, set[tuple[str, tuple[str, ...]]]] = {}  # section -> (section, key path) it copies
     for path in sorted(Path(conf).rglob("*.yaml")):
         text = path.read_text()
         node = yaml.safe_load(text) or {}
@@ -136,6 +141,7 @@ def shipped_targets(conf: Path = CONF_DIR) -> dict[str, frozenset[str]]:
             full = (*prefix, *where)
             if full:
                 direct.setdefault(full[0], set()).add(target)
+                placed.setdefault(full[0], set()).add((full[1:], target))
             if folders:
                 groups.setdefault(folders[0], set()).add(target)
         for entry in node.get("defaults") or []:
@@ -146,14 +152,18 @@ def shipped_targets(conf: Path = CONF_DIR) -> dict[str, frozenset[str]]:
                 full = (*prefix, *at.split(".")) if at != "_global_" else ()
                 if full:
                     imports.setdefault(full[0], set()).add(group.split("/")[0])
-        for where, section in _walk_references(node):
+        for where, section, inside in _walk_references(node):
             full = (*prefix, *where)
             if full and full[0] != section:
-                imports.setdefault(full[0], set()).add(section)
+                references.setdefault(full[0], set()).add((section, inside))
     allowed = {section: set(targets) for section, targets in direct.items()}
     for section, sources in imports.items():
         for source in sources:
             allowed.setdefault(section, set()).update(groups.get(source, set()) | direct.get(source, set()))
+    for section, copies in references.items():  # only what lies under the copied key (not under data.data_dir)
+        for source, inside in copies:
+            allowed.setdefault(section, set()).update(
+                target for path, target in placed.get(source, ()) if path[:len(inside)] == inside)
     return {section: frozenset(targets) for section, targets in allowed.items()}
 
 

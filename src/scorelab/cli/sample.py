@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,10 +32,9 @@ from ..core.distributed import (
 from ..core.io import save_npz_atomic, write_text_atomic
 from ..data.sample_files import write_npz_shard, write_png_images
 from ..metrics.evaluation import mean_and_stderr, to_uint8
-from ..metrics.label_accuracy import LabelAccuracy, label_accuracy, mixture_label_accuracy, mnist_label_accuracy
-from ..metrics.toy import toy_metrics
+from ..metrics.label_accuracy import LabelAccuracy, label_accuracy
 from ..sampling.seeded import SeededBatch, seeded_batches
-from ..viz.plotting import save_class_grid, save_samples_picture
+from ..viz.plotting import save_class_grid, save_image_grid
 from ..viz.teaching import write_teaching_pictures
 from .classes import ClassRequest, check_class_keys, class_request
 from .classifier import classifier_request, refuse_score_as_classifier
@@ -125,6 +125,22 @@ def _with_overrides(base: DictConfig, chosen: DictConfig | None, source: str) ->
     return OmegaConf.merge(base, chosen)
 
 
+def untrained_source(cfg: DictConfig, what: str = "sample from") -> tuple[torch.nn.Module, Any, Any]:
+    """``(score, sde, data module)`` of a command run without a checkpoint: a model with nothing to train, the
+    exact score of toy data (``model=oracle``). A model that would need trained weights is refused in one line."""
+    score = None
+    if cfg.get("model"):
+        datamodule, sde = instantiate(cfg.data), instantiate(cfg.sde)
+        try:
+            score = instantiate(cfg.model, sde=sde)
+        except InstantiationException as exc:  # the model's own one-line refusal, not Hydra's wrapping of it
+            raise (exc.__cause__ if isinstance(exc.__cause__, UserError) else exc) from None
+    if score is None or any(p.requires_grad for p in score.parameters()):
+        raise UserError(f"nothing to {what}: pass ckpt_path=<run dir>/checkpoints/last.ckpt (or the run folder), "
+                        "or model=oracle for the exact score of toy data")
+    return score, sde, datamodule
+
+
 def _source(cfg: DictConfig) -> tuple[Trained, DictConfig]:
     """The model to sample (a checkpoint or the exact toy score) and the sampler config to use.
 
@@ -136,16 +152,9 @@ def _source(cfg: DictConfig) -> tuple[Trained, DictConfig]:
     if cfg.get("ckpt_path"):
         trained = load_trained(cfg.ckpt_path, cfg.use_ema, cfg)
         base, source = trained.sampler_cfg, "the checkpoint's sampler"
-    elif cfg.model.get("oracle", False):
-        datamodule, sde = instantiate(cfg.data), instantiate(cfg.sde)
-        if getattr(datamodule, "mixture", None) is None:
-            raise UserError("model=oracle needs toy data (data=toy_*): images have no exact score")
-        oracle = datamodule.mixture.oracle(sde, conditional=bool(cfg.model.get("conditional", False)))
-        trained = Trained(oracle, sde, datamodule, None, cfg)
-        base, source = None, "the default sampler"
     else:
-        raise UserError("nothing to sample from: pass ckpt_path=<run dir>/checkpoints/last.ckpt, or model=oracle "
-                        "for the exact score of toy data")
+        trained = Trained(*untrained_source(cfg), None, cfg)
+        base, source = None, "the default sampler"
     if chosen and "_target_" in chosen:
         return trained, cap_sampler(chosen)
     if not base:
@@ -191,7 +200,7 @@ def sample(cfg: DictConfig) -> Path:
             out.mkdir(parents=True, exist_ok=True)
         # Pictures that teach (teach=true, docs/teaching_pictures.md): own small sampler calls, samples unchanged.
         write_teaching_pictures(cfg, trained, sampler, score, shape, device, out)
-        if len(shape) == 3:
+        if trained.datamodule.domain.kind == "images":
             return _sample_images(cfg, trained, sampler, score, shape, device, out, classes)
         if cfg.eval.fid:
             raise UserError("eval.fid is for images; toy data get exact metrics (metrics.json) without it")
@@ -244,17 +253,15 @@ def _sample_points(cfg, trained: Trained, sampler, score, shape, device, out: Pa
     extra = {"labels": np.asarray(classes.labels, dtype=np.int64)} if classes is not None else {}
     path = save_npz_atomic(path, x=x.numpy(), seeds=np.asarray(list(seeds)), nfe=np.array(nfe["nfe"]),
                            nfe_total=np.array(nfe["nfe_total"]), **extra)
-    mixture = getattr(trained.datamodule, "mixture", None)
-    reference = mixture.sample(min(len(x), 5000), generator=torch.Generator().manual_seed(0)) if mixture else None
-    save_samples_picture(x, out / "samples.png", reference=reference,
-                         title=f"{type(sampler).__name__}, NFE {nfe['nfe']}")
-    if mixture is not None:
-        metrics = toy_metrics(mixture, x, generator=torch.Generator().manual_seed(cfg.seed))
+    domain = trained.datamodule.domain
+    domain.preview(x, out / "samples.png", title=f"{type(sampler).__name__}, NFE {nfe['nfe']}")
+    metrics = domain.sample_metrics(x, cfg.seed)
+    if metrics is not None:
         metrics.update(nfe, sampler=repr(sampler), processes=world_size())
-        if classes is not None:  # the exact most probable component judges each point
-            judge = mixture_label_accuracy(mixture)
+        judge = domain.label_judge(device)
+        if classes is not None and judge is not None:  # the exact most probable component judges each point
             metrics.update(classes.summary(), label_accuracy=label_accuracy(judge.predict(x), torch.tensor(
-                classes.labels), mixture.n_components))
+                classes.labels), judge.num_classes))
             print(f"label accuracy {metrics['label_accuracy']['accuracy']:.4f} at guidance {classes.guidance:g}")
         write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
         print(json.dumps({k: metrics[k] for k in ("mode_weights", "exact_nll", "entropy", "energy_distance")}))
@@ -282,12 +289,12 @@ def _build_judge(cfg, trained: Trained, classes: ClassRequest | None, device) ->
         raise UserError(f"eval.label_accuracy must be auto, true or false, got {setting!r}")
     if classes is None or setting is False:
         return None
-    if getattr(trained.datamodule, "dataset_name", None) != "mnist":
-        if setting is True:
-            raise UserError("eval.label_accuracy=true needs a classifier of the data: only MNIST has one (the "
-                            "domain metric's); use eval.label_accuracy=auto")
-        return None
-    return mnist_label_accuracy(build_extractor(compose_group(cfg, "features", "mnist"), device))
+    judge = trained.datamodule.domain.label_judge(
+        device, lambda name: build_extractor(compose_group(cfg, "features", name), device))
+    if judge is None and setting is True:
+        raise UserError("eval.label_accuracy=true needs a classifier of the data: only MNIST has one (the "
+                        "domain metric's); use eval.label_accuracy=auto")
+    return judge
 
 
 def _solve_images(cfg, trained: Trained, sampler, score, shape, batches, device, folder: Path, evaluator,
@@ -349,7 +356,7 @@ def _sample_images(cfg, trained: Trained, sampler, score, shape, device, out: Pa
             if classes is not None and classes.per_class:  # one row per class
                 save_class_grid(grid, picture, classes.per_class)
             else:
-                save_samples_picture(grid.float() / 255.0, picture, data_range=(0.0, 1.0))
+                save_image_grid(grid.float() / 255.0, picture, data_range=(0.0, 1.0))
         runs.append(run)
         folders.append(folder)
     if not is_main_process():

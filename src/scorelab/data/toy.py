@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.errors import UserError
 from ..sde import SDE
 
 ArrayLike = Sequence | torch.Tensor | float
@@ -174,6 +175,23 @@ class GaussianMixture:
         """The exact score of ``p_t`` under ``sde``, as a drop-in score model; ``conditional``: a
         class-conditional one, ``oracle(x, t, y)`` (components as classes, ``y=None`` the whole mixture)."""
         return ConditionalOracleScore(self, sde) if conditional else OracleScore(self, sde)
+
+
+def exact_score(sde: SDE, mixture: GaussianMixture | None = None, conditional: bool = False) -> OracleScore:
+    """The exact score of ``mixture`` diffused by ``sde``: ``model=oracle``, a score model with nothing to train.
+
+    Args:
+        sde: the forward SDE.
+        mixture: the toy data's mixture (``conf/model/oracle.yaml`` takes the data config's); None: not toy data.
+        conditional: the class-conditional exact score (components as classes), for ``label=`` and ``guidance=``.
+
+    Raises:
+        UserError: no mixture (image data have no exact score).
+    """
+    if mixture is None:
+        raise UserError("model=oracle needs toy data (data=toy_*): images have no exact score; pass "
+                        "ckpt_path=<a trained run> for them")
+    return mixture.oracle(sde, conditional=conditional)
 
 
 class OracleScore(nn.Module):

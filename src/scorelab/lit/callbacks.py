@@ -12,9 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ..core.distributed import run_and_gather
 from ..core.io import write_text_atomic
-from ..metrics.toy import toy_metrics
 from ..sampling.seeded import NonFiniteSamplesError, draw_seeded
-from ..viz.plotting import save_samples_picture
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -136,13 +134,8 @@ class SampleCallback(L.Callback):
             return
         if not trainer.is_global_zero:
             return
-        dm = trainer.datamodule
-        reference = None
-        if getattr(dm, "train_set", None) is not None and x.ndim == 2:
-            reference = dm.train_set.tensors[0][: self.n_samples]
         path = run_dir(trainer) / "samples" / f"{tag}.png"
-        save_samples_picture(x, path, data_range=getattr(dm, "data_range", None), reference=reference,
-                             title=f"{tag}, step {trainer.global_step}")
+        trainer.datamodule.domain.preview(x, path, title=f"{tag}, step {trainer.global_step}")
         self.last_path = path
         log_picture(trainer, "samples", path, trainer.global_step)
 
@@ -174,8 +167,8 @@ class ToyMetricsCallback(L.Callback):
         self.metrics: dict | None = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
-        mixture = getattr(trainer.datamodule, "mixture", None)
-        if mixture is None:
+        domain = trainer.datamodule.domain
+        if not domain.measures_samples:
             return
         path = run_dir(trainer) / "metrics.json"
         try:
@@ -188,7 +181,7 @@ class ToyMetricsCallback(L.Callback):
             return
         if not trainer.is_global_zero:
             return
-        metrics = toy_metrics(mixture, x.cpu(), generator=torch.Generator().manual_seed(self.seed))
+        metrics = domain.sample_metrics(x.cpu(), self.seed)
         metrics.update(nfe=nfe, global_step=trainer.global_step, sampler=repr(self.sampler))
         self.metrics = metrics
         write_text_atomic(path, json.dumps(metrics, indent=2))

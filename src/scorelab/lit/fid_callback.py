@@ -13,7 +13,7 @@ from ..metrics.evaluation import SampleEvaluator, to_uint8
 from ..metrics.frechet import FeatureStats
 from ..metrics.reference import DEFAULT_KEEP_FEATURES, reference_stats
 from ..sampling.seeded import seeded_batches
-from ..viz.plotting import save_samples_picture
+from ..viz.plotting import save_image_grid
 from .callbacks import PeriodicEvaluation, log_picture, run_dir
 
 
@@ -38,11 +38,10 @@ def domain_mismatch(features: Any, datamodule: Any) -> str | None:
     (Inception) apply to any image data.
     """
     domain = features_domain(features)
-    dataset = getattr(datamodule, "dataset_name", None)
-    if domain is None or domain == dataset:
+    if domain is None or datamodule.domain.accepts_features(domain):
         return None
     return (f"callbacks.fid is off for this run: its features (fd_{domain}) measure {domain} images only, and the "
-            f"data is {dataset or type(datamodule).__name__}. For FID on this data pass "
+            f"data are {datamodule.domain.describe()}. For FID on this data pass "
             "features=inception (offline: feature_extractor_weights_path=<Inception weights file>), or "
             "callbacks/fid=none to silence this note")
 
@@ -136,7 +135,7 @@ class FIDCallback(PeriodicEvaluation):
         was_training = model.training
         model.eval()
         grid = []
-        data_range = tuple(getattr(trainer.datamodule, "data_range", (-1.0, 1.0)))
+        data_range = tuple(trainer.datamodule.domain.data_range)
         try:
             for batch in seeded_batches(self.sampler, model, pl_module.sde, pl_module._sample_shape(), seeds,
                                         self.batch_size, pl_module.device):
@@ -156,7 +155,7 @@ class FIDCallback(PeriodicEvaluation):
             scalars[f"class_gap@{self.n_samples}"] = float((counts / counts.sum() - 1 / len(counts)).abs().max())
         if trainer.is_global_zero:
             path = run_dir(trainer) / "samples" / f"fid_step_{trainer.global_step:07d}.png"
-            save_samples_picture(torch.cat(grid).float()[:64] / 255.0, path, data_range=(0.0, 1.0))
+            save_image_grid(torch.cat(grid).float()[:64] / 255.0, path, data_range=(0.0, 1.0))
             log_picture(trainer, "fid_samples", path, trainer.global_step)
         return scalars
 

@@ -45,6 +45,7 @@ from scorelab.data.lazy_images import (
     default_split_kwargs,
     torchvision_class,
 )
+from scorelab.domains import Images
 from scorelab.lit.toy_datamodule import EpochSeededSampler, train_sampler
 
 
@@ -167,6 +168,11 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.test_set, train=False) if self.test_set is not None else []
 
     # --- evaluation -------------------------------------------------------------------------------
+    @property
+    def domain(self) -> Images:
+        """8-bit images of this dataset in ``data_range`` (:mod:`scorelab.domains`)."""
+        return Images(self.dataset_name, self.data_range)
+
     @property
     def dataset_name(self) -> str:
         """A short name identifying the dataset (cache keys of FID statistics, result files)."""

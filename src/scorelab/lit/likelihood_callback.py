@@ -42,12 +42,12 @@ class LikelihoodCallback(PeriodicEvaluation):
 
     def _examples(self, trainer: L.Trainer) -> tuple[torch.Tensor, bool]:
         dm = trainer.datamodule
-        if hasattr(dm, "images"):
+        if dm.domain.kind == "images":
             return dm.images("val")[0][: self.n], True
         dm.setup("fit")
         if dm.val_set is None:
             raise ValueError("LikelihoodCallback needs validation data (data.n_val > 0)")
-        return dm.val_set.tensors[0][: self.n], False
+        return dm.points("val")[: self.n], False
 
     def measure(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
         """Solve this rank's share, then gather every rank's values (the one collective); the mean NLL."""

@@ -224,9 +224,10 @@ class ScoreModule(L.LightningModule):
         model = self.score_fn(use_ema=True)
         loss = self.loss(self._score_of_batch(model, batch, x), x, generator=gen)  # conditional: true labels
         self.log("val/loss", loss, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
-        mixture = getattr(getattr(self.trainer, "datamodule", None), "mixture", None)
-        if mixture is not None:
-            oracle = mixture.oracle(self.sde)
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        domain = datamodule.domain if datamodule is not None else None
+        if domain is not None and domain.measures_samples:  # data of a known mixture: its exact score
+            oracle = domain.exact_score(self.sde)
             for t_val in self.score_error_times:
                 t = torch.full((x.shape[0],), t_val, device=x.device, dtype=x.dtype)
                 xt = self.sde.marginal_prob(x, t)[0] + self.sde.marginal_std(t)[:, None] * torch.randn(

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from ..core.errors import UserError
 from ..core.rng import mix_seed
 from ..data.toy import GaussianMixture, mixture_from_spec
+from ..domains import Points
 
 
 class EpochSeededSampler(DistributedSampler):
@@ -126,11 +127,30 @@ class ToyDataModule(L.LightningDataModule):
         return None
 
     @property
+    def domain(self) -> Points:
+        """Points of a known mixture: exact score, prior, NLL and classifier (:mod:`scorelab.domains`)."""
+        return Points(self.mixture.dim, self.mixture)
+
+    @property
     def num_classes(self) -> int:
         return self.mixture.n_components
 
     def check_available(self) -> None:
         """Nothing to check: the points are drawn from the mixture."""
+
+    def points(self, split: str, n: int | None = None, seed: int = 0) -> torch.Tensor:
+        """The points of a split: ``train`` and ``val`` are the fixed training and validation sets, ``test`` ``n``
+        fresh points of the mixture drawn with ``seed`` (``n=None``: as many as the validation set)."""
+        if split == "test":
+            count = n or self.n_val
+            if count < 1:
+                raise UserError("split=test on toy data draws n fresh points: pass n=<count>")
+            return self.mixture.sample(count, generator=torch.Generator().manual_seed(seed))
+        self.setup()
+        dataset = self.train_set if split == "train" else self.val_set
+        if dataset is None:
+            raise UserError(f"this toy data module has no {split} split (data.n_val=0); pick another split")
+        return dataset.tensors[0]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -65,7 +65,7 @@ def reference_stats(datamodule, split: str, extractor: nn.Module, count: int | N
     Returns:
         ``(stats, path of the cached file)``.
     """
-    if not hasattr(datamodule, "images"):
+    if datamodule.domain.kind != "images":
         raise UserError(f"{type(datamodule).__name__} has no images: reference statistics need an image data "
                         "module (data=mnist, cifar10, npz, ...)")
     path = stats_file(datamodule.dataset_name, split, extractor.extractor_id, count, cache)

@@ -17,25 +17,27 @@ def save_class_grid(images: torch.Tensor, path: str | Path, per_row: int) -> Pat
     return path
 
 
-def save_samples_picture(x: torch.Tensor, path: str | Path, data_range: tuple[float, float] | None = None,
-                         reference: torch.Tensor | None = None, title: str | None = None) -> Path:
-    """Write ``x`` as a PNG and return its path.
+def save_image_grid(x: torch.Tensor, path: str | Path, data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+    """Write images ``[N, C, H, W]`` in ``data_range`` as a grid of at most 64, 8 per row; returns the path."""
+    from torchvision.utils import save_image
 
-    ``[N, 1]`` points: histograms; ``[N, >=2]`` points: a scatter plot of the first two coordinates (over
-    ``reference`` points in grey if given); ``[N, C, H, W]`` images in ``data_range``: an image grid.
-    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lo, hi = data_range
+    images = ((x.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+    save_image(images[:64], path, nrow=min(8, len(images)), padding=2)
+    return path
+
+
+def save_points_picture(x: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None,
+                        title: str | None = None) -> Path:
+    """Write points ``[N, D]`` as a PNG: histograms for ``D = 1``, else a scatter plot of the first two coordinates
+    (over ``reference`` points in grey if given); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = x.detach().float().cpu()
-    if x.ndim == 4:
-        from torchvision.utils import save_image
-
-        lo, hi = data_range if data_range is not None else (-1.0, 1.0)
-        images = ((x - lo) / (hi - lo)).clamp(0, 1)
-        save_image(images[:64], path, nrow=min(8, len(images)), padding=2)
-        return path
     if x.ndim != 2:
-        raise ValueError(f"can only picture [N, D] points or [N, C, H, W] images, got shape {tuple(x.shape)}")
+        raise ValueError(f"can only picture [N, D] points here, got shape {tuple(x.shape)}")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -255,30 +255,31 @@ def write_teaching_pictures(cfg, trained, sampler, score_fn, shape: Sequence[int
     from ..core.distributed import is_main_process
     from . import teaching_plots as plots
 
-    shape = tuple(shape)
-    if len(shape) not in (1, 3) or (len(shape) == 1 and shape[0] != 2):
+    shape, domain = tuple(shape), trained.datamodule.domain
+    images = domain.kind == "images"
+    if not images and shape != (2,):
         raise UserError(f"teach=true draws 2-D points and images; these samples have shape {shape}")
     if not is_main_process():
         return []
     out.mkdir(parents=True, exist_ok=True)
-    sde, seeds = trained.sde, range(cfg.seed, cfg.seed + (settings.cloud if len(shape) == 1 else settings.images))
-    if len(shape) == 3:
+    sde, seeds = trained.sde, range(cfg.seed, cfg.seed + (settings.images if images else settings.cloud))
+    if images:
         recording = record_paths(sampler, score_fn, sde, shape, seeds, device, strip_times(sde.T, settings.columns))
         progression = denoising_progression(recording, score_fn, sde, device)
         paths = [plots.draw_denoising_strip(progression, out / "denoising_strip.png",
                                             tuple(trained.datamodule.data_range))]
     else:
-        mixture = getattr(trained.datamodule, "mixture", None)
         recording = record_paths(sampler, score_fn, sde, shape, seeds, device)
-        reference = (mixture.sample(5000, generator=torch.Generator().manual_seed(0)) if mixture is not None
-                     else recording.samples)
+        truth = domain.reference(5000)  # true points of a known mixture, else None
+        reference = truth if truth is not None else recording.samples
         limit = view_limit(reference, sde)
-        exact = mixture.oracle(sde) if mixture is not None else None
+        exact = domain.exact_score(sde) if truth is not None else None
+        judge = domain.label_judge(device)  # colours the paths by the component they land in
         field = score_field(score_fn, sde, settings.times, limit, settings.grid,
                             exact.to(device) if exact is not None else None, device)
         paths = [plots.draw_score_field(field, out / "score_field.png", exact),
                  plots.draw_trajectories(recording, out / "trajectories.png", limit, settings.points, reference,
-                                         mixture),
+                                         judge.predict if judge is not None else None),
                  plots.write_marginals_gif(recording, out / "marginals.gif", limit, settings.frames, reference)]
     if len(recording.times) <= 3:
         print(f"teach: {sampler!r} reported {len(recording.times) - 2} intermediate state(s); the pictures show "

@@ -86,17 +86,18 @@ def draw_score_field(field, path: Path, exact_fn=None) -> Path:
 
 
 def draw_trajectories(recording, path: Path, limit: float, points: int, reference: torch.Tensor | None = None,
-                      mixture=None) -> Path:
+                      classify=None) -> Path:
     """The reverse paths of the first ``points`` recorded samples, from a dot at ``x(T)`` to a cross at the sample,
-    coloured by the mixture component the sample lands in (or by the sample's angle without a mixture), over the
+    coloured by the class ``classify(samples) -> [N]`` sees (the mixture component a sample lands in; without one,
+    by the sample's angle), over the
     data in grey; a few paths, one per component first, are drawn boldly so single paths can be followed."""
     plt = _pyplot()
     from matplotlib.collections import LineCollection
 
     paths = recording.states[:, :points].transpose(0, 1).numpy()  # [N, S, 2]
     final = recording.samples[:points]
-    if mixture is not None:
-        labels = mixture.classify(final.double()).numpy()
+    if classify is not None:
+        labels = classify(final.double()).numpy()
         colours = plt.get_cmap("tab10")(labels % 10)
     else:
         angle = np.arctan2(final[:, 1].numpy(), final[:, 0].numpy())
@@ -105,7 +106,7 @@ def draw_trajectories(recording, path: Path, limit: float, points: int, referenc
     if reference is not None:
         ax.scatter(reference[:, 0], reference[:, 1], s=1, c="0.8", rasterized=True)
     ax.add_collection(LineCollection(paths, colors=colours, linewidths=0.5, alpha=0.3))
-    bold = highlighted(labels if mixture is not None else np.zeros(len(paths), dtype=int), 8)
+    bold = highlighted(labels if classify is not None else np.zeros(len(paths), dtype=int), 8)
     ax.add_collection(LineCollection(paths[bold], colors=colours[bold], linewidths=1.4, alpha=0.95))
     ax.scatter(paths[:, 0, 0], paths[:, 0, 1], s=4, c="0.4", label="x(T), from the prior")
     ax.scatter(paths[:, -1, 0], paths[:, -1, 1], s=12, c=colours, marker="x", linewidths=0.8, label="sample")
