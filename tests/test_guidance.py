@@ -16,7 +16,8 @@ from scorelab.cli.errors import UserError
 from scorelab.core.rng import ShardedGenerator
 from scorelab.data.toy import GaussianMixture
 from scorelab.guidance.free import ClassifierFreeGuidance
-from scorelab.lit.module import BoundLabels, ScoreModule
+from scorelab.guidance.labels import BoundLabels
+from scorelab.lit.module import ScoreModule
 from scorelab.metrics.label_accuracy import label_accuracy
 from scorelab.models import ScoreMLP, ScoreModel, ScoreUNet
 from scorelab.objectives.score_matching import DSMLoss, ISMLoss

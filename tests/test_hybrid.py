@@ -200,7 +200,7 @@ def test_hybrid_terms_are_l_simple_and_the_learned_bound_term():
 def test_a_class_conditional_model_trains_its_learned_variance_through_bound_labels():
     """The training step binds each example's label to the model (``BoundLabels``); the hybrid loss's
     ``return_variance`` call must reach the conditional network with those labels."""
-    from scorelab.lit.module import BoundLabels
+    from scorelab.guidance.labels import BoundLabels
 
     torch.manual_seed(0)
     net = ScoreMLP(dim=3, width=16, depth=1, embed_dim=8, learn_variance=True, num_classes=4)

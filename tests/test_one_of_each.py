@@ -108,3 +108,51 @@ def test_the_likelihood_callback_and_likelihood_py_give_an_example_the_same_valu
     by_callback = [v for i in (0, 3) for v in callback._solve(trained.score.eval(), module, x[i:i + 3],
                                                               [i, i + 1, i + 2], False, trainer)]
     np.testing.assert_allclose(by_callback, by_command, rtol=0, atol=1e-9)
+
+
+def test_training_and_both_guidances_bind_labels_the_same_way():
+    """One label binding (scorelab.guidance.labels): the training wrapper, classifier-free guidance at scale 1 and the
+    conditional oracle called directly give the same scores, and refuse a label count that is not the batch's alike."""
+    import pytest
+
+    from scorelab.guidance.classifier import ClassifierGuidance, OracleClassifier
+    from scorelab.guidance.free import ClassifierFreeGuidance
+    from scorelab.guidance.labels import BoundLabels
+
+    sde, mixture = VPSDE(), two_modes()
+    oracle = mixture.oracle(sde, conditional=True)
+    x, y = mixture.sample(6, generator=torch.Generator().manual_seed(0), return_labels=True)
+    t = torch.full((6,), 0.3)
+    direct = oracle(x, t, y)
+    torch.testing.assert_close(BoundLabels(oracle, y)(x, t), direct, rtol=0, atol=0)
+    torch.testing.assert_close(ClassifierFreeGuidance(oracle, y, 1.0)(x, t), direct, rtol=0, atol=0)
+    one = ClassifierFreeGuidance(oracle, 1, 1.0)(x, t)  # one int: every example
+    torch.testing.assert_close(one, oracle(x, t, torch.ones(6, dtype=torch.long)), rtol=0, atol=0)
+    # classifier guidance with the exact noisy classifier at scale 1 is Bayes' rule: the conditional score
+    guided = ClassifierGuidance(mixture.oracle(sde), OracleClassifier(mixture, sde), y, 1.0)(x.double(), t.double())
+    torch.testing.assert_close(guided, oracle(x.double(), t.double(), y), rtol=1e-6, atol=1e-6)
+    for wrapper in (BoundLabels(oracle, y), ClassifierFreeGuidance(oracle, y, 2.0),
+                    ClassifierGuidance(mixture.oracle(sde), OracleClassifier(mixture, sde), y)):
+        with pytest.raises(ValueError, match="6 labels .* but the score was asked for 2 examples"):
+            wrapper(x[:2], t[:2])
+
+
+def test_every_shipped_sampler_and_objective_implements_its_contract():
+    """conf/sampler and conf/loss name subclasses of the two contracts; the sampler says whether it can inpaint."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+
+    from scorelab.objectives import Objective
+    from scorelab.sampling import ODESampler, Sampler
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(str(conf), version_base=None):
+        for group, base in (("sampler", Sampler), ("loss", Objective)):
+            names = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+            assert names
+            for name in names:
+                target = compose("train", overrides=[f"{group}={name}"])[group]["_target_"]
+                assert issubclass(get_class(target), base), f"conf/{group}/{name}.yaml: {target} is no {base.__name__}"
+    assert ODESampler("rk4").supports_inpainting and not ODESampler("dopri5").supports_inpainting

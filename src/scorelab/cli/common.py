@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..core.io import load_torch_file
+from ..objectives.base import Objective
 from .errors import UnsafeFileError, UserError
 from .project import conf_dir
 
@@ -107,8 +108,10 @@ def build_core(cfg: DictConfig) -> dict[str, Any]:
         fill_from_data(model_cfg.net, tuple(datamodule.sample_shape), getattr(datamodule, "num_classes", None))
     score_model = instantiate(model_cfg, sde=sde)
     loss = instantiate(cfg.loss, sde=sde)
-    if hasattr(loss, "check_model"):  # an objective that needs more of the model (loss=hybrid: a learned variance)
-        loss.check_model(score_model)
+    if not isinstance(loss, Objective):
+        raise UserError(f"loss: {cfg.loss.get('_target_')} is not a scorelab objective (a subclass of "
+                        "scorelab.objectives.Objective, which says what it needs of the model)")
+    loss.check_model(score_model)  # e.g. loss=hybrid refuses a model without a learned variance
     sampler = instantiate(cfg.sampler)
     return {"datamodule": datamodule, "sde": sde, "score_model": score_model, "loss": loss, "sampler": sampler}
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..core.io import write_text_atomic
 from ..lit.checkpointing import AtomicCheckpointIO, PreemptionCallback
 from ..lit.fid_callback import domain_mismatch
-from ..objectives.score_matching import loss_lr_scale
+from ..objectives.base import loss_lr_scale
 from .common import check_state_dict, load_checkpoint
 from .errors import UserError
 from .resume import resolve_ckpt_path

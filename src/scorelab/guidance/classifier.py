@@ -23,6 +23,7 @@ from torch import nn
 
 from ..data.toy import GaussianMixture
 from ..sde import SDE
+from .labels import check_labels, labels_for
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -58,27 +59,16 @@ class ClassifierGuidance(nn.Module):
     def __init__(self, score: ScoreFn, classifier: Callable, labels: torch.Tensor | int, scale: float = 1.0):
         super().__init__()
         self.score, self.classifier = score, classifier
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.labels = check_labels(labels, getattr(classifier, "num_classes", None),
+                                   what="labels must lie in")
         self.scale = float(scale)
-        num_classes = getattr(classifier, "num_classes", None)
-        if num_classes is not None and bool(((self.labels < 0) | (self.labels >= num_classes)).any()):
-            raise ValueError(f"labels must lie in 0..{num_classes - 1} for this classifier, got "
-                             f"{self.labels.min().item()}..{self.labels.max().item()}")
-
-    def _labels_for(self, x: torch.Tensor) -> torch.Tensor:
-        if self.labels.ndim == 0:
-            return self.labels.expand(x.shape[0]).to(x.device)
-        if self.labels.shape[0] != x.shape[0]:
-            raise ValueError(f"{self.labels.shape[0]} labels are given but the score was asked for {x.shape[0]} "
-                             "examples")
-        return self.labels.to(x.device)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The guided score ``[B, ...]`` of ``x [B, ...]`` at times ``t [B]``."""
         score = self.score(x, t)
         if self.scale == 0.0:
             return score
-        grad = classifier_log_prob_grad(self.classifier, x, t, self._labels_for(x))
+        grad = classifier_log_prob_grad(self.classifier, x, t, labels_for(self.labels, x))
         return score + self.scale * grad.to(score.dtype)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .labels import check_labels, labels_for
+
 
 class ClassifierFreeGuidance(nn.Module):
     """The guided score ``s(x, t, ∅) + w (s(x, t, y) - s(x, t, ∅))`` of a class-conditional model.
@@ -46,27 +48,14 @@ class ClassifierFreeGuidance(nn.Module):
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not torch.isfinite(
                 torch.tensor(float(scale))):
             raise ValueError(f"the guidance scale must be a finite number, got {scale!r}")
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        if labels.ndim > 1 or bool(((labels < 0) | (labels >= num_classes)).any()):
-            raise ValueError(f"labels must be class indices 0..{num_classes - 1} (one int or [B]), got "
-                             f"{labels.tolist()}")
         self.model, self.scale, self.num_classes = model, float(scale), num_classes
-        self.register_buffer("labels", labels, persistent=False)
-
-    def _labels_for(self, x: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        if self.labels.ndim == 0:
-            return self.labels.to(x.device).expand(batch)
-        if self.labels.shape[0] != batch:
-            raise ValueError(f"{self.labels.shape[0]} labels were given but the score was asked for {batch} "
-                             "examples: build the guidance with one label per example of the batch (or one int)")
-        return self.labels.to(x.device)
+        self.register_buffer("labels", check_labels(labels, num_classes), persistent=False)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Guided score; ``x [B, ...]``, ``t [B]`` (or a scalar) -> ``[B, ...]``."""
         if self.scale == 0.0:
             return self.model(x, t)
-        y = self._labels_for(x)
+        y = labels_for(self.labels, x, verb="were given")
         if self.scale == 1.0:
             return self.model(x, t, y)
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)

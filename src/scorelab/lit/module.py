@@ -9,37 +9,13 @@ import torch
 from torch import nn
 
 from ..core.rng import ShardedGenerator, data_parallel_rows, mix_seed, sample_noise
+from ..guidance.labels import BoundLabels, check_labels
 from ..models.score_model import ScoreModel
-from ..objectives.score_matching import DSMLoss, loss_lr_scale
+from ..objectives.base import loss_lr_scale
+from ..objectives.score_matching import DSMLoss
 from ..sde import SDE
 from .ema import EMA
 from .nonfinite import NonFiniteGuard
-
-
-class BoundLabels(nn.Module):
-    """``(x, t) -> model(x, t, y)``: a conditional score with one label per example bound, for the losses, which
-    call ``score_fn(x, t)`` on the whole batch.
-
-    Args:
-        model: a class-conditional score model ``(x, t, y) -> score``.
-        y: labels ``[B]`` (the null class allowed).
-    """
-
-    def __init__(self, model: Callable, y: torch.Tensor):
-        super().__init__()
-        object.__setattr__(self, "model", model)  # not a submodule: the wrapper owns no parameters
-        self.y = y
-
-    @property
-    def learn_variance(self) -> bool:
-        """Whether the bound model has a learned reverse variance (what ``loss=hybrid`` checks)."""
-        return bool(getattr(self.model, "learn_variance", False))
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> Any:
-        """The bound model's output; keywords (e.g. ``return_variance`` of the hybrid loss) pass through."""
-        if x.shape[0] != self.y.shape[0]:
-            raise ValueError(f"{self.y.shape[0]} labels are bound but the score was asked for {x.shape[0]} examples")
-        return self.model(x, t, self.y, **kwargs)
 
 
 class ScoreModule(L.LightningModule):
@@ -147,11 +123,10 @@ class ScoreModule(L.LightningModule):
         if y is None:
             raise ValueError(f"the model is class-conditional ({self.num_classes} classes) but the batches carry no "
                              "labels")
-        y = y.to(x.device).long()
-        if bool(((y < 0) | (y >= self.num_classes)).any()):
-            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} for this model, got "
-                             f"{y.min().item()}..{y.max().item()} (unlabelled data cannot train a conditional model)")
-        return y
+        try:
+            return check_labels(y, self.num_classes, what="labels must lie in").to(x.device)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (unlabelled data cannot train a conditional model)") from None
 
     def drop_labels(self, y: torch.Tensor, generator) -> torch.Tensor:
         """``y`` with each label replaced by the null class ``num_classes`` with probability ``label_dropout``."""

@@ -30,6 +30,7 @@ import torch
 from ..core.rng import sample_noise
 from ..core.tensors import append_dims, batch_mean, batch_sum
 from ..sde import SDE
+from .base import Objective
 from .vlb import DDPMChain, term_from_prediction
 
 ModelFn = Callable[..., torch.Tensor]
@@ -42,7 +43,7 @@ def gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> tor
     return batch_sum(0.5 * (torch.log(2 * math.pi * var) + (x0 - mean) ** 2 / var))
 
 
-class HybridLoss:
+class HybridLoss(Objective):
     """``L_hybrid = L_simple + lambda L_vlb`` of improved DDPM (Nichol & Dhariwal 2021, Sec. 3.1), per example:
 
     * ``L_simple = mean_d (eps - eps_theta(x_t, t))^2`` (Ho et al. 2020, Eq. 14), ``t`` uniform in ``1..N``,
@@ -92,8 +93,7 @@ class HybridLoss:
         self.times = self.chain.sde_times(sde)  # [N] float64: SDE time of step i at index i - 1
         self.stds = torch.sqrt(1.0 - torch.as_tensor(alphas, dtype=torch.float64))
 
-    @staticmethod
-    def check_model(score_model) -> None:
+    def check_model(self, score_model) -> None:
         """Refuse a model without a learned variance (called when the training objects are built)."""
         if not getattr(score_model, "learn_variance", False):
             raise ValueError("loss=hybrid trains a learned reverse variance: pass model.learn_variance=true")
@@ -125,7 +125,3 @@ class HybridLoss:
         """``L_simple + lambda N L_{t-1}`` per example ``[B]`` (see :meth:`terms`)."""
         simple, vlb = self.terms(score_fn, x0, generator, t)
         return simple + self.vlb_weight * self.num_steps * vlb
-
-    def __call__(self, score_fn: ModelFn, x0: torch.Tensor, generator=None) -> torch.Tensor:
-        """Scalar loss: the batch mean of :meth:`per_example`."""
-        return self.per_example(score_fn, x0, generator).mean()

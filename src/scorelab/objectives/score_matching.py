@@ -15,6 +15,7 @@ from ..core.rng import sample_noise
 from ..core.tensors import append_dims, batch_mean, batch_sum
 from ..ops.divergence import PROBES, choose_divergence, draw_probes, exact_trace, projected_jacobian
 from ..sde import SDE, VPSDE, ddpm_alphas_cumprod
+from .base import Objective, loss_lr_scale  # noqa: F401  (loss_lr_scale: re-exported)
 from .vlb import DDPMChain
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -94,7 +95,7 @@ def _is_real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-class TimeWeighting:
+class TimeWeighting(Objective):
     """What every continuous-time score-matching objective shares: ``lambda(t)``, the draw of ``t``, the reduction.
 
     The objective is ``L = E_{t ~ U(eps, T)} lambda(t) l(t)``. With ``importance_sampling`` the times are drawn from
@@ -174,15 +175,6 @@ class TimeWeighting:
         """``[B, ...] -> [B]``: mean or sum over the data dimensions (``reduce_mean``)."""
         return batch_mean(x) if self.reduce_mean else batch_sum(x)
 
-    def __call__(self, score_fn: ScoreFn, x0: torch.Tensor, generator=None) -> torch.Tensor:
-        """Scalar loss: the batch mean of ``per_example``."""
-        return self.per_example(score_fn, x0, generator).mean()
-
-
-def loss_lr_scale(loss) -> float:
-    """The learning-rate factor an objective is trained with (:class:`TimeWeighting`'s ``lr_scale``; 1 for the
-    others)."""
-    return float(getattr(loss, "lr_scale", 1.0))
 
 
 class DSMLoss(TimeWeighting):
@@ -346,7 +338,7 @@ class SSMLoss(_InputDerivativeLoss):
         return total + batch_sum(score**2) if self.variance_reduction else total
 
 
-class DDPMLoss:
+class DDPMLoss(Objective):
     """DDPM's discrete ``L_simple = E_i E || eps - eps_theta(x_i, i) ||^2`` (Ho et al. 2020, Eq. 14).
 
     The chain (its ``alpha_bar_i``, the draw of ``i`` and the SDE time of each step) is the
@@ -389,6 +381,3 @@ class DDPMLoss:
         abar = append_dims(self.alphas_cumprod.to(x0.device, x0.dtype)[i - 1], x0.ndim)
         reduce = batch_mean if self.reduce_mean else batch_sum
         return reduce(((1 - abar).sqrt() * score + eps) ** 2)
-
-    def __call__(self, score_fn: ScoreFn, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.per_example(score_fn, x0, generator).mean()

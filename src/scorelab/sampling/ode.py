@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from ..core.errors import UserError
 from ..core.tensors import append_dims
 from ..ops.flow import ADAPTIVE, FIXED, integrate, probability_flow
 from ..sde import SDE
-from .base import Callback, CountingScore, Project, ScoreFn, batch_time, initial_noise
+from .base import Callback, CountingScore, Project, Sampler, ScoreFn, batch_time, initial_noise
 from .grids import TimeGrid, as_grid
 
 
-class ODESampler:
+class ODESampler(Sampler):
     """Probability-flow ODE sampler with fixed-step (Euler, Heun, RK4) or adaptive (torchdiffeq) solvers.
 
     The paper used RK45 with ``rtol = atol = 1e-5``; ``method="dopri5"`` is that solver, run in torch on the
@@ -48,10 +47,7 @@ class ODESampler:
 
         ``project`` (applied after every step) needs a fixed-step method: an adaptive solver's steps are its own.
         """
-        if project is not None and self.method not in FIXED:
-            raise UserError(f"{self!r} cannot replace known values after each step: an adaptive solver chooses its "
-                            f"own steps and rejects some; use a fixed-step method ({', '.join(FIXED)}) or another "
-                            "sampler (e.g. sampler=dpmpp_2m_sde)")
+        self.check_project(project)
         counted = CountingScore(score_fn)
         velocity = probability_flow(counted, sde)
         x = initial_noise(sde, shape, generator, device, dtype, x_init)
@@ -76,6 +72,15 @@ class ODESampler:
             a, std = append_dims(sde.mean_coeff(t), x.ndim), append_dims(sde.marginal_std(t), x.ndim)
             x = (x + std**2 * counted(x, t)) / a
         return x, counted.nfe
+
+    @property
+    def supports_inpainting(self) -> bool:
+        """Fixed-step methods apply ``project`` after every step; adaptive ones cannot."""
+        return self.method in FIXED
+
+    def inpainting_refusal(self) -> str:
+        return (f"an adaptive solver chooses its own steps and rejects some; use a fixed-step method "
+                f"({', '.join(FIXED)})")
 
     def __repr__(self) -> str:
         return f"ODESampler(method={self.method!r}, steps={self.steps}, eps={self.eps})"

@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 
 from ..sde import SDE
-from .base import Callback, CountingScore, Project, ScoreFn, batch_time, initial_noise
+from .base import Callback, CountingScore, Project, Sampler, ScoreFn, batch_time, initial_noise
 from .correctors import Corrector, NoCorrector
 from .grids import TimeGrid, as_grid
 from .predictors import NoPredictor, Predictor
 
 
-class PCSampler:
+class PCSampler(Sampler):
     """Predictor then corrector at every step of a decreasing time grid; the last step returns the noise-free mean.
 
     The corrector runs after every predictor step but the last, whose noise-free mean is returned (NFE

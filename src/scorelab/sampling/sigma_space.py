@@ -20,7 +20,7 @@ import torch
 
 from ..core.tensors import append_dims
 from ..sde import SDE
-from .base import Callback, CountingScore, Project, ScoreFn, batch_time, initial_noise
+from .base import Callback, CountingScore, Project, Sampler, ScoreFn, batch_time, initial_noise
 from .grids import TimeGrid, as_grid
 
 
@@ -99,7 +99,7 @@ class SigmaPath:
         self.steps = len(self.ts) - 1
 
 
-class SigmaSampler(abc.ABC):
+class SigmaSampler(Sampler):
     """Skeleton of a sampler in sigma space: grid, prior, NFE count, callback and the optional final denoising.
 
     Subclasses implement :meth:`solve`, which moves ``y = x / a(T)`` along the grid and returns ``y`` at ``eps``,

@@ -11,16 +11,14 @@
 """
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
 
-from ..core.errors import UserError
 from ..core.rng import Generator, sample_noise
 from ..core.tensors import append_dims
 from ..ops.flow import ADAPTIVE, FIXED, integrate, probability_flow
-from ..sampling.base import CountingScore, ScoreFn, batch_time
+from ..sampling.base import CountingScore, ScoreFn, batch_time, refuse_project
 from ..sde import SDE
 
 FLOW_METHODS = FIXED + ADAPTIVE  # the engine's methods (scorelab.ops.flow)
@@ -55,10 +53,9 @@ class KnownValues:
 
 
 def check_project(sampler) -> None:
-    """Refuse, naming it, a sampler whose ``__call__`` takes no ``project`` hook."""
-    if "project" not in inspect.signature(sampler.__call__).parameters:
-        raise UserError(f"{sampler!r} cannot replace known values during sampling (its __call__ takes no project=); "
-                        "use a predictor-corrector or few-step sampler, e.g. sampler=dpmpp_2m_sde")
+    """Refuse, naming it, a sampler that cannot replace known values after every step
+    (:attr:`~scorelab.sampling.base.Sampler.supports_inpainting`)."""
+    refuse_project(sampler)
 
 
 @torch.no_grad()
