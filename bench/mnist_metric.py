@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from scorelab.cli.smoke import smoke_active, smoke_cap
 from scorelab.core.io import write_text_atomic
-from scorelab.data.images import load_mnist
+from scorelab.data.sources import load_mnist
 from scorelab.metrics.frechet import FeatureStats
 from scorelab.metrics.mnist_classifier import (
     class_deviation,

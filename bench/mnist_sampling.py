@@ -66,7 +66,7 @@ def run_sampler(spec: str, ckpt: str, n: int, batch_size: int, data_dir: str, wo
 
 def reference(n: int, data_dir: str) -> tuple[torch.Tensor, dict]:
     """Training-label counts, and the floor row: fd_mnist and classes of ``n`` real test images."""
-    from scorelab.data.images import load_mnist
+    from scorelab.data.sources import load_mnist
     from scorelab.metrics.frechet import FeatureStats
     from scorelab.metrics.mnist_classifier import class_histogram, mnist_features
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from scorelab.cli import train
 from scorelab.data.images import NO_LABEL, DatasetNotFoundError, ImageTransform
-from scorelab.data.lazy_images import FolderImages, LazyImages, default_split_kwargs
+from scorelab.data.sources import FolderImages, LazyImages, default_split_kwargs
 from scorelab.lit.fid_callback import FIDCallback, domain_mismatch
 from scorelab.lit.image_datamodule import FolderDataModule, MNISTDataModule, TorchvisionDataModule
 from scorelab.metrics.mnist_classifier import MNISTFeatures

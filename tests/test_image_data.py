@@ -1,4 +1,5 @@
-"""Tests of the image datasets (scorelab.data.images) and data modules (scorelab.lit.image_datamodule)."""
+"""Tests of the image datasets (scorelab.data.images), their sources (scorelab.data.sources) and data modules
+(scorelab.lit.image_datamodule)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from scorelab.data.images import (
-    NO_LABEL,
-    DatasetNotFoundError,
-    ImageTransform,
-    NpzImageDataset,
-    build_image_dataset,
-    load_mnist,
-    load_npz,
-)
+from scorelab.data.images import NO_LABEL, DatasetNotFoundError, ImageTransform, UInt8ImageDataset
+from scorelab.data.sources import NpzImageDataset, image_source, load_mnist, load_npz
 from scorelab.lit.image_datamodule import (
     CIFAR10DataModule,
     MNISTDataModule,
@@ -33,6 +27,11 @@ SHARED = Path(os.environ.get("SCORELAB_SHARED_DATA", Path(__file__).resolve().pa
 MNIST_RAW = SHARED / "MNIST" / "raw"
 CIFAR_PARTIAL = SHARED / "cifar10-partial" / "cifar10_partial_train_first4000.npz"
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
+
+
+def build_image_dataset(name: str, data_dir, split: str = "train", download: bool = False) -> UInt8ImageDataset:
+    """A split of the source named ``name`` as a dataset of ``(x, y)`` pairs in ``[-1, 1]``."""
+    return UInt8ImageDataset(*image_source(name, data_dir).load(split, download))
 
 
 @pytest.fixture(scope="module")

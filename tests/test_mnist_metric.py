@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from scorelab.cli.mnist_features import main
 from scorelab.core.errors import UserError
-from scorelab.data.images import DatasetNotFoundError, load_mnist
+from scorelab.data.images import DatasetNotFoundError
+from scorelab.data.sources import load_mnist
 from scorelab.metrics.frechet import FeatureStats
 from scorelab.metrics.mnist_classifier import (
     MNISTClassifier,

@@ -9,8 +9,10 @@ Splits: MNIST and CIFAR-10 use the official train/test sets; validation is a see
 training set (``val_size`` images, or a fraction if in (0, 1); 0 disables validation). An ``.npz`` or a folder
 is split the same way; its test set is ``test_path`` (none if unset). The random flip applies to training only;
 dequantisation applies to every split (as in the score SDE reference, so likelihoods are on dequantised data).
-MNIST, CIFAR-10 and ``.npz`` images are held in memory as uint8; torchvision datasets and folders are decoded
-image by image in the DataLoader workers (:class:`~scorelab.data.lazy_images.LazyImages`).
+Every module finds, fetches and reads its images through one :class:`~scorelab.data.sources.ImageSource`
+(``source``): MNIST, CIFAR-10 and ``.npz`` images are held in memory as uint8; torchvision datasets and folders are
+decoded image by image in the DataLoader workers (:class:`~scorelab.data.sources.LazyImages`). Missing files raise
+the source's :class:`~scorelab.data.images.DatasetNotFoundError`.
 """
 
 from __future__ import annotations
@@ -25,25 +27,16 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from scorelab.data.images import (
-    DatasetNotFoundError,
-    ImageTransform,
-    UInt8ImageDataset,
-    check_data_range,
-    ensure_cifar10,
-    ensure_mnist,
-    load_cifar10,
-    load_mnist,
-    load_npz,
-)
-from scorelab.data.lazy_images import (
-    FolderImages,
+from scorelab.data.images import DatasetNotFoundError, ImageTransform, UInt8ImageDataset, check_data_range
+from scorelab.data.sources import (
+    CIFAR10Source,
+    FolderSource,
     ImageDecoder,
-    LazyImages,
-    TorchvisionImages,
-    build_torchvision,
-    default_split_kwargs,
-    torchvision_class,
+    ImageSource,
+    MNISTSource,
+    NpzSource,
+    Split,
+    TorchvisionSource,
 )
 from scorelab.domains import Images
 from scorelab.lit.toy_datamodule import EpochSeededSampler, train_sampler
@@ -70,8 +63,13 @@ def split_indices(n: int, val_size: float, seed: int) -> tuple[torch.Tensor, tor
     return perm[count:].sort().values, perm[:count].sort().values
 
 
+def _short_hash(key: str) -> str:
+    """8 hex digits of ``key``: another key, another value."""
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
 class ImageDataModule(L.LightningDataModule):
-    """Shared logic of the image data modules; subclasses say how to fetch and load a split.
+    """Shared logic of the image data modules; a subclass says only which :class:`ImageSource` it reads.
 
     Args:
         data_dir: Root data folder (torchvision layout).
@@ -84,7 +82,7 @@ class ImageDataModule(L.LightningDataModule):
         val_size: Validation hold-out taken from the training set (count, or fraction in (0, 1); 0: none).
         seed: Seed of the train/validation split, of the per-epoch order and of each image's flip and
             dequantisation noise (drawn from ``(seed, epoch, image)``, so a resumed run sees the same batches).
-        download: Download missing files in ``prepare_data`` (MNIST, CIFAR-10).
+        download: Download missing files in ``prepare_data`` (sources that can: MNIST, CIFAR-10, torchvision).
     """
 
     sample_shape: tuple[int, int, int]
@@ -110,26 +108,35 @@ class ImageDataModule(L.LightningDataModule):
         self.train_set: UInt8ImageDataset | None = None
         self.val_set: UInt8ImageDataset | None = None
         self.test_set: UInt8ImageDataset | None = None
+        self._source: ImageSource | None = None
 
     # --- what a subclass provides -----------------------------------------------------------------
-    def _fetch(self, download: bool) -> None:
-        """Check that the files are there; download missing ones if asked. Default: nothing."""
+    def make_source(self) -> ImageSource:
+        """The :class:`ImageSource` of this dataset; every subclass defines it. Building it must read no file."""
+        raise TypeError(f"{type(self).__name__} does not define make_source(): subclass ImageDataModule with one")
 
-    def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """Return ``(images uint8 [N, C, H, W], labels long [N] or None)`` of ``"train"`` or ``"test"``,
-        or None when the split does not exist. Every subclass defines it."""
-        raise TypeError(f"{type(self).__name__} does not define _load(split): subclass ImageDataModule with one")
+    @property
+    def source(self) -> ImageSource:
+        """Where the images come from (:meth:`make_source`, built once): checks, fetches and reads every split."""
+        if self._source is None:
+            self._source = self.make_source()
+        return self._source
+
+    def _load(self, split: str) -> Split | None:
+        """``(images uint8 [N, C, H, W], labels long [N] or None)`` of ``"train"`` or ``"test"``, or None when the
+        split does not exist; read once, then kept by the source."""
+        return self.source.load(split)
 
     # --- Lightning hooks --------------------------------------------------------------------------
     def check_available(self) -> None:
         """Refuse missing files before a run writes anything (with ``download`` set, ``prepare_data`` fetches them
         instead)."""
         if not self.download:
-            self._fetch(False)
+            self.source.ensure(False)
 
     def prepare_data(self) -> None:
         """Check the files once per node; download missing ones when ``download`` is set."""
-        self._fetch(self.download)
+        self.source.ensure(self.download)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits needed by ``stage`` ("fit", "validate", "test", "predict" or None for all)."""
@@ -191,23 +198,19 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"split must be train, val or test, got {split!r}")
         loaded = self._load_or_fetch("test" if split == "test" else "train")
         if loaded is None:
-            raise DatasetNotFoundError(f"{self.dataset_name} has no {split} split here "
-                                       "(an .npz data module has a test split only when data.test_path is set)")
+            raise DatasetNotFoundError(f"{self.dataset_name} has no {split} split here (.npz and folder data have "
+                                       "a test split only when data.test_path is set, a torchvision dataset when "
+                                       "its class has one or data.split_kwargs.test names it)")
         if split == "val":
             _, val_idx = split_indices(loaded[0].shape[0], self.val_size, self.seed)
             return loaded[0].index_select(0, val_idx), None if loaded[1] is None else loaded[1][val_idx]
         return loaded
 
     # --- helpers ----------------------------------------------------------------------------------
-    def _load_or_fetch(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """Load a split; used on its own (no Trainer, so no ``prepare_data``), fetch first when allowed."""
-        try:
-            return self._load(split)
-        except DatasetNotFoundError:
-            if not self.download or self.trainer is not None:
-                raise
-        self.prepare_data()
-        return self._load(split)
+    def _load_or_fetch(self, split: str) -> Split | None:
+        """Load a split; used on its own (no Trainer, so no ``prepare_data``), fetch missing files first when
+        ``download`` is set."""
+        return self.source.load(split, download=self.download and self.trainer is None)
 
     def _transform(self, train: bool) -> ImageTransform:
         return ImageTransform(self.data_range, self.random_flip and train, self.dequantize)
@@ -232,11 +235,8 @@ class MNISTDataModule(ImageDataModule):
     sample_shape = (1, 28, 28)
     num_classes = 10
 
-    def _fetch(self, download: bool) -> None:
-        ensure_mnist(self.data_dir, download)
-
-    def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return load_mnist(self.data_dir, split, download=False)
+    def make_source(self) -> MNISTSource:
+        return MNISTSource(self.data_dir)
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -251,11 +251,8 @@ class CIFAR10DataModule(ImageDataModule):
     def __init__(self, data_dir: str | os.PathLike, random_flip: bool = True, **kwargs):
         super().__init__(data_dir, random_flip=random_flip, **kwargs)
 
-    def _fetch(self, download: bool) -> None:
-        ensure_cifar10(self.data_dir, download)
-
-    def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return load_cifar10(self.data_dir, split, download=False)
+    def make_source(self) -> CIFAR10Source:
+        return CIFAR10Source(self.data_dir)
 
 
 class NpzDataModule(ImageDataModule):
@@ -280,39 +277,26 @@ class NpzDataModule(ImageDataModule):
         self.path = self.data_dir / Path(path).expanduser()
         self.test_path = self.data_dir / Path(test_path).expanduser() if test_path is not None else None
         self._num_classes = num_classes
-        self._train_arrays: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def make_source(self) -> NpzSource:
+        return NpzSource(self.path, self.test_path)
 
     @property
     def dataset_name(self) -> str:
         """``npz-<file stem>-<8 hex digits of the path, size and modification time>``: another file, another name."""
-        import hashlib
-
         stat = self.path.stat() if self.path.is_file() else None
         key = f"{self.path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
-        return f"npz-{self.path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-
-    def _train(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self._train_arrays is None:
-            self._train_arrays = load_npz(self.path)
-        return self._train_arrays
+        return f"npz-{self.path.stem}-{_short_hash(key)}"
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         """Shape ``(C, H, W)`` of one image of the training file."""
-        return tuple(self._train()[0].shape[1:])
+        return tuple(self._load("train")[0].shape[1:])
 
     @property
     def num_classes(self) -> int | None:
         """Configured number of classes, else ``max(y) + 1`` of the training file, or None if unlabelled."""
-        if self._num_classes is not None:
-            return int(self._num_classes)
-        labels = self._train()[1]
-        return int(labels.max()) + 1 if labels is not None and len(labels) else None
-
-    def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        if split == "train":
-            return self._train()
-        return load_npz(self.test_path) if self.test_path is not None else None
+        return int(self._num_classes) if self._num_classes is not None else self.source.num_classes()
 
 
 def _plain(value: Any) -> Any:
@@ -323,7 +307,9 @@ def _plain(value: Any) -> Any:
 
 
 class LazyImageDataModule(ImageDataModule):
-    """Shared logic of the data modules whose images are decoded on access (:class:`LazyImages`).
+    """Shared logic of the data modules whose images are decoded on access
+    (:class:`~scorelab.data.sources.LazyImages`): a subclass's :meth:`make_source` gives a
+    :class:`~scorelab.data.sources.LazySource` that decodes with ``decoder``.
 
     ``sample_shape`` is ``(channels, image_size, image_size)`` when both are set, else read from the first training
     image. Every image is converted to ``channels`` and, with ``image_size``, resized and centre-cropped.
@@ -343,18 +329,6 @@ class LazyImageDataModule(ImageDataModule):
         self.decoder = ImageDecoder(channels, image_size, center_crop)
         self.image_size, self.channels, self.center_crop = self.decoder.image_size, channels, bool(center_crop)
         self._num_classes = num_classes
-        self._splits: dict[str, tuple[LazyImages, torch.Tensor | None] | None] = {}
-
-    def _source(self, split: str):
-        """The :class:`~scorelab.data.lazy_images.ImageSource` of a split, or None when it does not exist."""
-        raise TypeError(f"{type(self).__name__} does not define _source(split)")
-
-    def _load(self, split: str) -> tuple[LazyImages, torch.Tensor | None] | None:
-        if split not in self._splits:
-            source = self._source(split)
-            images = LazyImages(source, self.decoder) if source is not None else None
-            self._splits[split] = (images, images.labels()) if images is not None else None
-        return self._splits[split]
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -366,18 +340,12 @@ class LazyImageDataModule(ImageDataModule):
     @property
     def num_classes(self) -> int | None:
         """Configured, else the dataset's class count (from its labels), or None when unlabelled."""
-        if self._num_classes is not None:
-            return int(self._num_classes)
-        images, labels = self._load("train")
-        classes = getattr(images.source, "classes", None)
-        if labels is None or not len(labels) or int(labels.max()) < 0:
-            return None
-        return len(classes) if classes else int(labels.max()) + 1
+        return int(self._num_classes) if self._num_classes is not None else self.source.num_classes()
 
     def _tag(self, key: str) -> str:
         """``-<decoder tag>-<8 hex digits of key>``: what makes these images differ from the source's."""
         tag = self.decoder.describe()
-        return (f"-{tag}" if tag else "") + (f"-{hashlib.sha256(key.encode()).hexdigest()[:8]}" if key else "")
+        return (f"-{tag}" if tag else "") + (f"-{_short_hash(key)}" if key else "")
 
 
 class TorchvisionDataModule(LazyImageDataModule):
@@ -402,41 +370,22 @@ class TorchvisionDataModule(LazyImageDataModule):
                  dataset_kwargs: Mapping[str, Any] | None = None,
                  split_kwargs: Mapping[str, Mapping[str, Any] | None] | None = None, **kwargs):
         super().__init__(data_dir, **kwargs)
-        self.cls = torchvision_class(name)
-        self.name = self.cls.__name__
+        self.name = name
         self.dataset_kwargs = dict(_plain(dataset_kwargs) or {})
-        given = dict(_plain(split_kwargs) or {})
-        unknown = sorted(set(given) - {"train", "test"})
-        if unknown:
-            raise ValueError(f"data.split_kwargs takes the keys train and test, got {unknown}")
-        detected = default_split_kwargs(self.cls)
-        self.split_kwargs = {s: given.get(s, detected[s]) for s in ("train", "test")}
-        if self.split_kwargs["train"] is None:
-            raise ValueError("data.split_kwargs.train cannot be null: the training split is needed")
-        self._detected = not given
+        self.split_kwargs = _plain(split_kwargs)
+        self.source  # noqa: B018 - an unknown class name or split argument fails here, before any file is read
 
-    def _kwargs(self, split: str) -> dict[str, Any] | None:
-        extra = self.split_kwargs[split]
-        return None if extra is None else {**self.dataset_kwargs, **dict(extra)}
-
-    def _fetch(self, download: bool) -> None:
-        if download:
-            for split in ("train", "test"):
-                if self._kwargs(split) is not None:
-                    build_torchvision(self.cls, self.data_dir, self._kwargs(split), download=True)
-        self._load("train")
-
-    def _source(self, split: str) -> TorchvisionImages | None:
-        kwargs = self._kwargs(split)
-        return TorchvisionImages(self.name, self.data_dir, kwargs) if kwargs is not None else None
+    def make_source(self) -> TorchvisionSource:
+        return TorchvisionSource(self.name, self.data_dir, self.decoder, self.dataset_kwargs, self.split_kwargs)
 
     @property
     def dataset_name(self) -> str:
         """The class name in lower case (``fashionmnist``), tagged with the size, channels and arguments when set."""
-        key = repr(sorted(self.dataset_kwargs.items())) if self.dataset_kwargs else ""
-        if not self._detected:
-            key += repr(sorted(self.split_kwargs.items(), key=lambda kv: kv[0]))
-        return self.name.lower() + self._tag(key)
+        source = self.source
+        key = repr(sorted(source.dataset_kwargs.items())) if source.dataset_kwargs else ""
+        if not source.detected:
+            key += repr(sorted(source.split_kwargs.items(), key=lambda kv: kv[0]))
+        return source.name.lower() + self._tag(key)
 
 
 class FolderDataModule(LazyImageDataModule):
@@ -461,13 +410,8 @@ class FolderDataModule(LazyImageDataModule):
         self.path = self.data_dir / Path(path).expanduser()
         self.test_path = self.data_dir / Path(test_path).expanduser() if test_path is not None else None
 
-    def _source(self, split: str) -> FolderImages | None:
-        if split == "train":
-            return FolderImages(self.path)
-        return FolderImages(self.test_path) if self.test_path is not None else None
-
-    def _fetch(self, download: bool) -> None:
-        self._load("train")
+    def make_source(self) -> FolderSource:
+        return FolderSource(self.path, self.test_path, self.decoder)
 
     @property
     def dataset_name(self) -> str:

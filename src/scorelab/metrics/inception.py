@@ -19,7 +19,7 @@ from torch import nn
 
 from ..core.errors import UserError
 from ..core.io import load_torch_file
-from ..data.images import socket_timeout
+from ..data.sources import socket_timeout
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")

@@ -324,7 +324,7 @@ def train_mnist_classifier(data_dir: str | os.PathLike, out: str | os.PathLike |
     Returns:
         ``(path, test_accuracy)``: the saved file and the accuracy on the 10000 test images.
     """
-    from ..data.images import load_mnist
+    from ..data.sources import load_mnist
 
     images, labels = load_mnist(data_dir, "train", download)
     test_images, test_labels = load_mnist(data_dir, "test")

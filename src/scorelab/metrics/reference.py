@@ -35,7 +35,7 @@ def compute_stats(extractor: nn.Module, images: torch.Tensor, batch_size: int = 
                   dataset: str = "", split: str = "", seed: int = 0,
                   progress: Callable[[int], None] | None = None, n: int | None = None) -> FeatureStats:
     """Feature statistics of the first ``n`` (default all) uint8 images ``[N, C, H, W]`` (a tensor, or images decoded
-    on access such as :class:`~scorelab.data.lazy_images.LazyImages`), keeping ``keep_features`` raw rows for KID."""
+    on access such as :class:`~scorelab.data.sources.LazyImages`), keeping ``keep_features`` raw rows for KID."""
     features = extract_features(extractor, images, len(images) if n is None else n, batch_size, device, progress)
     return FeatureStats.from_features(features, keep_features=min(keep_features, len(features)),
                                       generator=torch.Generator().manual_seed(seed),
