@@ -190,11 +190,14 @@ class FIRConv2d(nn.Module):
         return x + self.bias.view(1, -1, 1, 1)
 
 
-class Upsample(nn.Module):
-    """Upsample by 2: nearest or FIR, optionally with a 3x3 convolution mapping ``in_ch -> out_ch``."""
+class _Resample(nn.Module):
+    """Resampling by 2 (``direction``: ``"up"`` or ``"down"``), optionally through a convolution
+    ``in_ch -> out_ch``: FIR-filtered (:class:`FIRConv2d`) with ``fir``, else a plain 3x3 one (``conv_kwargs``)."""
 
-    def __init__(self, in_ch: int, out_ch: int | None = None, *, with_conv: bool = False, fir: bool = False,
-                 fir_kernel: Sequence[float] = (1, 3, 3, 1)):
+    direction: str = "up"
+
+    def __init__(self, in_ch: int, out_ch: int | None, with_conv: bool, fir: bool, fir_kernel: Sequence[float],
+                 **conv_kwargs):
         super().__init__()
         out_ch = out_ch or in_ch
         if not with_conv and out_ch != in_ch:
@@ -202,8 +205,19 @@ class Upsample(nn.Module):
         self.fir, self.with_conv = fir, with_conv
         self.conv = None
         if with_conv:
-            self.conv = FIRConv2d(in_ch, out_ch, "up", fir_kernel) if fir else conv3x3(in_ch, out_ch)
+            self.conv = FIRConv2d(in_ch, out_ch, self.direction, fir_kernel) if fir else conv3x3(
+                in_ch, out_ch, **conv_kwargs)
         self.register_buffer("kernel", fir_kernel_2d(fir_kernel), persistent=False)
+
+
+class Upsample(_Resample):
+    """Upsample by 2: nearest or FIR, optionally with a 3x3 convolution mapping ``in_ch -> out_ch``."""
+
+    direction = "up"
+
+    def __init__(self, in_ch: int, out_ch: int | None = None, *, with_conv: bool = False, fir: bool = False,
+                 fir_kernel: Sequence[float] = (1, 3, 3, 1)):
+        super().__init__(in_ch, out_ch, with_conv, fir, fir_kernel)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         """Map ``[B, in_ch, H, W]`` to ``[B, out_ch, 2H, 2W]``; ``temb`` is ignored."""
@@ -213,21 +227,14 @@ class Upsample(nn.Module):
         return self.conv(x) if self.conv is not None else x
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """Downsample by 2: strided 3x3 convolution, average pooling, or their FIR-filtered versions."""
+
+    direction = "down"
 
     def __init__(self, in_ch: int, out_ch: int | None = None, *, with_conv: bool = False, fir: bool = False,
                  fir_kernel: Sequence[float] = (1, 3, 3, 1)):
-        super().__init__()
-        out_ch = out_ch or in_ch
-        if not with_conv and out_ch != in_ch:
-            raise ValueError("changing the channel count needs with_conv=True")
-        self.fir, self.with_conv = fir, with_conv
-        self.conv = None
-        if with_conv:
-            self.conv = FIRConv2d(in_ch, out_ch, "down", fir_kernel) if fir else conv3x3(
-                in_ch, out_ch, stride=2, padding=0)
-        self.register_buffer("kernel", fir_kernel_2d(fir_kernel), persistent=False)
+        super().__init__(in_ch, out_ch, with_conv, fir, fir_kernel, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         """Map ``[B, in_ch, H, W]`` to ``[B, out_ch, H/2, W/2]``; ``temb`` is ignored."""

@@ -6,7 +6,7 @@ one with ``PCSampler(EulerMaruyama(), Langevin(snr=0.16), steps=1000)``, ``ODESa
 from :class:`TimeGrid` / :func:`time_grid`, outside the solvers.
 """
 from ..ops.flow import fixed_step, probability_flow
-from .base import CountingScore, Sampler
+from .base import CountingScore, GridSampler, Sampler
 from .correctors import AnnealedLangevin, Corrector, Langevin, NoCorrector
 from .ddim import DDIMSampler
 from .deis import DEISSampler
@@ -21,6 +21,6 @@ from .sigma_space import Denoiser, SigmaSampler
 __all__ = [
     "Ancestral", "AnnealedLangevin", "Corrector", "CountingScore", "DDIMSampler", "DEISSampler",
     "DPMSolverPP", "Denoiser", "EDMSampler", "EulerMaruyama", "GRIDS", "Langevin", "NoCorrector", "NoPredictor",
-    "ODESampler", "PCSampler", "Predictor", "ReverseDiffusion", "Sampler", "SigmaSampler", "TimeGrid",
+    "GridSampler", "ODESampler", "PCSampler", "Predictor", "ReverseDiffusion", "Sampler", "SigmaSampler", "TimeGrid",
     "UniPCSampler", "fixed_step", "probability_flow", "time_grid",
 ]

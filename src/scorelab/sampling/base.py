@@ -64,6 +64,24 @@ class Sampler(abc.ABC):
             refuse_project(self)
 
 
+class GridSampler(Sampler):
+    """A sampler that walks a time grid of ``steps`` steps from ``T`` down to ``eps``.
+
+    Args:
+        steps: N, the number of grid steps.
+        eps: the final time of the grid.
+        grid: time-grid kind or :class:`~scorelab.sampling.TimeGrid` (see :func:`~scorelab.sampling.time_grid`).
+        denoise: finish with a noise-free last step (each subclass says which).
+    """
+
+    def __init__(self, steps: int, eps: float, grid, denoise: bool):
+        from .grids import as_grid
+
+        self.grid = as_grid(grid)
+        self.grid.check(steps, eps)
+        self.steps, self.eps, self.denoise = steps, eps, bool(denoise)
+
+
 def refuse_project(sampler) -> None:
     """Raise :class:`UserError` naming ``sampler`` when it cannot replace known values after every step."""
     if isinstance(sampler, Sampler) and sampler.supports_inpainting:

@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 
 from ..sde import SDE
-from .base import Callback, CountingScore, Project, Sampler, ScoreFn, batch_time, initial_noise
+from .base import Callback, CountingScore, GridSampler, Project, ScoreFn, batch_time, initial_noise
 from .correctors import Corrector, NoCorrector
-from .grids import TimeGrid, as_grid
+from .grids import TimeGrid
 from .predictors import NoPredictor, Predictor
 
 
-class PCSampler(Sampler):
+class PCSampler(GridSampler):
     """Predictor then corrector at every step of a decreasing time grid; the last step returns the noise-free mean.
 
     The corrector runs after every predictor step but the last, whose noise-free mean is returned (NFE
@@ -35,30 +35,15 @@ class PCSampler(Sampler):
         self.corrector = corrector if corrector is not None else NoCorrector()
         if isinstance(self.predictor, NoPredictor) and isinstance(self.corrector, NoCorrector):
             raise ValueError("a sampler needs a predictor, a corrector or both; got neither")
-        self.grid = as_grid(grid)
-        self.grid.check(steps, eps)
-        self.steps, self.eps, self.denoise = steps, eps, denoise
+        super().__init__(steps, eps, grid, denoise)
 
     @torch.no_grad()
     def __call__(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...] | None = None,
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32, callback: Callback | None = None,
                  x_init: torch.Tensor | None = None, project: Project | None = None) -> tuple[torch.Tensor, int]:
-        """Draw samples.
-
-        Args:
-            score_fn: ``(x [B, ...], t [B]) -> score [B, ...]``.
-            sde: the forward SDE.
-            shape: ``[B, ...]`` of the samples (ignored when ``x_init`` is given).
-            generator: source of all randomness.
-            device, dtype: where the samples live.
-            callback: called after each step with ``{"i", "t", "x", "x_mean"}``.
-            x_init: initial state at ``t = T`` (default: a prior sample).
-            project: ``(x, t [B]) -> x`` applied to the state after every predictor step and after every corrector
-                step (Song et al. 2021, App. I.2: replacing the known pixels when inpainting).
-
-        Returns:
-            ``(samples [B, ...], nfe)``, NFE counting every batched score evaluation.
+        """Draw samples (the arguments of :meth:`Sampler.__call__`); ``project`` is applied after every predictor
+        step and after every corrector step (Song et al. 2021, App. I.2: replacing the known pixels when inpainting).
         """
         counted = CountingScore(score_fn)
         x = initial_noise(sde, shape, generator, device, dtype, x_init)

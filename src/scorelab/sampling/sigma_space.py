@@ -20,8 +20,8 @@ import torch
 
 from ..core.tensors import append_dims
 from ..sde import SDE
-from .base import Callback, CountingScore, Project, Sampler, ScoreFn, batch_time, initial_noise
-from .grids import TimeGrid, as_grid
+from .base import Callback, CountingScore, GridSampler, Project, ScoreFn, batch_time, initial_noise
+from .grids import TimeGrid
 
 
 class Denoiser:
@@ -99,7 +99,7 @@ class SigmaPath:
         self.steps = len(self.ts) - 1
 
 
-class SigmaSampler(Sampler):
+class SigmaSampler(GridSampler):
     """Skeleton of a sampler in sigma space: grid, prior, NFE count, callback and the optional final denoising.
 
     Subclasses implement :meth:`solve`, which moves ``y = x / a(T)`` along the grid and returns ``y`` at ``eps``,
@@ -115,31 +115,17 @@ class SigmaSampler(Sampler):
     """
 
     def __init__(self, steps: int = 10, eps: float = 1e-3, grid: str | TimeGrid = "logsnr", denoise: bool = True):
-        self.grid = as_grid(grid)
-        self.grid.check(steps, eps)
-        self.steps, self.eps, self.denoise = steps, eps, bool(denoise)
+        super().__init__(steps, eps, grid, denoise)
 
     @torch.no_grad()
     def __call__(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...] | None = None,
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32, callback: Callback | None = None,
                  x_init: torch.Tensor | None = None, project: Project | None = None) -> tuple[torch.Tensor, int]:
-        """Draw samples.
-
-        Args:
-            score_fn: ``(x [B, ...], t [B]) -> score [B, ...]``.
-            sde: the forward SDE.
-            shape: ``[B, ...]`` of the samples (ignored when ``x_init`` is given).
-            generator: source of all randomness (a ``torch.Generator`` or a ``PerSampleGenerator``).
-            device, dtype: where the samples live.
-            callback: called after each step with ``{"i", "t", "x", "x_mean"}`` (``x`` in the SDE's own scale).
-            x_init: initial state at ``t = T`` (default: a prior sample).
-            project: ``(x, t [B]) -> x`` applied to the state ``x = a(t) y`` after every step (Song et al. 2021,
-                App. I.2). Multistep solvers keep their history of denoiser outputs, which a change of the state
-                leaves valid as data predictions at the earlier points.
-
-        Returns:
-            ``(samples [B, ...], nfe)``, NFE counting every batched score evaluation.
+        """Draw samples (the arguments of :meth:`Sampler.__call__`; ``callback`` sees ``x`` in the SDE's own
+        scale). ``project`` is applied to the state ``x = a(t) y`` after every step (Song et al. 2021, App. I.2);
+        multistep solvers keep their history of denoiser outputs, which a change of the state leaves valid as data
+        predictions at the earlier points.
         """
         counted = CountingScore(score_fn)
         denoiser = Denoiser(counted, sde)
