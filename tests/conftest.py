@@ -5,7 +5,8 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores: one torch thread per pytest-xdist worker (``make test`` runs two), two without xdist.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 from scorelab.sde import VESDE, VPSDE, SubVPSDE  # noqa: E402
 
@@ -28,3 +29,26 @@ def gen():
 
 ALL_SDES = [VPSDE(), SubVPSDE(), VESDE()]
 SDE_IDS = ["vp", "subvp", "ve"]
+
+
+@pytest.fixture(scope="session")
+def tiny_image_run(tmp_path_factory):
+    """The one tiny image checkpoint the suite shares: a 3-channel 16x16 ``unet_small`` (8 channels) trained for two
+    steps on 40 random images (``real.npz``), with a 4-image test split (``test.npz``). Tests only read it: each
+    writes its samples into its own ``tmp_path``.
+
+    Returns:
+        ``SimpleNamespace(root, data, test, ckpt)``.
+    """
+    from types import SimpleNamespace
+
+    from scorelab.cli import train
+
+    from .evaluation_utils import TINY_IMAGE_RUN, write_images_npz
+    from .platform_utils import make_cfg
+
+    root = tmp_path_factory.mktemp("tiny_image_run")
+    data = write_images_npz(root / "real.npz", 40)
+    test = write_images_npz(root / "test.npz", 4, seed=1)
+    train(make_cfg(root, TINY_IMAGE_RUN + [f"data.path={data}", f"data.test_path={test}"]))
+    return SimpleNamespace(root=root, data=data, test=test, ckpt=root / "run" / "checkpoints" / "last.ckpt")

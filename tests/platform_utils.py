@@ -46,7 +46,7 @@ def make_cfg(tmp_path: Path, overrides: list[str], config_name: str = "train") -
 # What the fork server imports once for every command a test runs (tests/readme_harness/forkserver.py).
 PRELOAD = ["numpy", "torch", "torchvision", "lightning", "hydra", "omegaconf", "matplotlib.pyplot", "scipy.linalg",
            "torchdiffeq", "torchmetrics", "scorelab.cli.entry", "scorelab.cli.train", "scorelab.cli.sample",
-           "scorelab.cli.likelihood", "scorelab.cli.fid", "scorelab.cli.conditional"]
+           "scorelab.cli.likelihood", "scorelab.cli.fid", "scorelab.tasks.images"]
 _SERVER: list = []
 
 

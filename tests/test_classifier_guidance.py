@@ -1,6 +1,6 @@
 """Classifier guidance (Song et al. 2021, App. I.1): the exact noisy classifier of a Gaussian mixture, Bayes' rule
 for the guided score, per-example gradients under every grad mode, training the noisy classifier with train.py,
-loading it safely, and sample.py's classifier=/label= with one clear message for every mistake."""
+loading it safely, and sample.py's task=labels task.classifier=... with one clear message for every mistake."""
 from __future__ import annotations
 
 import json
@@ -219,8 +219,8 @@ def test_sample_py_guides_the_exact_score_with_the_trained_classifier(toy_classi
     ckpt = toy_classifier / "checkpoints" / "last.ckpt"
     accuracy = {}
     for scale in (0, 1, 3):
-        cfg = _sample_cfg(tmp_path / str(scale), [f"classifier={ckpt}", "labels=all", "per_class=40",
-                                                  f"classifier_scale={scale}"])
+        cfg = _sample_cfg(tmp_path / str(scale), ["task=labels", f"task.classifier={ckpt}", "task.labels=all",
+                                                  "task.per_class=40", f"task.classifier_scale={scale}"])
         sample(cfg)
         metrics = json.loads((tmp_path / str(scale) / "run" / "metrics.json").read_text())
         assert metrics["classifier"] == str(ckpt) and metrics["classifier_scale"] == scale
@@ -235,18 +235,19 @@ def test_sample_py_guides_the_exact_score_with_the_trained_classifier(toy_classi
 def test_sampling_mistakes_end_in_one_clear_message(toy_classifier, tmp_path):
     ckpt = toy_classifier / "checkpoints" / "last.ckpt"
     cases = [
-        (["label=3"], "or guide this one with classifier="),
-        ([f"classifier={tmp_path}/missing.ckpt", "label=3"], "classifier checkpoint not found"),
-        ([f"classifier={ckpt}"], "say which with label=<k> or labels=all"),
-        ([f"classifier={ckpt}", "label=8"], "class 8 does not exist"),
-        ([f"classifier={ckpt}", "label=1", "guidance=2"], "the scale is classifier_scale"),
-        ([f"classifier={ckpt}", "data=toy_two_modes", "label=1"], "has 8 classes but the score model's data have 2"),
-        ([f"classifier={ckpt}", "sde=ve", "label=1"], "train the classifier with the same sde"),
-        ([f"ckpt_path={ckpt}", "label=1"], "is a noisy classifier, not a score model"),
+        (["task.label=3"], "or guide this one with task.classifier="),
+        ([f"task.classifier={tmp_path}/missing.ckpt", "task.label=3"], "classifier checkpoint not found"),
+        ([f"task.classifier={ckpt}"], "say which with task.label=<k> or task.labels=all"),
+        ([f"task.classifier={ckpt}", "task.label=8"], "class 8 does not exist"),
+        ([f"task.classifier={ckpt}", "task.label=1", "task.guidance=2"], "the scale is task.classifier_scale"),
+        ([f"task.classifier={ckpt}", "data=toy_two_modes", "task.label=1"],
+         "has 8 classes but the score model's data have 2"),
+        ([f"task.classifier={ckpt}", "sde=ve", "task.label=1"], "train the classifier with the same sde"),
+        ([f"ckpt_path={ckpt}", "task.label=1"], "is a noisy classifier, not a score model"),
     ]
     for overrides, message in cases:
         with pytest.raises(UserError, match=message):
-            sample(_sample_cfg(tmp_path, overrides))
+            sample(_sample_cfg(tmp_path, ["task=labels", *overrides]))
 
 
 def test_a_classifier_for_other_data_shapes_is_refused(toy_classifier):
@@ -297,8 +298,9 @@ def test_guided_image_sampling_draws_each_sample_for_its_label(tmp_path):
         "trainer.val_check_interval=1.0",
         "trainer.enable_progress_bar=false"]))
     cfg = make_cfg(tmp_path / "sample", [
-        f"ckpt_path={tmp_path / 'score' / 'run' / 'checkpoints' / 'last.ckpt'}", "labels=[3,5]", "per_class=2",
-        f"classifier={tmp_path / 'cls' / 'run' / 'checkpoints' / 'last.ckpt'}", "classifier_scale=2",
+        f"ckpt_path={tmp_path / 'score' / 'run' / 'checkpoints' / 'last.ckpt'}", "task=labels", "task.labels=[3,5]",
+        "task.per_class=2", f"task.classifier={tmp_path / 'cls' / 'run' / 'checkpoints' / 'last.ckpt'}",
+        "task.classifier_scale=2",
         "progress=false", "batch_size=3"], config_name="sample")
     folder = sample(cfg)
     assert len(ImageSet(folder)) == 4

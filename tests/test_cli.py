@@ -104,6 +104,18 @@ def test_bad_input_ends_in_one_clear_line(tmp_path, args, expected):
     ("train.py", ["model.net.width=[1,2"], "cannot read the command line"),
     ("train.py", ["-m", "sde=vp,vpp"], "sde=vpp: no such option (did you mean vp?)"),  # every value of a sweep
     ("sample.py", ["sampler=doesnotexist"], "sampler=doesnotexist: no such option"),
+    ("sample.py", ["task=colour"], "task=colour: no such option (did you mean colorize?); task is one of: colorize, "),
+    # keys that became options of a task (conf/task/) say where they went
+    ("sample.py", ["label=3"], "label: no such setting; it is an option of task=labels: write task=labels "
+                               "task.label=3"),
+    ("sample.py", ["teach=true"], "teach is an option of the group task: write task=teach"),
+    ("sample.py", ["image=a.png"], "it is an option of task=colorize, task=inpaint, task=interpolate: write "
+                                   "task.image=a.png with one of them"),
+    ("train.py", ["lr=0.1"], "lr: no such setting; did you mean optimizer.lr?"),
+    ("sample.py", ["teaching.points=3"], "teaching is now task=teach: write task=teach task.paths=3"),
+    ("sample.py", ["task.guidance=2"], "task.guidance: no such setting; it is an option of task=labels: write "
+                                       "task=labels task.guidance=2"),
+    ("train.py", ["sde.sigma_max=5"], "it is an option of sde=ve: write sde=ve sde.sigma_max=5"),
     ("likelihood.py", ["splitt=test"], "splitt: no such setting; did you mean split?"),
     ("fid.py", ["featurs=mnist"], "featurs: no such setting; did you mean features?"),
     ("train.py", ["hydra.run.dir=/etc/hostname/run"], "/etc/hostname is a file, not a folder"),

@@ -11,8 +11,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from scorelab.cli import sample, train
-from scorelab.cli.conditional import run_task
+from scorelab.cli import sample
 from scorelab.cli.errors import run_or_exit
 from scorelab.core.errors import UserError
 from scorelab.core.rng import PerSampleGenerator
@@ -30,6 +29,7 @@ from scorelab.sampling import (
     UniPCSampler,
 )
 from scorelab.sde import VESDE, VPSDE
+from scorelab.tasks import Colorize
 from scorelab.tasks.conditional import (
     KnownValues,
     color_matrix,
@@ -43,7 +43,6 @@ from scorelab.tasks.conditional import (
     to_color_space,
 )
 
-from .evaluation_utils import TINY_IMAGE_RUN, write_images_npz
 from .platform_utils import make_cfg
 
 SHAPE = (1, 4, 4)  # a Gaussian "image" of 16 pixels
@@ -318,15 +317,12 @@ def test_slerp_hits_both_ends_exactly_and_keeps_equal_norms():
 
 # --- the command line ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def colour_run(tmp_path_factory):
-    """A tiny 3-channel 16x16 image model trained for two steps, with a test split, and PNG inputs."""
+def colour_run(tiny_image_run, tmp_path_factory):
+    """The suite's tiny 3-channel 16x16 image model (``tests/conftest.py``: trained for two steps, with a 4-image
+    test split), and PNG inputs."""
     from PIL import Image
 
     root = tmp_path_factory.mktemp("colour_run")
-    data = write_images_npz(root / "real.npz", 24)
-    test = write_images_npz(root / "test.npz", 4, seed=1)
-    cfg = make_cfg(root, TINY_IMAGE_RUN + [f"data.path={data}", f"data.test_path={test}"])
-    train(cfg)
     rng = np.random.default_rng(0)
     pngs = {}
     for name, shape in (("a", (16, 16, 3)), ("b", (16, 16, 3)), ("small", (8, 8, 3))):
@@ -338,7 +334,7 @@ def colour_run(tmp_path_factory):
     Image.fromarray(mask).save(pngs["mask"])
     Image.fromarray(mask[:8]).save(root / "bad_mask.png")
     pngs["bad_mask"] = root / "bad_mask.png"
-    return root / "run" / "checkpoints" / "last.ckpt", pngs
+    return tiny_image_run.ckpt, pngs
 
 
 def _task_cfg(tmp_path, ckpt, overrides):
@@ -350,8 +346,9 @@ def _task_cfg(tmp_path, ckpt, overrides):
 
 def test_cli_inpaint_with_a_mask_png_and_with_a_box_on_test_images(tmp_path, colour_run):
     ckpt, pngs = colour_run
-    npz = sample(_task_cfg(tmp_path, ckpt, ["task=inpaint", f"image={pngs['a']}", f"mask={pngs['mask']}",
-                                            "per_image=3", "sampler=ddim", "sampler.steps=3"]))
+    npz = sample(_task_cfg(tmp_path, ckpt, ["task=inpaint", f"task.image={pngs['a']}",
+                                            f"task.mask={pngs['mask']}", "task.per_image=3", "sampler=ddim",
+                                            "sampler.steps=3"]))
     saved = np.load(npz)
     known = saved["known"]
     assert saved["samples"].shape == (1, 3, 3, 16, 16) and known.shape == (1, 1, 16, 16)
@@ -363,7 +360,8 @@ def test_cli_inpaint_with_a_mask_png_and_with_a_box_on_test_images(tmp_path, col
     summary = json.loads((tmp_path / "out" / "inpaint.json").read_text())
     assert summary["nfe"] == 4 and summary["hole_pixels"] == 64
     # test-set indices and a box; seeds continue across the rows
-    npz = sample(_task_cfg(tmp_path / "box", ckpt, ["task=inpaint", "image=[0,3]", "box=[0,0,16,8]", "per_image=2",
+    npz = sample(_task_cfg(tmp_path / "box", ckpt, ["task=inpaint", "task.image=[0,3]", "task.box=[0,0,16,8]",
+                                                    "task.per_image=2",
                                                     "sampler=euler_maruyama", "sampler.steps=3", "seed=10"]))
     saved = np.load(npz)
     assert saved["samples"].shape == (2, 2, 3, 16, 16) and saved["seeds"].tolist() == [[10, 11], [12, 13]]
@@ -373,7 +371,7 @@ def test_cli_inpaint_with_a_mask_png_and_with_a_box_on_test_images(tmp_path, col
 
 def test_cli_colorize_and_interpolate(tmp_path, colour_run):
     ckpt, pngs = colour_run
-    npz = sample(_task_cfg(tmp_path, ckpt, ["task=colorize", f"image={pngs['a']}", "per_image=2",
+    npz = sample(_task_cfg(tmp_path, ckpt, ["task=colorize", f"task.image={pngs['a']}", "task.per_image=2",
                                             "sampler=dpmpp_2m_sde", "sampler.steps=3"]))
     saved = np.load(npz)
     assert saved["samples"].shape == (1, 2, 3, 16, 16)
@@ -381,8 +379,9 @@ def test_cli_colorize_and_interpolate(tmp_path, colour_run):
     scale = 1.0 + np.abs(saved["samples"]).max()
     assert np.allclose(saved["samples"].mean(2), np.broadcast_to(saved["grey"][:, None, 0], (1, 2, 16, 16)),
                        atol=1e-6 * scale)
-    npz = sample(_task_cfg(tmp_path / "interp", ckpt, ["task=interpolate", f"image=[{pngs['a']},{pngs['b']}]",
-                                                       "interpolation.points=4", "interpolation.steps=5"]))
+    npz = sample(_task_cfg(tmp_path / "interp", ckpt, ["task=interpolate",
+                                                       f"task.image=[{pngs['a']},{pngs['b']}]",
+                                                       "task.points=4", "task.steps=5"]))
     saved = np.load(npz)
     assert saved["decoded"].shape == (4, 3, 16, 16) and int(saved["nfe_encode"]) == 20
     assert np.array_equal(saved["path_latents"][0], saved["latents"][0])
@@ -394,15 +393,20 @@ def test_cli_colorize_and_interpolate(tmp_path, colour_run):
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["task=inpaint", "image={missing}", "box=[0,0,4,4]"], "image not found"),
-        (["task=inpaint", "image={small}", "box=[0,0,4,4]"], "is 8x8 pixels but the model makes 16x16 images"),
-        (["task=inpaint", "image={a}", "mask={bad_mask}"], "mask {bad_mask} is 16x8 pixels"),
-        (["task=inpaint", "image={a}"], "needs exactly one of mask=<png>"),
-        (["task=inpaint", "image={a}", "box=[0,0,17,4]"], "must satisfy 0 <= x0 < x1 <= 16"),
-        (["task=inpaint", "image=9", "box=[0,0,4,4]"], "the test set has 4 images"),
-        (["task=interpolate", "image={a}"], "needs exactly two images"),
-        (["task=inpaint", "image={a}", "box=[0,0,4,4]", "sampler=ode_adaptive"], "adaptive solver"),
-        (["task=colour"], "task must be one of"),
+        (["task=inpaint", "task.image={missing}", "task.box=[0,0,4,4]"], "image not found"),
+        (["task=inpaint", "task.image={small}", "task.box=[0,0,4,4]"],
+         "is 8x8 pixels but the model makes 16x16 images"),
+        (["task=inpaint", "task.image={a}", "task.mask={bad_mask}"], "mask {bad_mask} is 16x8 pixels"),
+        (["task=inpaint", "task.image={a}"], "needs exactly one of task.mask=<png>"),
+        (["task=inpaint", "task.image={a}", "task.box=[0,0,17,4]"], "must satisfy 0 <= x0 < x1 <= 16"),
+        (["task=inpaint", "task.image=9", "task.box=[0,0,4,4]"], "the test set has 4 images"),
+        (["task=interpolate", "task.image={a}"], "needs exactly two images"),
+        (["task=inpaint", "task.image={a}", "task.box=[0,0,4,4]", "sampler=ode_adaptive"], "adaptive solver"),
+        (["task=inpaint", "task.image={a}", "task.box=[0,0,4,4]", "task.per_image=0"],
+         "task.per_image must be a positive integer"),
+        (["task=interpolate", "task.image=[0,1]", "task.method=leapfrog"], "task.method must be one of"),
+        (["task=inpaint", "task.image={a}", "task.box=[0,0,4,4]", "+task.colour=1"],
+         "task.colour is not a setting of scorelab.tasks.Inpaint"),
     ],
 )
 def test_cli_bad_input_is_a_user_error(tmp_path, colour_run, overrides, expected):
@@ -414,23 +418,22 @@ def test_cli_bad_input_is_a_user_error(tmp_path, colour_run, overrides, expected
 
 
 def test_cli_refuses_tasks_that_make_no_sense_for_the_model(tmp_path):
-    cfg = make_cfg(tmp_path, ["model=oracle", "task=inpaint", "image=0", "box=[0,0,1,1]"], config_name="sample")
+    cfg = make_cfg(tmp_path, ["model=oracle", "task=inpaint", "task.image=0", "task.box=[0,0,1,1]"],
+                   config_name="sample")
     with pytest.raises(UserError, match=r"task=inpaint is for image models; this one makes points of shape \(2,\)"):
         sample(cfg)
     from scorelab.domains import Images
 
     grey_model = SimpleNamespace(datamodule=SimpleNamespace(sample_shape=(1, 28, 28),
                                                             domain=Images("mnist", (-1.0, 1.0))))
-    with open_dict(cfg):
-        cfg.task = "colorize"
     with pytest.raises(UserError, match="needs a colour .3-channel. model; this one makes 1-channel images"):
-        run_task(cfg, grey_model, None)
+        Colorize(image=0).run(None, None, grey_model.datamodule, None, "cpu", tmp_path / "grey")
 
 
 def test_cli_prints_one_error_line(tmp_path, colour_run, capsys):
     """What sample.py's main does with the config: run_or_exit turns the UserError into one line and status 2."""
     ckpt, pngs = colour_run
-    cfg = _task_cfg(tmp_path, ckpt, ["task=inpaint", f"image={pngs['a']}", f"mask={pngs['bad_mask']}"])
+    cfg = _task_cfg(tmp_path, ckpt, ["task=inpaint", f"task.image={pngs['a']}", f"task.mask={pngs['bad_mask']}"])
     with pytest.raises(SystemExit) as exit_info:
         run_or_exit(sample, cfg)
     err = capsys.readouterr().err

@@ -195,11 +195,13 @@ ORACLE = ["model=oracle", "model.conditional=true", "data=toy_eight_gaussians", 
 
 def test_sample_cli_guidance_0_is_the_unconditional_sampler_and_labels_follow_the_position(tmp_path):
     plain = np.load(sample(_sample_cfg(tmp_path, "plain", ORACLE + ["n_samples=24"])))
-    zero = np.load(sample(_sample_cfg(tmp_path, "zero", ORACLE + ["n_samples=24", "label=3", "guidance=0"])))
+    zero = np.load(sample(_sample_cfg(tmp_path, "zero", ORACLE + ["n_samples=24", "task=labels", "task.label=3",
+                                                                  "task.guidance=0"])))
     assert np.array_equal(zero["x"], plain["x"]) and zero["labels"].tolist() == [3] * 24
     grids = {}
     for batch_size in (5, 64):
-        path = sample(_sample_cfg(tmp_path, f"all{batch_size}", ORACLE + ["labels=all", "per_class=3", "guidance=1",
+        path = sample(_sample_cfg(tmp_path, f"all{batch_size}", ORACLE + ["task=labels", "task.labels=all",
+                                                                          "task.per_class=3", "task.guidance=1",
                                                                           f"batch_size={batch_size}"]))
         grids[batch_size] = np.load(path)
     assert grids[5]["labels"].tolist() == [k for k in range(8) for _ in range(3)]
@@ -212,18 +214,18 @@ def test_sample_cli_guidance_0_is_the_unconditional_sampler_and_labels_follow_th
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (["model.conditional=false", "label=1"], "label/labels need a class-conditional model"),
-    (["label=8"], "class 8 does not exist: this model has 8 classes, 0..7"),
-    (["labels=[2,-1]"], "class -1 does not exist"),
-    (["label=1", "labels=all"], "not both"),
-    (["labels=some"], "labels must be all or a list of class indices"),
-    (["guidance=2.0"], "also pass label=<k> or labels=all"),
-    (["label=1", "guidance=nan"], "guidance must be a finite number"),
-    (["labels=all", "per_class=0"], "per_class must be a positive integer"),
+    (["model.conditional=false", "task.label=1"], "task=labels needs a class-conditional model"),
+    (["task.label=8"], "class 8 does not exist: this model has 8 classes, 0..7"),
+    (["task.labels=[2,-1]"], "class -1 does not exist"),
+    (["task.label=1", "task.labels=all"], "not both"),
+    (["task.labels=some"], "labels must be all or a list of class indices"),
+    (["task.guidance=2.0"], "say which with task.label=<k> or task.labels=all"),
+    (["task.label=1", "task.guidance=nan"], "guidance must be a finite number"),
+    (["task.labels=all", "task.per_class=0"], "per_class must be a positive integer"),
 ])
 def test_sample_cli_refuses_bad_class_requests_with_one_message(tmp_path, overrides, expected):
     with pytest.raises(UserError, match=expected):
-        sample(_sample_cfg(tmp_path, "bad", ORACLE + ["n_samples=4"] + overrides))
+        sample(_sample_cfg(tmp_path, "bad", ORACLE + ["n_samples=4", "task=labels"] + overrides))
 
 
 TOY_COND_TRAIN = [
@@ -241,7 +243,8 @@ def test_a_conditional_toy_model_trains_and_samples_the_asked_for_component(tmp_
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     accuracy = {}
     for w in (0.0, 1.0, 3.0):
-        cfg = _sample_cfg(tmp_path, f"w{w}", [f"ckpt_path={ckpt}", "label=1", f"guidance={w}", "n_samples=300",
+        cfg = _sample_cfg(tmp_path, f"w{w}", [f"ckpt_path={ckpt}", "task=labels", "task.label=1", f"task.guidance={w}",
+                                              "n_samples=300",
                                               "sampler=euler_maruyama", "sampler.steps=30"])
         sample(cfg)
         accuracy[w] = json.loads((tmp_path / f"w{w}" / "metrics.json").read_text())["label_accuracy"]["accuracy"]
@@ -255,7 +258,8 @@ def test_image_sample_cli_writes_a_grid_one_row_per_class_and_the_labels(tmp_pat
                                                "module.label_dropout=0.5"]))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     common = [f"ckpt_path={ckpt}", "sampler=euler_maruyama", "sampler.steps=2", "batch_size=7"]
-    folder = sample(_sample_cfg(tmp_path, "grid", common + ["labels=[1,4,7]", "per_class=3", "guidance=2"]))
+    folder = sample(_sample_cfg(tmp_path, "grid", common + ["task=labels", "task.labels=[1,4,7]", "task.per_class=3",
+                                                             "task.guidance=2"]))
     shards = sorted(folder.glob("shard_*.npz"))
     labels = np.concatenate([np.load(p)["labels"] for p in shards])
     assert labels.tolist() == [1, 1, 1, 4, 4, 4, 7, 7, 7]
@@ -267,8 +271,9 @@ def test_image_sample_cli_writes_a_grid_one_row_per_class_and_the_labels(tmp_pat
     assert (width, height) == (2 + 3 * (16 + 2), 2 + 3 * (16 + 2))  # 3 columns (per class) x 3 rows (classes)
     # guidance 0 with any label is the unconditional model: the same images as no label at all
     plain = sample(_sample_cfg(tmp_path, "plain", common + ["n_samples=4"]))
-    zero = sample(_sample_cfg(tmp_path, "zero", common + ["n_samples=4", "label=5", "guidance=0"]))
+    zero = sample(_sample_cfg(tmp_path, "zero", common + ["n_samples=4", "task=labels", "task.label=5",
+                                                          "task.guidance=0"]))
     read = [np.concatenate([np.load(p)["x"] for p in sorted(f.glob("shard_*.npz"))]) for f in (plain, zero)]
     assert np.array_equal(read[0], read[1])
-    with pytest.raises(UserError, match="label/labels draw class-conditional samples"):
-        sample(_sample_cfg(tmp_path, "task", [f"ckpt_path={ckpt}", "task=colorize", "label=1"]))
+    with pytest.raises(UserError, match="task.label is not a setting of scorelab.tasks.Colorize"):
+        sample(_sample_cfg(tmp_path, "task", [f"ckpt_path={ckpt}", "task=colorize", "+task.label=1"]))

@@ -156,3 +156,32 @@ def test_every_shipped_sampler_and_objective_implements_its_contract():
                 target = compose("train", overrides=[f"{group}={name}"])[group]["_target_"]
                 assert issubclass(get_class(target), base), f"conf/{group}/{name}.yaml: {target} is no {base.__name__}"
     assert ODESampler("rk4").supports_inpainting and not ODESampler("dopri5").supports_inpainting
+
+
+def test_every_shipped_task_is_a_class_that_owns_and_checks_its_options():
+    """conf/task/<name>.yaml builds a scorelab.tasks.Task called <name>; a bad option is refused by the class itself,
+    in one line naming task.<key>, and an option the class does not take is named with the ones it does."""
+    from pathlib import Path
+
+    import pytest
+    from hydra import compose, initialize_config_dir
+
+    from scorelab.cli.sample import build_task
+    from scorelab.core.errors import UserError
+    from scorelab.tasks import Task
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    needs = {"labels": ["task.label=1"], "inpaint": ["task.image=0", "task.box=[0,0,1,1]"],
+             "colorize": ["task.image=0"], "interpolate": ["task.image=[0,1]"]}
+    with initialize_config_dir(str(conf), version_base=None):
+        names = sorted(p.stem for p in (conf / "task").glob("*.yaml"))
+        assert {"sample", "labels", "teach", "inpaint", "colorize", "interpolate"} <= set(names)
+        for name in names:
+            task = build_task(compose("sample", overrides=[f"task={name}", *needs.get(name, [])]))
+            assert isinstance(task, Task) and task.name == name
+        assert type(build_task(compose("sample"))).__name__ == "Sample"  # plain sampling is the default
+        with pytest.raises(UserError, match=r"^task.per_image must be a positive integer, got 0$"):
+            build_task(compose("sample", overrides=["task=colorize", "task.image=0", "task.per_image=0"]))
+        with pytest.raises(UserError, match=r"^task.grid is not a setting of scorelab.tasks.Labels; its settings are "
+                                            r"label, labels, per_class, guidance, classifier, classifier_scale$"):
+            build_task(compose("sample", overrides=["task=labels", "task.label=1", "+task.grid=3"]))

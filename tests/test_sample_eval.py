@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from scorelab.cli import sample, train
+from scorelab.cli import sample
 from scorelab.data.sample_files import ImageSet
 from scorelab.metrics.inception import InceptionFeatures
 from scorelab.metrics.reference import compute_stats
@@ -18,18 +18,15 @@ from scorelab.sampling import EulerMaruyama, PCSampler
 from scorelab.sampling.seeded import NonFiniteSamplesError, seeded_batches
 from scorelab.sde import VPSDE
 
-from .evaluation_utils import TINY_IMAGE_RUN, write_images_npz, write_random_inception_weights
+from .evaluation_utils import TINY_IMAGE_RUN, write_random_inception_weights
 from .platform_utils import make_cfg, run_script
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
-    """A checkpoint of a tiny image model trained for two steps on random 16x16 images."""
-    root = tmp_path_factory.mktemp("image_run")
-    data = write_images_npz(root / "real.npz", 40)
-    cfg = make_cfg(root, TINY_IMAGE_RUN + [f"data.path={data}"])
-    train(cfg)
-    return root, data, root / "run" / "checkpoints" / "last.ckpt"
+def image_run(tiny_image_run):
+    """The suite's tiny image checkpoint (``tests/conftest.py``): a model trained for two steps on random 16x16
+    images."""
+    return tiny_image_run.root, tiny_image_run.data, tiny_image_run.ckpt
 
 
 def _sample_cfg(tmp_path, name: str, overrides: list[str]):

@@ -1,4 +1,4 @@
-"""Pictures that teach (``sample.py teach=true``): the data behind each picture is right, the files are valid, and the
+"""Pictures that teach (``sample.py task=teach``): the data behind each picture is right, the files are valid, and the
 run's samples do not change."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 from PIL import Image
 
-from scorelab.cli import sample, train
+from scorelab.cli import sample
 from scorelab.cli.errors import UserError
 from scorelab.data.sample_files import ImageSet
 from scorelab.data.toy import GaussianMixture, eight_gaussians
@@ -28,6 +28,7 @@ from scorelab.sampling import (
 )
 from scorelab.sampling.seeded import seeded_batches
 from scorelab.sde import VESDE, VPSDE
+from scorelab.tasks import Teach
 from scorelab.viz.teaching import (
     StateRecorder,
     denoising_progression,
@@ -38,12 +39,11 @@ from scorelab.viz.teaching import (
 )
 from scorelab.viz.teaching_plots import epsilon_error, frame_indices, highlighted, strip_grid
 
-from .evaluation_utils import TINY_IMAGE_RUN, write_images_npz
 from .platform_utils import make_cfg
 
-TOY = ["model=oracle", "data=toy_eight_gaussians", "sampler=euler_maruyama", "sampler.steps=6", "n_samples=50",
-       "batch_size=50", "teaching.cloud=40", "teaching.points=10", "teaching.frames=5", "teaching.grid=5",
-       "teaching.times=[0.1,1.0]"]
+PLAIN = ["model=oracle", "data=toy_eight_gaussians", "sampler=euler_maruyama", "sampler.steps=6", "n_samples=50",
+       "batch_size=50"]
+TOY = PLAIN + ["task=teach", "task.cloud=40", "task.paths=10", "task.frames=5", "task.grid=5", "task.times=[0.1,1.0]"]
 
 
 def _sample_cfg(tmp_path, name: str, overrides: list[str]):
@@ -162,8 +162,8 @@ def test_recorded_paths_start_at_the_prior_and_end_at_the_samples_of_any_sampler
 
 # --- sample.py ----------------------------------------------------------------------------------------------------
 def test_teach_writes_valid_pictures_and_leaves_the_samples_unchanged(tmp_path):
-    plain = np.load(sample(_sample_cfg(tmp_path, "plain", TOY)))["x"]
-    taught = np.load(sample(_sample_cfg(tmp_path, "taught", TOY + ["teach=true"])))["x"]
+    plain = np.load(sample(_sample_cfg(tmp_path, "plain", PLAIN)))["x"]
+    taught = np.load(sample(_sample_cfg(tmp_path, "taught", TOY)))["x"]
     assert np.array_equal(plain, taught)
     out = tmp_path / "taught"
     assert not (tmp_path / "plain" / "score_field.png").exists()
@@ -173,7 +173,7 @@ def test_teach_writes_valid_pictures_and_leaves_the_samples_unchanged(tmp_path):
     # 6 Euler-Maruyama steps after the prior, the denoised mean at the end: 8 states, thinned to 5 frames
     assert gif.n_frames == 5
     # the recorded paths are the run's own first samples (drawn again on the same seeds, in a smaller batch)
-    cfg = _sample_cfg(tmp_path, "again", TOY)
+    cfg = _sample_cfg(tmp_path, "again", PLAIN)
     from hydra.utils import instantiate
 
     sde = instantiate(cfg.sde)
@@ -190,26 +190,23 @@ def test_2d_data_without_an_exact_score_get_the_model_row_and_paths_over_the_sam
     from scorelab.domains import Points
 
     trained = SimpleNamespace(sde=sde, datamodule=SimpleNamespace(sample_shape=(2,), domain=Points(2)))
-    cfg = OmegaConf.create({"teach": True, "seed": 3, "teaching": {"cloud": 30, "points": 5, "frames": 3,
-                                                                   "grid": 4, "times": [0.5]}})
-    paths = write_teaching_pictures(cfg, trained, ODESampler("euler", steps=4), oracle, (2,), "cpu", tmp_path)
+    settings = Teach(cloud=30, paths=5, frames=3, grid=4, times=[0.5]).teaching(sde.T)
+    paths = write_teaching_pictures(settings, 3, trained, ODESampler("euler", steps=4), oracle, (2,), "cpu", tmp_path)
     assert [p.name for p in paths] == ["score_field.png", "trajectories.png", "marginals.gif"]
     assert _valid(tmp_path / "marginals.gif", "GIF").n_frames == 3
     _valid(tmp_path / "score_field.png", "PNG")
 
 
 @pytest.fixture(scope="module")
-def image_ckpt(tmp_path_factory):
-    """A checkpoint of a tiny image model trained for two steps on random 16x16 images."""
-    root = tmp_path_factory.mktemp("image_run")
-    cfg = make_cfg(root, TINY_IMAGE_RUN + [f"data.path={write_images_npz(root / 'real.npz', 40)}"])
-    train(cfg)
-    return root / "run" / "checkpoints" / "last.ckpt"
+def image_ckpt(tiny_image_run):
+    """The suite's tiny image checkpoint (``tests/conftest.py``): a model trained for two steps on random 16x16
+    images."""
+    return tiny_image_run.ckpt
 
 
 def test_teach_writes_a_denoising_strip_of_the_first_images(tmp_path, image_ckpt):
-    over = [f"ckpt_path={image_ckpt}", "n_samples=3", "sampler=euler_maruyama", "sampler.steps=5", "teach=true",
-            "teaching.images=2", "teaching.columns=4"]
+    over = [f"ckpt_path={image_ckpt}", "n_samples=3", "sampler=euler_maruyama", "sampler.steps=5", "task=teach",
+            "task.images=2", "task.columns=4"]
     cfg = _sample_cfg(tmp_path, "images", over)
     folder = sample(cfg)
     strip = _valid(tmp_path / "images" / "denoising_strip.png", "PNG")
@@ -233,16 +230,15 @@ def test_teach_writes_a_denoising_strip_of_the_first_images(tmp_path, image_ckpt
 
 
 @pytest.mark.parametrize("override, message", [
-    ("teach=maybe", "teach must be true or false"),
-    ("teaching.times=[0.0,0.5]", "teaching.times must be a non-empty list of times in (0, 1]"),
-    ("teaching.times=[a,b]", "teaching.times must be a list"),
-    ("teaching.grid=1", "teaching.grid must be an integer >= 2"),
-    ("teaching.frames=many", "teaching.frames must be an integer >= 2"),
-    ("teaching.points=100", "teaching.points (100) cannot exceed teaching.cloud (40)"),
-    ("+teaching.colour=red", "teaching.colour is not a setting"),
+    ("task.times=[0.0,0.5]", "task.times must be a non-empty list of times in (0, 1]"),
+    ("task.times=[a,b]", "task.times must be a list"),
+    ("task.grid=1", "task.grid must be an integer >= 2"),
+    ("task.frames=many", "task.frames must be an integer >= 2"),
+    ("task.paths=100", "task.paths (100) cannot exceed task.cloud (40)"),
+    ("+task.colour=red", "task.colour is not a setting"),
 ])
 def test_bad_teaching_values_give_one_clear_message(tmp_path, override, message):
-    cfg = _sample_cfg(tmp_path, "bad", TOY + ["teach=true", override])
+    cfg = _sample_cfg(tmp_path, "bad", TOY + [override])
     with pytest.raises(UserError, match="^" + re.escape(message)):
         sample(cfg)
     assert not (tmp_path / "bad" / "samples.npz").exists()
@@ -251,6 +247,6 @@ def test_bad_teaching_values_give_one_clear_message(tmp_path, override, message)
 def test_teach_refuses_points_that_are_not_2d(tmp_path):
     cfg = _sample_cfg(tmp_path, "one_d", ["model=oracle", "data=toy_custom", "data.mixture.weights=[1.0]",
                                           "data.mixture.means=[[0.0]]", "data.mixture.covs=[[[1.0]]]",
-                                          "n_samples=4", "teach=true"])
-    with pytest.raises(UserError, match=r"teach=true draws 2-D points and images; these samples have shape \(1,\)"):
+                                          "n_samples=4", "task=teach"])
+    with pytest.raises(UserError, match=r"task=teach draws 2-D points and images; these samples have shape \(1,\)"):
         sample(cfg)

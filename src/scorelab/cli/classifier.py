@@ -3,7 +3,8 @@
 * ``python train.py experiment=mnist_noisy_classifier`` (or ``toy_eight_gaussians_classifier``): the config's
   ``classifier_module`` names :class:`~scorelab.lit.classifier_module.NoisyClassifierModule` and its ``model`` a
   :class:`~scorelab.models.noisy_classifier.NoisyClassifier`; :func:`build_classifier_module` builds them.
-* ``python sample.py ckpt_path=<score model> classifier=<classifier ckpt> label=3`` (or ``labels=all per_class=10``)
+* ``python sample.py ckpt_path=<score model> task=labels task.classifier=<classifier ckpt>
+  task.label=3`` (or ``task.labels=all task.per_class=10``)
   samples with ``s + classifier_scale * grad log p_phi(y | x, t)`` (:mod:`scorelab.guidance.classifier`).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from omegaconf import DictConfig
 from ..guidance.classifier import ClassifierGuidance
 from ..lit.classifier_module import NoisyClassifierModule
 from ..models.noisy_classifier import NoisyClassifier
-from .classes import ClassRequest, class_request
+from ..tasks import ClassRequest
 from .errors import UserError
 
 CLASSIFIER_EXPERIMENTS = "experiment=mnist_noisy_classifier or experiment=toy_eight_gaussians_classifier"
@@ -52,7 +53,7 @@ class LoadedClassifier(NamedTuple):
 
 
 def load_classifier(path: str, cfg: DictConfig | None = None, data_dir: str | None = None) -> LoadedClassifier:
-    """Rebuild a noisy classifier from a ``train.py`` checkpoint named by ``classifier=`` (a file, a run folder,
+    """Rebuild a noisy classifier from a ``train.py`` checkpoint named by ``task.classifier=`` (a file, a run folder,
     ``last`` or ``auto``), read with ``weights_only=True`` and its stored config checked before anything is built
     (:func:`~scorelab.cli.runs.restore_run`). ``cfg``: the running command's config; outside a command,
     ``data_dir`` is the data folder instead."""
@@ -60,7 +61,7 @@ def load_classifier(path: str, cfg: DictConfig | None = None, data_dir: str | No
 
     def must_be_a_classifier(stored_path: str, stored: DictConfig) -> None:
         if not stored.get("classifier_module"):
-            raise UserError(f"classifier={stored_path} is a score-model checkpoint, not a noisy classifier; train "
+            raise UserError(f"task.classifier={stored_path} is a score-model checkpoint, not a noisy classifier; train "
                             f"one with {CLASSIFIER_EXPERIMENTS}")
 
     run = restore_run(path, cfg, key="classifier", data_dir=data_dir, check=must_be_a_classifier)
@@ -71,12 +72,12 @@ def refuse_score_as_classifier(ckpt_path: str, stored: dict) -> None:
     """``ckpt_path`` must be a score model: a classifier checkpoint there gets a message saying where it goes."""
     if stored.get("classifier_module"):
         raise UserError(f"ckpt_path={ckpt_path} is a noisy classifier, not a score model; pass it as "
-                        "classifier=<that file> together with ckpt_path=<a score model>")
+                        "task=labels task.classifier=<that file> together with ckpt_path=<a score model>")
 
 
 # --- sampling ------------------------------------------------------------------------------------------------
 class ClassifierRequest(NamedTuple):
-    """The classes asked for (a :class:`~scorelab.cli.classes.ClassRequest`) drawn by classifier guidance: the
+    """The classes asked for (a :class:`~scorelab.tasks.ClassRequest`) drawn by classifier guidance: the
     score model's unconditional score plus ``scale`` times the noisy classifier's gradient."""
 
     request: ClassRequest
@@ -127,19 +128,10 @@ def check_compatible(loaded: LoadedClassifier, trained) -> None:
                         f"{trained.sde!r}: p(y | x_t) depends on the SDE; train the classifier with the same sde")
 
 
-def classifier_request(cfg: DictConfig, trained, device: torch.device) -> ClassifierRequest | None:
-    """The request of ``classifier=<ckpt>`` with ``label=k`` or ``labels=all`` (None without ``classifier``)."""
-    if not cfg.get("classifier"):
-        return None
-    if cfg.get("label") is None and cfg.get("labels") is None:
-        raise UserError("classifier= guides towards classes: say which with label=<k> or labels=all per_class=<n>")
-    if float(cfg.get("guidance", 1.0)) != 1.0:
-        raise UserError("guidance= is classifier-free guidance of a class-conditional model; with classifier= the "
-                        "scale is classifier_scale=<w>")
-    scale = cfg.get("classifier_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise UserError(f"classifier_scale must be a number, got {scale!r}")
-    loaded = load_classifier(cfg.classifier, cfg)
+def classifier_request(task, cfg: DictConfig, trained, device: torch.device) -> ClassifierRequest:
+    """The request of ``task=labels task.classifier=<ckpt>``: the classes of ``task`` drawn with classifier guidance
+    (the task's own options are checked when it is built, :class:`scorelab.tasks.Labels`)."""
+    loaded = load_classifier(task.classifier, cfg)
     check_compatible(loaded, trained)
-    request = class_request(cfg, loaded.classifier.num_classes)
-    return ClassifierRequest(request, loaded.classifier.to(device).eval(), float(scale), loaded.path)
+    request = task.request(loaded.classifier.num_classes, int(cfg.n_samples))
+    return ClassifierRequest(request, loaded.classifier.to(device).eval(), task.classifier_scale, loaded.path)

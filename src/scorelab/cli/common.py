@@ -99,6 +99,28 @@ def fill_num_classes(net_cfg: DictConfig, num_classes: int | None) -> None:
         net_cfg.num_classes = int(num_classes)
 
 
+def build_object(node: DictConfig, where: str, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)`` where the class's own one-line refusal (:class:`UserError`) reaches the user
+    as it is, not wrapped by Hydra, and an option the class does not take is named with the options it does."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_class
+
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            import inspect
+
+            name = str(cause).rsplit("argument", 1)[1].strip(" '\"")
+            params = [p for p in inspect.signature(get_class(node._target_)).parameters if p not in kwargs]
+            raise UserError(f"{where}.{name} is not a setting of {node._target_}; its settings are "
+                            f"{', '.join(params) or '(none)'}") from None
+        raise
+
+
 def build_core(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate the data module, SDE, score model, loss and sampler from a composed config."""
     datamodule = instantiate(cfg.data)

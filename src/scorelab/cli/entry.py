@@ -69,6 +69,59 @@ def _groups(conf: Path) -> list[str]:
     return sorted(str(p.relative_to(conf)) for p in conf.rglob("*") if p.is_dir() and any(p.glob("*.yaml")))
 
 
+MOVED_SECTIONS = {"teaching": ("task=teach", {"points": "paths"}), "interpolation": ("task=interpolate", {})}
+"""Top-level sections of ``sample.yaml`` that became options of a task: ``teaching.points`` is now ``task=teach
+task.paths``."""
+
+
+def _owners(conf: Path, group: str, key: str) -> list[str]:
+    """The options of ``group`` whose yaml sets ``key``."""
+    found = []
+    for option in _group_options(conf, group):
+        values = OmegaConf.load(conf / group / f"{option}.yaml")
+        if isinstance(values, DictConfig) and key in values and key != "_target_":
+            found.append(option)
+    return found
+
+
+def _write_in(group: str, options: list[str], key: str, value: str) -> str:
+    """``it is an option of task=labels: write task=labels task.label=3`` (several options: any of them)."""
+    setting = f"{group.replace('/', '.')}.{key}={value or '...'}"
+    if len(options) == 1:
+        return f"it is an option of {group}={options[0]}: write {group}={options[0]} {setting}"
+    named = ", ".join(f"{group}={o}" for o in options[:4]) + (", ..." if len(options) > 4 else "")
+    return f"it is an option of {named}: write {setting} with one of them"
+
+
+def _moved_into_group(parts: list[str], value: str, conf: Path, cfg: DictConfig | None) -> str | None:
+    """Where an unknown ``key`` lives: ``did you mean optimizer.lr?`` when the chosen option of a group has it,
+    ``write task=labels task.label=<value>`` when another option's yaml has it (``conf/task/labels.yaml``; also for
+    ``task.label`` under another task), and ``write task=teach`` when it names an option of a group."""
+    groups = [g for g in _groups(conf) if not g.startswith("hydra") and g != "experiment"]
+    if parts[0] in MOVED_SECTIONS and len(parts) == 2:
+        choice, renamed = MOVED_SECTIONS[parts[0]]
+        group = choice.split("=")[0]
+        return f"{parts[0]} is now {choice}: write {choice} {group}.{renamed.get(parts[1], parts[1])}={value or '...'}"
+    if len(parts) == 2 and parts[0] in groups:  # task.guidance with task=sample
+        options = _owners(conf, parts[0], parts[1])
+        return _write_in(parts[0], options, parts[1], value) if options else None
+    if len(parts) != 1:
+        return None
+    key = parts[0]
+    for group in groups:
+        node = group.replace("/", ".")
+        chosen = OmegaConf.select(cfg, node, default=None) if cfg is not None else None
+        if isinstance(chosen, DictConfig) and key in chosen:
+            return f"did you mean {node}.{key}?"
+        if key in _group_options(conf, group):
+            return f"{key} is an option of the group {group}: write {group}={key}"
+    for group in groups:
+        options = _owners(conf, group, key)
+        if options:
+            return _write_in(group, options, key, value)
+    return None
+
+
 def _first_values(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
     """The overrides with every sweep reduced to its first value, and one variant per other value of each sweep
     (so every value is composed once, not every combination)."""
@@ -117,15 +170,19 @@ def _culprit(conf: Path, config_name: str, overrides: list[str]) -> tuple[int, D
     return -1, None
 
 
-def _unknown_key_message(key: str, cfg: DictConfig | None, conf: Path) -> str:
-    """``<key>: no such setting; did you mean <closest>?`` with the keys that do exist there."""
+def _unknown_key_message(key: str, cfg: DictConfig | None, conf: Path, value: str = "") -> str:
+    """``<key>: no such setting; did you mean <closest>?`` with the keys that do exist there (or, for a key that
+    is now an option of a config group, how to write it there)."""
     parts = key.lstrip("+~").split(".")
+    moved = _moved_into_group(parts, value, conf, cfg)
+    if moved:
+        return f"{'.'.join(parts)}: no such setting; {moved}"
     node: Any = OmegaConf.to_container(cfg, resolve=False) if cfg is not None else {}
     depth = 0
     while depth < len(parts) - 1 and isinstance(node, dict) and isinstance(node.get(parts[depth]), dict):
         node, depth = node[parts[depth]], depth + 1
     where, missing = ".".join(parts[:depth]), parts[depth]
-    names = [str(k) for k in node] if isinstance(node, dict) else []
+    names = [str(k) for k in node if k != "_target_"] if isinstance(node, dict) else []
     if not where:  # the top level: the config's keys and the groups of conf/, but not Hydra's own settings
         names = sorted((set(names) | {g.split("/")[0] for g in _groups(conf)}) - {"hydra"})
     close = difflib.get_close_matches(missing, names, n=3, cutoff=0.6)
@@ -159,9 +216,10 @@ def _composition_message(exc: Exception, overrides: list[str], conf: Path, confi
     if "Could not override '" in text or "Could not append to config" in text or "not in struct" in text:
         key = text.split("'", 2)[1] if "'" in text else ""
         i, cfg = _culprit(conf, config_name, overrides)
+        value = ""
         if i >= 0:
-            key = overrides[i].split("=", 1)[0]
-        return _unknown_key_message(key, cfg, conf)
+            key, _, value = overrides[i].partition("=")
+        return _unknown_key_message(key, cfg, conf, value)
     return f"the command line does not compose: {' '.join(text.split())}"
 
 

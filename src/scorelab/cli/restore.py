@@ -1,4 +1,4 @@
-"""Reading a ``train.py`` run back: the one path from ``ckpt_path=`` (or ``classifier=``) to a checked config.
+"""Reading a ``train.py`` run back: the one path from ``ckpt_path=`` (or ``task.classifier=``) to a checked config.
 
 Every command that rebuilds a model from a checkpoint goes through :func:`read_stored_run`: the same forms of the
 setting (a ``.ckpt`` file, a run folder, ``last``, ``auto``; :func:`~scorelab.cli.resume.resolve_ckpt_path`), the

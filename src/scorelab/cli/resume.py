@@ -54,7 +54,7 @@ def run_checkpoints(run_dir: str | Path) -> list[Path]:
 def resolve_ckpt_path(value: str | None, run_dir: str | Path, key: str = "ckpt_path",
                       fresh_start: bool = True) -> str | None:
     """The checkpoint file that ``<key>=value`` names, or None to start from scratch: the one resolver of every
-    command (``train.py``, ``sample.py``, ``likelihood.py``, ``classifier=``).
+    command (``train.py``, ``sample.py``, ``likelihood.py``, ``task.classifier=``).
 
     Args:
         value: ``None``; a ``.ckpt`` file; a run folder (its newest resumable checkpoint); ``last`` (the newest one

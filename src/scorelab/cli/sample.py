@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,11 +33,11 @@ from ..data.sample_files import write_npz_shard, write_png_images
 from ..metrics.evaluation import mean_and_stderr, to_uint8
 from ..metrics.label_accuracy import LabelAccuracy, label_accuracy
 from ..sampling.seeded import SeededBatch, seeded_batches
+from ..tasks import ClassRequest, ImageTask, Sample, Task
 from ..viz.plotting import save_class_grid, save_image_grid
 from ..viz.teaching import write_teaching_pictures
-from .classes import ClassRequest, check_class_keys, class_request
 from .classifier import classifier_request, refuse_score_as_classifier
-from .common import compose_group, progress_bar, resolve_device
+from .common import build_object, compose_group, progress_bar, resolve_device
 from .errors import UserError
 from .evaluate import build_evaluator, build_extractor
 from .runs import restore_run
@@ -80,7 +79,8 @@ def load_score_model(ckpt_path: str, use_ema: bool = True, cfg: DictConfig | Non
     return tuple(load_trained(ckpt_path, use_ema, cfg, data_dir))[:4]
 
 
-def _check(cfg: DictConfig) -> None:
+def _check(cfg: DictConfig) -> Task:
+    """Refuse bad top-level values, and build the task (whose class checks its own options)."""
     for key in ("n_samples", "batch_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
@@ -88,12 +88,20 @@ def _check(cfg: DictConfig) -> None:
         raise UserError(f"format must be one of {FORMATS}, got {cfg.format!r}")
     if cfg.eval.protocol not in PROTOCOLS:
         raise UserError(f"eval.protocol must be one of {PROTOCOLS}, got {cfg.eval.protocol!r}")
-    from .conditional import check_task
+    return build_task(cfg)
 
-    check_class_keys(cfg)
-    if cfg.get("task", "sample") != "sample" and (cfg.get("label") is not None or cfg.get("labels") is not None):
-        raise UserError(f"label/labels draw class-conditional samples (task=sample); task={cfg.task} takes none")
-    check_task(cfg)
+
+def build_task(cfg: DictConfig) -> Task:
+    """The task ``cfg.task`` names (``conf/task/<name>.yaml``), built by its class, which refuses bad options."""
+    node = cfg.get("task")
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise UserError(f"task must name a task, task=<name> (sample, labels, teach, inpaint, colorize, "
+                        f"interpolate), got {node!r}")
+    task = build_object(node, "task")
+    if not isinstance(task, (Sample, ImageTask)):
+        raise UserError(f"task: {node._target_} is neither a scorelab.tasks.Sample (draws samples) nor a "
+                        "scorelab.tasks.ImageTask")
+    return task
 
 
 DEFAULT_SAMPLER = "dpmpp_2m_sde"  # what train.py stores by default, for model=oracle and older checkpoints
@@ -131,10 +139,7 @@ def untrained_source(cfg: DictConfig, what: str = "sample from") -> tuple[torch.
     score = None
     if cfg.get("model"):
         datamodule, sde = instantiate(cfg.data), instantiate(cfg.sde)
-        try:
-            score = instantiate(cfg.model, sde=sde)
-        except InstantiationException as exc:  # the model's own one-line refusal, not Hydra's wrapping of it
-            raise (exc.__cause__ if isinstance(exc.__cause__, UserError) else exc) from None
+        score = build_object(cfg.model, "model", sde=sde)
     if score is None or any(p.requires_grad for p in score.parameters()):
         raise UserError(f"nothing to {what}: pass ckpt_path=<run dir>/checkpoints/last.ckpt (or the run folder), "
                         "or model=oracle for the exact score of toy data")
@@ -172,39 +177,48 @@ def sample(cfg: DictConfig) -> Path:
     Under ``torchrun`` every rank draws its share of the batches (the samples equal a 1-process run's); rank 0
     writes the one set of result files into its run folder.
 
-    With ``label=k`` or ``labels=all`` (a class-conditional model) sample ``i`` is drawn for a class that depends
-    on ``i`` alone, with classifier-free guidance of scale ``guidance`` (:mod:`scorelab.cli.classes`); the labels are
-    written next to the seeds and, where a classifier exists (toy mixtures, MNIST), the accuracy of the drawn classes.
+    With ``task=labels`` sample ``i`` is drawn for a class that depends on ``i`` alone, with classifier-free guidance
+    of a class-conditional model or with a noisy classifier (:class:`scorelab.tasks.Labels`); the labels are written
+    next to the seeds and, where a classifier exists (toy mixtures, MNIST), the accuracy of the drawn classes. With
+    ``task=teach`` pictures that teach are written first (:class:`scorelab.tasks.Teach`).
 
-    With ``task=inpaint | colorize | interpolate`` it runs that task instead (:mod:`scorelab.cli.conditional`).
+    With ``task=inpaint | colorize | interpolate`` it runs that image task instead (:mod:`scorelab.tasks.images`).
 
     Returns:
         The path of ``samples.npz`` (points) or of the ``samples/`` folder (images); for a task, its ``.npz``.
     """
-    _check(cfg)
-    if cfg.get("task", "sample") != "sample":
-        from .conditional import run_task
-
-        return run_task(cfg, *_source(cfg))
+    task = _check(cfg)
+    if isinstance(task, ImageTask):
+        trained, sampler_cfg = _source(cfg)
+        return task.run(trained.score, trained.sde, trained.datamodule, sampler_cfg, resolve_device(cfg.device),
+                        Path(cfg.paths.output_dir), cfg.seed, cfg.get("ckpt_path"))
     device = device_for_rank(resolve_device(cfg.device))
     with process_group(device):
         trained, sampler_cfg = _source(cfg)
+        shape = tuple(trained.datamodule.sample_shape)
+        task.check_model(shape, trained.datamodule.domain.kind)
         sampler = instantiate(sampler_cfg)
         score = trained.score.to(device).eval()
-        # the classes asked for: classifier guidance (classifier=) or a class-conditional model (guidance=)
-        classes = classifier_request(cfg, trained, device) or class_request(
-            cfg, int(getattr(score, "num_classes", 0) or 0))
-        shape = tuple(trained.datamodule.sample_shape)
+        classes = _class_request(task, cfg, trained, score, device)
         out = Path(gather(str(cfg.paths.output_dir))[0])  # rank 0's run folder, the only one of the job
         if is_main_process():
             out.mkdir(parents=True, exist_ok=True)
-        # Pictures that teach (teach=true, docs/teaching_pictures.md): own small sampler calls, samples unchanged.
-        write_teaching_pictures(cfg, trained, sampler, score, shape, device, out)
+        teaching = task.teaching(float(trained.sde.T))
+        if teaching is not None:  # task=teach (docs/teaching_pictures.md): own small sampler calls, samples unchanged
+            write_teaching_pictures(teaching, cfg.seed, trained, sampler, score, shape, device, out)
         if trained.datamodule.domain.kind == "images":
             return _sample_images(cfg, trained, sampler, score, shape, device, out, classes)
         if cfg.eval.fid:
             raise UserError("eval.fid is for images; toy data get exact metrics (metrics.json) without it")
         return _sample_points(cfg, trained, sampler, score, shape, device, out, classes)
+
+
+def _class_request(task: Sample, cfg: DictConfig, trained: Trained, score, device) -> ClassRequest | None:
+    """The classes asked for (``task=labels``): guided by a noisy classifier (``task.classifier``) or by the
+    class-conditional model itself (classifier-free guidance); None for unconditional samples."""
+    if task.classifier:
+        return classifier_request(task, cfg, trained, device)
+    return task.request(int(getattr(score, "num_classes", 0) or 0), int(cfg.n_samples))
 
 
 def _nfe_summary(nfes: list[int]) -> dict[str, Any]:
@@ -232,7 +246,7 @@ def _draw(sampler, score, sde, shape, batches: list[tuple[int, list[int]]], devi
 
 
 def _sample_count(cfg, classes: ClassRequest | None) -> int:
-    """``n_samples``, or the size of the ``labels=...`` grid (classes x ``per_class``)."""
+    """``n_samples``, or the size of the ``task.labels=...`` grid (classes x ``per_class``)."""
     return len(classes.labels) if classes is not None else int(cfg.n_samples)
 
 
@@ -300,7 +314,7 @@ def _build_judge(cfg, trained: Trained, classes: ClassRequest | None, device) ->
 def _solve_images(cfg, trained: Trained, sampler, score, shape, batches, device, folder: Path, evaluator,
                   desc: str, classes: ClassRequest | None = None, judge: LabelAccuracy | None = None) -> dict[str, Any]:
     """This rank's batches: shards written as made, features added, the grid's first images and the NFE kept
-    (every image with a ``labels=...`` grid) and, with a ``judge``, the class it sees in each image."""
+    (every image with a ``task.labels=...`` grid) and, with a ``judge``, the class it sees in each image."""
     data_range = tuple(trained.datamodule.data_range)
     grid, nfes, verdicts, began = [], [], [], time.perf_counter()
     keep = math.inf if classes is not None and classes.per_class else GRID

@@ -32,10 +32,10 @@ _CAPS: dict[str, list[tuple[str, float, str]]] = {
         ("features.max_train_images", 512, "all"), ("scheduler.warmup_steps", 1, "none"),
     ],
     "sample": [
-        ("n_samples", 16, "none"), ("batch_size", 16, "none"), ("per_class", 2, "none"), ("per_image", 2, "none"),
-        ("interpolation.points", 3, "none"), ("interpolation.steps", 10, "none"),
-        ("teaching.cloud", 200, "none"), ("teaching.points", 50, "none"), ("teaching.frames", 5, "none"),
-        ("teaching.images", 2, "none"), ("teaching.columns", 4, "none"), ("teaching.grid", 6, "none"),
+        ("n_samples", 16, "none"), ("batch_size", 16, "none"), ("task.per_class", 2, "none"),
+        ("task.per_image", 2, "none"), ("task.points", 3, "none"), ("task.steps", 10, "none"),
+        ("task.cloud", 200, "none"), ("task.paths", 50, "none"), ("task.frames", 5, "none"),
+        ("task.images", 2, "none"), ("task.columns", 4, "none"), ("task.grid", 6, "none"),
         ("eval.ref_count", 64, "all"), ("eval.batch_size", 32, "none"), ("eval.kid_subsets", 2, "none"),
         ("eval.kid_subset_size", 8, "none"), ("eval.kid_reference_features", 64, "none"),
         ("features.max_train_images", 512, "all"),
@@ -56,7 +56,7 @@ _SETS: dict[str, list[tuple[str, Any]]] = {
               ("data.num_workers", 0),
               ("callbacks.likelihood.rtol", 1e-3), ("callbacks.likelihood.atol", 1e-3)],
     "likelihood": [("rtol", 1e-3), ("atol", 1e-3)],
-    "sample": [("interpolation.rtol", 1e-3), ("interpolation.atol", 1e-3)],
+    "sample": [("task.rtol", 1e-3), ("task.atol", 1e-3)],
 }
 SAMPLER_STEPS = 10
 

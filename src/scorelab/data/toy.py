@@ -183,7 +183,7 @@ def exact_score(sde: SDE, mixture: GaussianMixture | None = None, conditional: b
     Args:
         sde: the forward SDE.
         mixture: the toy data's mixture (``conf/model/oracle.yaml`` takes the data config's); None: not toy data.
-        conditional: the class-conditional exact score (components as classes), for ``label=`` and ``guidance=``.
+        conditional: the class-conditional exact score (components as classes), for ``task=labels``.
 
     Raises:
         UserError: no mixture (image data have no exact score).

@@ -9,7 +9,7 @@ is the score of ``p_t(x) p_t(y | x)^w`` (up to the error of the estimates): ``w 
 ``w = 1`` the conditional one, ``w > 1`` sharpens the class (fewer, more typical samples). Ho & Salimans (2022,
 Eq. 6) write it for noise predictions, ``eps~ = (1 + w') eps(z, c) - w' eps(z)``; noise and score are proportional
 (``eps = -s(t) score``), so it is this formula with ``w = 1 + w'``: their ``w' = 0`` (plain conditional sampling)
-is ``guidance=1`` here, their ``w' = 1`` is ``guidance=2``.
+is ``task.guidance=1`` here, their ``w' = 1`` is ``task.guidance=2``.
 
 :class:`ClassifierFreeGuidance` is itself a score model ``(x, t) -> score``, so every sampler, the likelihood code
 and the conditional tasks use it unchanged.

@@ -1,2 +1,8 @@
-"""Conditional tasks of an unconditional model: inpainting, colourisation and interpolation through the
-probability-flow ODE (Song et al. 2021, App. I.2, I.3 and Sec. 4.3)."""
+"""What ``sample.py`` can do with a model (``conf/task``): draw samples (``Sample``), of chosen classes (``Labels``),
+with pictures that teach (``Teach``), or solve an image task with an unconditional model (``Inpaint``,
+``Colorize``, ``Interpolate``; the mathematics in :mod:`scorelab.tasks.conditional`)."""
+from .base import Task
+from .draw import ClassRequest, Labels, Sample, Teach
+from .images import Colorize, ImageTask, Inpaint, Interpolate
+
+__all__ = ["ClassRequest", "Colorize", "ImageTask", "Inpaint", "Interpolate", "Labels", "Sample", "Task", "Teach"]

@@ -8,7 +8,7 @@ import torch
 
 def save_class_grid(images: torch.Tensor, path: str | Path, per_row: int) -> Path:
     """Write uint8 images ``[K * per_row, C, H, W]`` as a grid of ``per_row`` columns: one row per class when the
-    images are ordered class by class (``sample.py labels=all``)."""
+    images are ordered class by class (``sample.py task=labels task.labels=all``)."""
     from torchvision.utils import save_image
 
     path = Path(path)

@@ -1,6 +1,6 @@
 """Pictures that teach: what a score-based sampler does, drawn from the model itself (Song et al. 2021, Fig. 1-2).
 
-For 2-D points ``sample.py teach=true`` writes
+For 2-D points ``sample.py task=teach`` writes
 
 * ``score_field.png``: the model's score ``s(x, t)`` on a grid at a few ``t``, beside the exact score of the
   perturbed data ``p_t`` when the data are a Gaussian mixture (Song et al. 2021, Sec. 3.1), and the error of the
@@ -35,13 +35,13 @@ PICTURES_IMAGES = ("denoising_strip.png",)
 
 @dataclass(frozen=True)
 class TeachSettings:
-    """What the pictures show (``teaching:`` in ``conf/sample.yaml``).
+    """What the pictures show (the options of ``task=teach``, :class:`scorelab.tasks.draw.Teach`).
 
     Args:
         times: the ``t`` of the score field's columns, each in ``(0, T]``.
         grid: arrows per side of the score field.
-        points: reverse paths drawn in ``trajectories.png``.
-        cloud: points in ``marginals.gif`` (the paths are the first ``points`` of them).
+        paths: reverse paths drawn in ``trajectories.png``.
+        cloud: points in ``marginals.gif`` (the paths are the first ``paths`` of them).
         frames: most frames of ``marginals.gif`` (recorded steps are thinned evenly to this many).
         images: samples (rows) of ``denoising_strip.png``.
         columns: times in the strip, ``T`` and the final sample included.
@@ -49,52 +49,11 @@ class TeachSettings:
 
     times: tuple[float, ...] = (0.05, 0.2, 0.5, 1.0)
     grid: int = 15
-    points: int = 300
+    paths: int = 300
     cloud: int = 2000
     frames: int = 60
     images: int = 4
     columns: int = 10
-
-
-def _positive_int(value: Any, key: str, least: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise UserError(f"teaching.{key} must be an integer >= {least}, got {value!r}")
-    return value
-
-
-def teach_settings(cfg: Any, T: float = 1.0) -> TeachSettings | None:
-    """The checked settings of a ``sample.py`` config, or ``None`` when ``teach`` is false.
-
-    Raises:
-        UserError: ``teach`` is not a boolean, or a ``teaching.*`` value is out of range (one line naming the key).
-    """
-    teach = cfg.get("teach", False)
-    if not isinstance(teach, bool):
-        raise UserError(f"teach must be true or false, got {teach!r}")
-    if not teach:
-        return None
-    given = dict(cfg.get("teaching") or {})
-    unknown = sorted(set(given) - set(TeachSettings.__dataclass_fields__))
-    if unknown:
-        raise UserError(f"teaching.{unknown[0]} is not a setting; the settings are "
-                        f"{', '.join(TeachSettings.__dataclass_fields__)}")
-    defaults = TeachSettings()
-    times = given.get("times", defaults.times)
-    if isinstance(times, (int, float)):
-        times = [times]
-    try:
-        times = tuple(float(t) for t in times)
-    except (TypeError, ValueError):
-        raise UserError(f"teaching.times must be a list of times in (0, {T:g}], got {times!r}") from None
-    if not times or not all(0.0 < t <= T for t in times):
-        raise UserError(f"teaching.times must be a non-empty list of times in (0, {T:g}], got {list(times)}")
-    ints = {key: _positive_int(given.get(key, getattr(defaults, key)), key, least)
-            for key, least in (("grid", 2), ("points", 1), ("cloud", 1), ("frames", 2), ("images", 1),
-                               ("columns", 3))}
-    if ints["points"] > ints["cloud"]:
-        raise UserError(f"teaching.points ({ints['points']}) cannot exceed teaching.cloud ({ints['cloud']}): the "
-                        "paths are the first points of the cloud")
-    return TeachSettings(times=times, **ints)
 
 
 # --- recording ---------------------------------------------------------------------------------------------------
@@ -242,27 +201,25 @@ def strip_times(T: float, columns: int) -> list[float]:
 
 
 # --- sample.py -----------------------------------------------------------------------------------------------------
-def write_teaching_pictures(cfg, trained, sampler, score_fn, shape: Sequence[int], device,
-                            out: Path) -> list[Path]:
-    """``sample.py``'s pictures that teach (``teach=true``), written into ``out``; returns their paths.
+def write_teaching_pictures(settings: TeachSettings, seed: int, trained, sampler, score_fn, shape: Sequence[int],
+                            device, out: Path) -> list[Path]:
+    """``sample.py task=teach``'s pictures, drawn on seeds ``seed, seed + 1, ...`` and written into ``out``; returns
+    their paths.
 
     Raises:
-        UserError: bad ``teach`` / ``teaching`` values, or data that are neither 2-D points nor images.
+        UserError: data that are neither 2-D points nor images.
     """
-    settings = teach_settings(cfg, float(trained.sde.T))
-    if settings is None:
-        return []
     from ..core.distributed import is_main_process
     from . import teaching_plots as plots
 
     shape, domain = tuple(shape), trained.datamodule.domain
     images = domain.kind == "images"
     if not images and shape != (2,):
-        raise UserError(f"teach=true draws 2-D points and images; these samples have shape {shape}")
+        raise UserError(f"task=teach draws 2-D points and images; these samples have shape {shape}")
     if not is_main_process():
         return []
     out.mkdir(parents=True, exist_ok=True)
-    sde, seeds = trained.sde, range(cfg.seed, cfg.seed + (settings.images if images else settings.cloud))
+    sde, seeds = trained.sde, range(seed, seed + (settings.images if images else settings.cloud))
     if images:
         recording = record_paths(sampler, score_fn, sde, shape, seeds, device, strip_times(sde.T, settings.columns))
         progression = denoising_progression(recording, score_fn, sde, device)
@@ -278,7 +235,7 @@ def write_teaching_pictures(cfg, trained, sampler, score_fn, shape: Sequence[int
         field = score_field(score_fn, sde, settings.times, limit, settings.grid,
                             exact.to(device) if exact is not None else None, device)
         paths = [plots.draw_score_field(field, out / "score_field.png", exact),
-                 plots.draw_trajectories(recording, out / "trajectories.png", limit, settings.points, reference,
+                 plots.draw_trajectories(recording, out / "trajectories.png", limit, settings.paths, reference,
                                          judge.predict if judge is not None else None),
                  plots.write_marginals_gif(recording, out / "marginals.gif", limit, settings.frames, reference)]
     if len(recording.times) <= 3:
