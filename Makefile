@@ -30,11 +30,12 @@ LIK_ARGS ?= model=oracle
 likelihood: $(STAMP)  ## NLL of the exact toy score (nats); LIK_ARGS="ckpt_path=.../last.ckpt split=test" for a model
 	$(PY) likelihood.py $(LIK_ARGS) $(ARGS)
 
-test: $(STAMP)  ## the CI test command
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+TEST_WORKERS ?= 2
+test: $(STAMP)  ## the CI test command (TEST_WORKERS=2 processes, pytest-xdist; TEST_WORKERS=0: one process)
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-all: $(STAMP)  ## including the slow end-to-end checks
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: $(STAMP)  ## ruff, and the layer contract of pyproject.toml (import-linter)
 	$(VENV)/bin/ruff check src tests bench train.py sample.py fid.py likelihood.py
