@@ -232,7 +232,39 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(array.reshape(shape).copy())
 
 
-class MNISTSource(ImageSource):
+class DownloadableFiles(ImageSource):
+    """A dataset whose files torchvision downloads (``torchvision.datasets.<dataset>(root, download=True)``) into
+    ``<root>/<subfolder>``, where ``expected`` names them.
+
+    Args:
+        root: Root folder (torchvision layout).
+    """
+
+    downloadable = True
+    dataset: str = ""
+    subfolder: str = ""
+    expected: tuple[str, ...] = ()
+
+    def __init__(self, root: str | os.PathLike):
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.folder = self.root / self.subfolder
+
+    def _present(self, name: str) -> bool:
+        """Whether the expected file ``name`` is there."""
+        return (self.folder / name).is_file()
+
+    def missing(self, split: str) -> tuple[str, str] | None:
+        names = [name for name in self.expected if not self._present(name)]
+        return ("files missing", ", ".join(names)) if names else None
+
+    def _download(self, split: str) -> None:
+        import torchvision
+
+        getattr(torchvision.datasets, self.dataset)(str(self.root), train=True, download=True)
+
+
+class MNISTSource(DownloadableFiles):
     """MNIST (60000 train / 10000 test, uint8 ``[N, 1, 28, 28]``, labels 0-9) from ``<root>/MNIST/raw``.
 
     Extracted files are read through torchvision; ``.gz`` files are read in place (nothing is written).
@@ -241,39 +273,28 @@ class MNISTSource(ImageSource):
         root: Root folder (torchvision layout).
     """
 
-    downloadable = True
-
-    def __init__(self, root: str | os.PathLike):
-        super().__init__()
-        self.root = Path(root).expanduser()
-        self.raw = self.root / "MNIST" / "raw"
+    dataset, subfolder, expected = "MNIST", "MNIST/raw", MNIST_FILES
 
     def files(self, split: str = "train") -> DataFiles:
-        return DataFiles("MNIST", self.raw, MNIST_FILES, fetch=f"MNIST('{self.root}', download=True)",
-                         manual=f"copy the four *-ubyte.gz files into {self.raw} (read in place; gunzip -k is "
+        return DataFiles("MNIST", self.folder, MNIST_FILES, fetch=f"MNIST('{self.root}', download=True)",
+                         manual=f"copy the four *-ubyte.gz files into {self.folder} (read in place; gunzip -k is "
                                 "optional)", files_note=" (or the same names with .gz)")
 
     def _file(self, name: str) -> Path | None:
         """The extracted file ``raw/name`` if present, else ``raw/name.gz`` if present, else None."""
-        for path in (self.raw / name, self.raw / f"{name}.gz"):
+        for path in (self.folder / name, self.folder / f"{name}.gz"):
             if path.is_file():
                 return path
         return None
 
-    def missing(self, split: str) -> tuple[str, str] | None:
-        names = [name for name in MNIST_FILES if self._file(name) is None]
-        return ("files missing", ", ".join(names)) if names else None
-
-    def _download(self, split: str) -> None:
-        import torchvision
-
-        torchvision.datasets.MNIST(str(self.root), train=True, download=True)
+    def _present(self, name: str) -> bool:
+        return self._file(name) is not None
 
     def _read(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         train = split == "train"
         prefix = "train" if train else "t10k"
         try:
-            if all((self.raw / name).is_file() for name in MNIST_FILES):
+            if all((self.folder / name).is_file() for name in MNIST_FILES):
                 import torchvision
 
                 ds = torchvision.datasets.MNIST(str(self.root), train=train, download=False)
@@ -288,7 +309,7 @@ class MNISTSource(ImageSource):
         return images.unsqueeze(1).contiguous(), labels.long()
 
 
-class CIFAR10Source(ImageSource):
+class CIFAR10Source(DownloadableFiles):
     """CIFAR-10 (50000 train / 10000 test, uint8 ``[N, 3, 32, 32]``, labels 0-9) from
     ``<root>/cifar-10-batches-py``, read through torchvision (which checks each batch file's md5).
 
@@ -296,26 +317,12 @@ class CIFAR10Source(ImageSource):
         root: Root folder (torchvision layout).
     """
 
-    downloadable = True
-
-    def __init__(self, root: str | os.PathLike):
-        super().__init__()
-        self.root = Path(root).expanduser()
-        self.folder = self.root / CIFAR10_FOLDER
+    dataset, subfolder, expected = "CIFAR10", CIFAR10_FOLDER, CIFAR10_FILES
 
     def files(self, split: str = "train") -> DataFiles:
         return DataFiles("CIFAR-10", self.folder, CIFAR10_FILES, fetch=f"CIFAR10('{self.root}', download=True)",
                          manual=f"download {CIFAR10_URL} and run tar -xzf {CIFAR10_ARCHIVE} -C {self.root}",
                          fetch_note=f"; a local {self.root / CIFAR10_ARCHIVE} is then extracted without network")
-
-    def missing(self, split: str) -> tuple[str, str] | None:
-        names = [name for name in CIFAR10_FILES if not (self.folder / name).is_file()]
-        return ("files missing", ", ".join(names)) if names else None
-
-    def _download(self, split: str) -> None:
-        import torchvision
-
-        torchvision.datasets.CIFAR10(str(self.root), train=True, download=True)
 
     def _read(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         import torchvision

@@ -275,7 +275,32 @@ class AttnBlock(nn.Module):
         return (x + out) * self.skip_scale
 
 
-class ResnetBlockDDPM(nn.Module):
+class _ResidualBlock(nn.Module):
+    """What both residual blocks end with: the time bias, norm, SiLU, dropout, the last convolution, and the sum
+    with the (projected) input, rescaled. The layers are created in this order (the same random initialisation
+    at a given seed), before the subclass adds its shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int | None, dropout: float, init_scale: float,
+                 skip_rescale: bool):
+        super().__init__()
+        self.norm_0 = group_norm(in_ch)
+        self.conv_0 = conv3x3(in_ch, out_ch)
+        self.dense_0 = linear(temb_dim, out_ch) if temb_dim is not None else None
+        self.norm_1 = group_norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv_1 = conv3x3(out_ch, out_ch, init_scale=init_scale)
+        self.skip_scale = SKIP_SCALE if skip_rescale else 1.0
+
+    def _residual(self, x: torch.Tensor, h: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        """``(shortcut(x) + conv_1(dropout(silu(norm_1(h + dense_0(silu(temb))))))) * skip_scale``."""
+        if self.dense_0 is not None and temb is not None:
+            h = h + self.dense_0(F.silu(temb))[:, :, None, None]
+        h = self.conv_1(self.dropout(F.silu(self.norm_1(h))))
+        skip = self.shortcut(x) if self.shortcut is not None else x
+        return (skip + h) * self.skip_scale
+
+
+class ResnetBlockDDPM(_ResidualBlock):
     """DDPM residual block: norm, SiLU, conv, + time bias, norm, SiLU, dropout, conv (Ho et al. 2020).
 
     Args:
@@ -291,31 +316,19 @@ class ResnetBlockDDPM(nn.Module):
     def __init__(self, in_ch: int, out_ch: int | None = None, *, temb_dim: int | None = None,
                  conv_shortcut: bool = False, dropout: float = 0.1, skip_rescale: bool = False,
                  init_scale: float = 0.0):
-        super().__init__()
         out_ch = out_ch or in_ch
-        self.norm_0 = group_norm(in_ch)
-        self.conv_0 = conv3x3(in_ch, out_ch)
-        self.dense_0 = linear(temb_dim, out_ch) if temb_dim is not None else None
-        self.norm_1 = group_norm(out_ch)
-        self.dropout = nn.Dropout(dropout)
-        self.conv_1 = conv3x3(out_ch, out_ch, init_scale=init_scale)
+        super().__init__(in_ch, out_ch, temb_dim, dropout, init_scale, skip_rescale)
         self.shortcut = None
         if in_ch != out_ch:
             self.shortcut = (conv3x3(in_ch, out_ch) if conv_shortcut
                              else conv1x1(in_ch, out_ch, init_scale=0.1))
-        self.skip_scale = SKIP_SCALE if skip_rescale else 1.0
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         """Map ``[B, in_ch, H, W]`` (and ``temb`` ``[B, temb_dim]``) to ``[B, out_ch, H, W]``."""
-        h = self.conv_0(F.silu(self.norm_0(x)))
-        if self.dense_0 is not None and temb is not None:
-            h = h + self.dense_0(F.silu(temb))[:, :, None, None]
-        h = self.conv_1(self.dropout(F.silu(self.norm_1(h))))
-        skip = self.shortcut(x) if self.shortcut is not None else x
-        return (skip + h) * self.skip_scale
+        return self._residual(x, self.conv_0(F.silu(self.norm_0(x))), temb)
 
 
-class ResnetBlockBigGAN(nn.Module):
+class ResnetBlockBigGAN(_ResidualBlock):
     """BigGAN-style residual block that can also resample by 2 (Brock et al. 2019; Song et al. 2021, App. H).
 
     Resampling (nearest/average or FIR) happens after the first activation, on both the residual branch and
@@ -338,19 +351,12 @@ class ResnetBlockBigGAN(nn.Module):
                  up: bool = False, down: bool = False, dropout: float = 0.1, fir: bool = False,
                  fir_kernel: Sequence[float] = (1, 3, 3, 1), skip_rescale: bool = True,
                  init_scale: float = 0.0):
-        super().__init__()
         if up and down:
             raise ValueError("a block cannot both upsample and downsample")
         out_ch = out_ch or in_ch
+        super().__init__(in_ch, out_ch, temb_dim, dropout, init_scale, skip_rescale)
         self.up, self.down, self.fir = up, down, fir
-        self.norm_0 = group_norm(in_ch)
-        self.conv_0 = conv3x3(in_ch, out_ch)
-        self.dense_0 = linear(temb_dim, out_ch) if temb_dim is not None else None
-        self.norm_1 = group_norm(out_ch)
-        self.dropout = nn.Dropout(dropout)
-        self.conv_1 = conv3x3(out_ch, out_ch, init_scale=init_scale)
         self.shortcut = conv1x1(in_ch, out_ch) if (in_ch != out_ch or up or down) else None
-        self.skip_scale = SKIP_SCALE if skip_rescale else 1.0
         self.register_buffer("kernel", fir_kernel_2d(fir_kernel), persistent=False)
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
@@ -364,13 +370,7 @@ class ResnetBlockBigGAN(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         """Map ``[B, in_ch, H, W]`` (and ``temb`` ``[B, temb_dim]``) to ``[B, out_ch, H', W']``."""
         h = self._resample(F.silu(self.norm_0(x)))
-        x = self._resample(x)
-        h = self.conv_0(h)
-        if self.dense_0 is not None and temb is not None:
-            h = h + self.dense_0(F.silu(temb))[:, :, None, None]
-        h = self.conv_1(self.dropout(F.silu(self.norm_1(h))))
-        skip = self.shortcut(x) if self.shortcut is not None else x
-        return (skip + h) * self.skip_scale
+        return self._residual(self._resample(x), self.conv_0(h), temb)
 
 
 class Combine(nn.Module):
