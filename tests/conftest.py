@@ -5,8 +5,14 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-# Two cores: one torch thread per pytest-xdist worker (``make test`` runs two), two without xdist.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+# Two cores: one torch thread per pytest-xdist worker (``make test`` runs two), two without xdist; under xdist the
+# commands a test starts (train.py, DDP ranks, the README's) get one thread too, so two workers never ask for more
+# threads than there are cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS)
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 from scorelab.sde import VESDE, VPSDE, SubVPSDE  # noqa: E402
 

@@ -405,6 +405,8 @@ def test_cli_colorize_and_interpolate(tmp_path, colour_run):
         (["task=inpaint", "task.image={a}", "task.box=[0,0,4,4]", "task.per_image=0"],
          "task.per_image must be a positive integer"),
         (["task=interpolate", "task.image=[0,1]", "task.method=leapfrog"], "task.method must be one of"),
+        (["task=interpolate", "task.image=[0,1]", "task.steps=0"], "task.steps must be a positive integer"),
+        (["task=interpolate", "task.image=[0,1]", "task.rtol=0"], "task.rtol must be a number in"),
         (["task=inpaint", "task.image={a}", "task.box=[0,0,4,4]", "+task.colour=1"],
          "task.colour is not a setting of scorelab.tasks.Inpaint"),
     ],
@@ -428,6 +430,16 @@ def test_cli_refuses_tasks_that_make_no_sense_for_the_model(tmp_path):
                                                             domain=Images("mnist", (-1.0, 1.0))))
     with pytest.raises(UserError, match="needs a colour .3-channel. model; this one makes 1-channel images"):
         Colorize(image=0).run(None, None, grey_model.datamodule, None, "cpu", tmp_path / "grey")
+
+
+def test_image_tasks_refuse_torchrun_before_loading_anything(tmp_path, monkeypatch):
+    from scorelab.cli.sample import build_task
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = make_cfg(tmp_path, ["task=inpaint", "task.image=0", "task.box=[0,0,1,1]"], config_name="sample")
+    with pytest.raises(UserError, match="task=inpaint runs in one process; launch it without torchrun"):
+        build_task(cfg)
+    assert type(build_task(make_cfg(tmp_path, [], config_name="sample"))).__name__ == "Sample"  # draws on any rank
 
 
 def test_cli_prints_one_error_line(tmp_path, colour_run, capsys):

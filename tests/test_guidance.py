@@ -222,6 +222,7 @@ def test_sample_cli_guidance_0_is_the_unconditional_sampler_and_labels_follow_th
     (["task.guidance=2.0"], "say which with task.label=<k> or task.labels=all"),
     (["task.label=1", "task.guidance=nan"], "guidance must be a finite number"),
     (["task.labels=all", "task.per_class=0"], "per_class must be a positive integer"),
+    (["task.label=1", "task.classifier_scale=2"], "task.classifier_scale scales a noisy classifier's guidance"),
 ])
 def test_sample_cli_refuses_bad_class_requests_with_one_message(tmp_path, overrides, expected):
     with pytest.raises(UserError, match=expected):

@@ -64,7 +64,7 @@ def load_classifier(path: str, cfg: DictConfig | None = None, data_dir: str | No
             raise UserError(f"task.classifier={stored_path} is a score-model checkpoint, not a noisy classifier; train "
                             f"one with {CLASSIFIER_EXPERIMENTS}")
 
-    run = restore_run(path, cfg, key="classifier", data_dir=data_dir, check=must_be_a_classifier)
+    run = restore_run(path, cfg, key="task.classifier", data_dir=data_dir, check=must_be_a_classifier)
     return LoadedClassifier(run.module.classifier.eval(), run.sde, run.datamodule, run.path)
 
 

@@ -98,10 +98,15 @@ def _moved_into_group(parts: list[str], value: str, conf: Path, cfg: DictConfig 
     ``write task=labels task.label=<value>`` when another option's yaml has it (``conf/task/labels.yaml``; also for
     ``task.label`` under another task), and ``write task=teach`` when it names an option of a group."""
     groups = [g for g in _groups(conf) if not g.startswith("hydra") and g != "experiment"]
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) if cfg is not None else None
+    if isinstance(choices, DictConfig):  # only the groups this command has (train.py has no task group)
+        groups = [g for g in groups if g in choices]
     if parts[0] in MOVED_SECTIONS and len(parts) == 2:
         choice, renamed = MOVED_SECTIONS[parts[0]]
         group = choice.split("=")[0]
-        return f"{parts[0]} is now {choice}: write {choice} {group}.{renamed.get(parts[1], parts[1])}={value or '...'}"
+        if group in groups:
+            key = renamed.get(parts[1], parts[1])
+            return f"{parts[0]} is now {choice}: write {choice} {group}.{key}={value or '...'}"
     if len(parts) == 2 and parts[0] in groups:  # task.guidance with task=sample
         options = _owners(conf, parts[0], parts[1])
         return _write_in(parts[0], options, parts[1], value) if options else None
@@ -113,12 +118,13 @@ def _moved_into_group(parts: list[str], value: str, conf: Path, cfg: DictConfig 
         chosen = OmegaConf.select(cfg, node, default=None) if cfg is not None else None
         if isinstance(chosen, DictConfig) and key in chosen:
             return f"did you mean {node}.{key}?"
-        if key in _group_options(conf, group):
-            return f"{key} is an option of the group {group}: write {group}={key}"
-    for group in groups:
+    for group in groups:  # labels=all: an option of task=labels (before: labels is also the name of that option)
         options = _owners(conf, group, key)
         if options:
             return _write_in(group, options, key, value)
+    for group in groups:
+        if key in _group_options(conf, group):
+            return f"{key} is an option of the group {group}: write {group}={key}"
     return None
 
 
@@ -184,11 +190,18 @@ def _unknown_key_message(key: str, cfg: DictConfig | None, conf: Path, value: st
     where, missing = ".".join(parts[:depth]), parts[depth]
     names = [str(k) for k in node if k != "_target_"] if isinstance(node, dict) else []
     if not where:  # the top level: the config's keys and the groups of conf/, but not Hydra's own settings
-        names = sorted((set(names) | {g.split("/")[0] for g in _groups(conf)}) - {"hydra"})
+        choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) if cfg is not None else None
+        groups = list(choices) if isinstance(choices, DictConfig) else _groups(conf)
+        names = sorted((set(names) | {str(g).split("/")[0] for g in groups}) - {"hydra"})
     close = difflib.get_close_matches(missing, names, n=3, cutoff=0.6)
     prefix = f"{where}." if where else ""
-    hint = f"did you mean {' or '.join(prefix + c for c in close)}?" if close else (
-        f"the settings {'of ' + where if where else 'at the top level'} are: {', '.join(names)}")
+    if close:
+        hint = f"did you mean {' or '.join(prefix + c for c in close)}?"
+    elif names:
+        hint = f"the settings {'of ' + where if where else 'at the top level'} are: {', '.join(names)}"
+    else:  # task.colour with task=sample, which takes no settings
+        chosen = OmegaConf.select(cfg, f"hydra.runtime.choices.{where}", default=None) if cfg is not None else None
+        hint = f"{where}={chosen} takes no settings" if chosen else f"{where} takes no settings"
     return f"{'.'.join(parts)}: no such setting; {hint}"
 
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.distributed import (
     device_for_rank,
+    env_world_size,
     gather,
     is_main_process,
     process_group,
@@ -101,6 +102,8 @@ def build_task(cfg: DictConfig) -> Task:
     if not isinstance(task, (Sample, ImageTask)):
         raise UserError(f"task: {node._target_} is neither a scorelab.tasks.Sample (draws samples) nor a "
                         "scorelab.tasks.ImageTask")
+    if task.one_process and env_world_size() > 1:
+        raise UserError(f"task={task.name} runs in one process; launch it without torchrun")
     return task
 
 

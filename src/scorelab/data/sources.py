@@ -532,7 +532,7 @@ class LazyImages:
                 size = self.decoder.image_size
                 self._shape = (self.decoder.channels, size, size)
             elif len(self.source) == 0:
-                raise ValueError(f"{type(self.source).__name__} holds no images: no image shape to read")
+                raise DatasetNotFoundError(f"{type(self.source).__name__} holds no images: no image shape to read")
             else:
                 self._shape = tuple(self._decode(0).shape)
         return self._shape

@@ -131,7 +131,7 @@ class ImageDataModule(L.LightningDataModule):
     def check_available(self) -> None:
         """Refuse missing files before a run writes anything (with ``download`` set, ``prepare_data`` fetches them
         instead)."""
-        if not self.download:
+        if not (self.download and self.source.downloadable):  # a missing .npz or folder cannot be fetched
             self.source.ensure(False)
 
     def prepare_data(self) -> None:

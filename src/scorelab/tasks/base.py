@@ -45,10 +45,6 @@ class Task:
             raise UserError(f"task={self.name} is for image models; this one makes points of shape {tuple(shape)} "
                             "(sample them with task=sample)")
 
-    def summary(self) -> dict[str, Any]:
-        """What the run's summary file records about the task."""
-        return {"task": self.name}
-
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({options})"

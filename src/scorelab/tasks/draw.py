@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -96,6 +96,10 @@ class Labels(Sample):
         if isinstance(classifier_scale, bool) or not isinstance(classifier_scale, (int, float)) \
                 or not math.isfinite(classifier_scale):
             raise UserError(f"task.classifier_scale must be a finite number, got {classifier_scale!r}")
+        if classifier is None and float(classifier_scale) != 1.0:
+            raise UserError("task.classifier_scale scales a noisy classifier's guidance: give it with "
+                            "task.classifier=<classifier checkpoint>, or use task.guidance=<w> for classifier-free "
+                            "guidance of a class-conditional model")
         self.label, self.labels = label, (list(labels) if isinstance(labels, (list, tuple)) else labels)
         self.per_class = positive_int(per_class, "per_class")
         self.guidance, self.classifier, self.classifier_scale = float(guidance), classifier, float(classifier_scale)
@@ -122,9 +126,6 @@ class Labels(Sample):
             return ClassRequest([int(self.label)] * int(n_samples), classes, None, self.guidance)
         return ClassRequest([c for c in classes for _ in range(self.per_class)], classes, self.per_class,
                             self.guidance)
-
-    def summary(self) -> dict[str, Any]:
-        return {"task": self.name, "guidance": self.guidance}
 
 
 class Teach(Sample):

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from ..core.distributed import env_world_size
 from ..core.errors import UserError
 from ..core.io import atomic_path, save_npz_atomic, write_text_atomic
 from ..core.rng import PerSampleGenerator
@@ -123,7 +122,6 @@ def _seeds(seed: int, rows: int, per_row: int) -> list[list[int]]:
     return [[seed + r * per_row + j for j in range(per_row)] for r in range(rows)]
 
 
-
 def box_corners(box: Any) -> tuple[int, int, int, int]:
     """``[x0, y0, x1, y1]`` (a list, or a string ``"x0,y0,x1,y1"``) as four integers."""
     try:
@@ -148,8 +146,6 @@ class ImageTask(Task):
     def __init__(self, image: Any = None):
         if image is None:
             raise UserError(f"task={self.name} needs {self.needs}")
-        if env_world_size() > 1:
-            raise UserError(f"task={self.name} runs in one process; launch it without torchrun")
         self.image = image
 
     def solve(self, score, sde, datamodule, sampler_cfg, shape, device, data_range, seed: int
@@ -289,7 +285,11 @@ class Interpolate(ImageTask):
         self.points = positive_int(points, "points", least=2)
         if method not in FLOW_METHODS:
             raise UserError(f"task.method must be one of {FLOW_METHODS}, got {method!r}")
-        self.method, self.steps, self.rtol, self.atol, self.eps = method, steps, rtol, atol, eps
+        self.steps = positive_int(steps, "steps")
+        for key, value in (("rtol", rtol), ("atol", atol), ("eps", eps)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+                raise UserError(f"task.{key} must be a number in (0, 1), got {value!r}")
+        self.method, self.rtol, self.atol, self.eps = method, float(rtol), float(atol), float(eps)
 
     def solve(self, score, sde, datamodule, sampler_cfg, shape, device, data_range, seed):
         uint8, names = load_observed(self.image, datamodule, shape)
