@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from scorelab.objectives.score_matching import ddpm_alphas_cumprod
 from scorelab.sde import VESDE, VPSDE, SubVPSDE, VPFamily
+from scorelab.sde.vp import ddpm_alphas_cumprod
 
 from .conftest import ALL_SDES, SDE_IDS
 

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..core.distributed import device_for_rank, is_main_process, process_group, run_and_gather, shard, world_size
 from ..core.io import save_npz_atomic, write_text_atomic
 from ..metrics.likelihood import PROBES, batch_nll, derive_seed, example_generator
-from ..objectives.vlb import LEARNED, VARIANCES, eps_from_score, pixels_to_data, variational_bound
+from ..objectives.vlb import LEARNED, VARIANCES, DDPMChain, eps_from_score, pixels_to_data, variational_bound
 from ..ops.divergence import choose_divergence
 from ..ops.flow import ADAPTIVE
 from .common import compose_group, resolve_device
@@ -264,9 +264,9 @@ def _vlb_batch(score, sde, x: torch.Tensor, gen, opts: Options) -> tuple[torch.T
         res = variational_bound(eps_fn, x0, opts.vlb_alphas,
                                 timesteps=opts.vlb_timesteps, variance=opts.vlb_variance,
                                 data_range=opts.data_range, generator=gen)
-    scale = x0[0].numel() * math.log(2.0)  # nats -> bits/dim; no dequantisation offset: these are probabilities
-    parts = {name: (getattr(res, name) / scale).double().cpu() for name in VLB_TERMS}
-    return (res.total / scale).double().cpu(), res.nfe, parts
+    dim = x0[0].numel()  # nats -> bits/dim of the 8-bit values (no dequantisation offset: these are probabilities)
+    parts = {name: DDPMChain.bits_per_dim(getattr(res, name), dim).double().cpu() for name in VLB_TERMS}
+    return DDPMChain.bits_per_dim(res.total, dim).double().cpu(), res.nfe, parts
 
 
 def solve_shard(score, sde, x: torch.Tensor, batches: list[int], opts: Options) -> list[tuple[int, np.ndarray, list]]:
@@ -397,7 +397,7 @@ def likelihood(cfg: DictConfig) -> dict[str, Any]:
         parts = run_and_gather(solve_shard, score, sde, x, batches, opts)
         elapsed, processes = time.perf_counter() - start, world_size()
     values, nfes, terms = _merge(parts)
-    result = {"unit": "bits/dim" if opts.images else "nats", "split": cfg.split, **summarize(values),
+    result = {"unit": datamodule.domain.unit, "split": cfg.split, **summarize(values),
               "se_over": "examples (each example's values averaged over repeats first)",
               "nfe": {"total": sum(nfes), "solves": len(nfes), "per_solve_mean": sum(nfes) / len(nfes)},
               "time_s": elapsed, "world_size": processes, "checkpoint": ckpt, "divergence": opts.divergence,

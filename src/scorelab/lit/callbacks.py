@@ -46,9 +46,8 @@ def draw_finite(pl_module, sampler: Callable, seeds: Sequence[int],
             x, nfe, watch = draw_seeded(sampler, model, pl_module.sde, shape, seeds, pl_module.device)
     finally:
         model.train(was_training)
-    if watch.bad_step is not None or not bool(torch.isfinite(x).all()):
-        bad = watch.bad_step
-        where = f"at sampler step {bad['i']} (t = {bad['t']:.4g})" if bad else "in its final step"
+    where = watch.where(x, "sampler step")
+    if where is not None:
         raise NonFiniteSamplesError(f"{sampler!r} produced NaN/Inf {where} from the EMA weights of training step "
                                     f"{pl_module.global_step}")
     return x, nfe

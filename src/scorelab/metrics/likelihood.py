@@ -10,7 +10,8 @@ import torch
 from ..core.rng import PerSampleGenerator, sample_noise
 from ..ops.divergence import DIVERGENCES, PROBES, choose_divergence, draw_probes, exact_trace, projected_jacobian
 from ..ops.flow import ADAPTIVE, integrate, probability_flow
-from ..sampling.base import CountingScore, ScoreFn, check_eps
+from ..sampling.base import CountingScore, ScoreFn
+from ..sampling.grids import check_eps
 from ..sde import SDE
 
 

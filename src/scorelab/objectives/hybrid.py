@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 
 from ..core.rng import sample_noise
-from ..core.tensors import append_dims, batch_mean, batch_sum
+from ..core.tensors import batch_mean, batch_sum
 from ..sde import SDE
 from .base import Objective
 from .vlb import DDPMChain, term_from_prediction
@@ -89,9 +89,7 @@ class HybridLoss(Objective):
             raise ValueError(f"reduce_mean must be true or false, got {reduce_mean!r}")
         self.num_steps, self.vlb_weight, self.data_range = num_steps, float(vlb_weight), (lo, hi)
         self.reduce_mean, self.decoder = reduce_mean, decoder
-        self.chain = DDPMChain(alphas)
-        self.times = self.chain.sde_times(sde)  # [N] float64: SDE time of step i at index i - 1
-        self.stds = torch.sqrt(1.0 - torch.as_tensor(alphas, dtype=torch.float64))
+        self.sde, self.chain = sde, DDPMChain(alphas)
 
     def check_model(self, score_model) -> None:
         """Refuse a model without a learned variance (called when the training objects are built)."""
@@ -103,22 +101,18 @@ class HybridLoss(Objective):
         """``(L_simple [B], L_{t-1} [B] in bits/dim)`` at one ``x_t`` per example (summed over dimensions: squared
         error and bits, with ``reduce_mean=False``); ``t [B]`` (long, ``1..N``) is
         drawn uniformly unless given. The second term's gradient reaches only the variance output."""
-        self.check_model(score_fn)
         if t is None:
             t = self.chain.draw(x0.shape[0], x0, generator)
         noise = sample_noise(x0.shape, x0, generator)
         xt = self.chain.q_sample(x0, t, noise)
-        index = (t - 1).cpu()
-        score, v = score_fn(xt, self.times[index].to(x0.device, x0.dtype), return_variance=True)
-        eps = -append_dims(self.stds[index].to(x0.device, x0.dtype), x0.ndim) * score
+        eps, v = self.chain.score_eps(score_fn, self.sde, xt, t, with_variance=True)
         simple = (batch_mean if self.reduce_mean else batch_sum)((eps - noise) ** 2)
         mean = self.chain.model_mean(xt, t, eps.detach())  # stop-gradient: L_vlb trains the variance only
         var = self.chain.interpolated_variance(t, v)
         nats = term_from_prediction(self.chain, x0, xt, t, mean, var, self.data_range)
         if self.decoder == "gaussian":
             nats = torch.where(t == 1, gaussian_nll(x0, mean, var).to(nats.dtype), nats)
-        dims = x0[0].numel() if self.reduce_mean else 1
-        return simple, nats / (dims * math.log(2.0))
+        return simple, self.chain.bits_per_dim(nats, x0[0].numel() if self.reduce_mean else 1)
 
     def per_example(self, score_fn: ModelFn, x0: torch.Tensor, generator=None,
                     t: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,8 +14,8 @@ import torch
 from ..core.rng import sample_noise
 from ..core.tensors import append_dims, batch_mean, batch_sum
 from ..ops.divergence import PROBES, choose_divergence, draw_probes, exact_trace, projected_jacobian
-from ..sde import SDE, VPSDE, ddpm_alphas_cumprod
-from .base import Objective, loss_lr_scale  # noqa: F401  (loss_lr_scale: re-exported)
+from ..sde import SDE, VPSDE
+from .base import Objective
 from .vlb import DDPMChain
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -358,17 +358,18 @@ class DDPMLoss(Objective):
 
     def __init__(self, sde: SDE | None = None, num_steps: int = 1000, beta_min: float = 0.1, beta_max: float = 20.0,
                  reduce_mean: bool = True):
-        if sde is None:
-            alphas_cumprod = ddpm_alphas_cumprod(num_steps, beta_min, beta_max)
-            sde = VPSDE(beta_min, beta_max)
-        else:
-            alphas_cumprod = sde.ddpm_alphas_cumprod(num_steps)
-            if alphas_cumprod is None:
-                raise ValueError(f"the DDPM loss needs an SDE that is the limit of DDPM's chain (VP), got "
-                                 f"{type(sde).__name__}")
+        sde = sde if sde is not None else VPSDE(beta_min, beta_max)
+        alphas_cumprod = sde.ddpm_alphas_cumprod(num_steps)
+        if alphas_cumprod is None:
+            raise ValueError(f"the DDPM loss needs an SDE that is the limit of DDPM's chain (VP), got "
+                             f"{type(sde).__name__}")
         self.num_steps, self.reduce_mean, self.sde = num_steps, reduce_mean, sde
-        self.alphas_cumprod = alphas_cumprod
         self.chain = DDPMChain(alphas_cumprod)
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """``alpha_bar_1..N`` of the chain, ``[N]`` float64."""
+        return self.chain.alphas_cumprod[1:]
 
     def per_example(self, score_fn: ScoreFn, x0: torch.Tensor,
                     generator: torch.Generator | None = None) -> torch.Tensor:
@@ -376,8 +377,5 @@ class DDPMLoss(Objective):
         i = self.chain.draw(x0.shape[0], x0, generator)  # 1..N
         eps = sample_noise(x0.shape, x0, generator)
         x_t = self.chain.q_sample(x0, i, eps)
-        t = self.chain.sde_times(self.sde).to(x0.device)[i - 1].to(x0.dtype)
-        score = score_fn(x_t, t)
-        abar = append_dims(self.alphas_cumprod.to(x0.device, x0.dtype)[i - 1], x0.ndim)
         reduce = batch_mean if self.reduce_mean else batch_sum
-        return reduce(((1 - abar).sqrt() * score + eps) ** 2)
+        return reduce((self.chain.score_eps(score_fn, self.sde, x_t, i) - eps) ** 2)

@@ -110,15 +110,47 @@ class DDPMChain:
         prev = self.alphas_cumprod[:-1]
         self.posterior_variance = torch.cat([torch.zeros(1, dtype=torch.float64),
                                              self.betas[1:] * (1.0 - prev) / (1.0 - abar)])
+        self._times: tuple[SDE, torch.Tensor] | None = None
+        self._tables: dict = {}
 
     # --- times, draws and units: the chain's own, for the DDPM loss, the hybrid loss and the bound alike ---------
     def sde_times(self, sde: SDE) -> torch.Tensor:
         """``[N]`` float64: the SDE time of step ``t`` at index ``t - 1`` (:func:`chain_times`), where the SDE's
-        kernel has the chain's noise level: the time a score model trained on the SDE is queried at for step ``t``."""
-        key = id(sde)
-        if getattr(self, "_times_for", None) != key:
-            self._times, self._times_for = chain_times(sde, self.alphas_cumprod[1:]), key
-        return self._times
+        kernel has the chain's noise level: the time a score model trained on the SDE is queried at for step ``t``.
+        Computed once per SDE (the chain keeps the SDE it was asked about, so the key cannot be reused)."""
+        if self._times is None or self._times[0] is not sde:
+            self._times = (sde, chain_times(sde, self.alphas_cumprod[1:]))
+            self._tables = {}
+        return self._times[1]
+
+    def _table(self, name: str, table: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``table`` on ``like``'s device and dtype, copied there once (no host-device copy per training step)."""
+        key = (name, like.device, like.dtype)
+        if key not in self._tables:
+            self._tables[key] = table.to(like.device, like.dtype)
+        return self._tables[key]
+
+    def score_eps(self, score_fn, sde: SDE, xt: torch.Tensor, t: torch.Tensor, with_variance: bool = False):
+        """The noise prediction of a score model at step ``t``: ``eps(x_t, t) = -sqrt(1 - alpha_bar_t) s(x_t, t_t)``
+        with ``t_t`` the SDE time of step ``t`` (:meth:`sde_times`; ``E[eps | x_t] = -s(t) grad log p_t``).
+
+        Args:
+            score_fn: the score model ``(x, t [B]) -> [B, ...]``; with ``with_variance``, called with
+                ``return_variance=True`` and returning ``(score, v)`` (a learned variance interpolation).
+            sde: the SDE the model was trained on.
+            xt: ``x_t`` ``[B, ...]``.
+            t: steps ``[B]`` (long, ``1..N``).
+
+        Returns:
+            ``eps [B, ...]``, or ``(eps, v)`` with ``with_variance``.
+        """
+        index = t.to(xt.device) - 1
+        times = self._table("times", self.sde_times(sde), xt)[index]
+        std = append_dims(self._table("stds", (1.0 - self.alphas_cumprod[1:]).sqrt(), xt)[index], xt.ndim)
+        if with_variance:
+            score, v = score_fn(xt, times, return_variance=True)
+            return -std * score, v
+        return -std * score_fn(xt, times)
 
     def draw(self, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
         """``n`` integer times ``[n]`` (long, on ``like``'s device) uniform in ``1..N``; a ``ShardedGenerator`` gives
@@ -137,25 +169,28 @@ class DDPMChain:
         (:func:`scorelab.metrics.likelihood.bits_per_dim` is that one)."""
         return nats / (dim * math.log(2.0))
 
-    def _at(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``table[t]`` in ``like``'s dtype and device, shaped to broadcast against it: ``[B, 1, ...]``."""
-        return append_dims(table.to(like.device)[t.to(like.device)].to(like.dtype), like.ndim)
+    def _at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The chain's table ``name`` at ``t``, in ``like``'s dtype and device, shaped to broadcast against it:
+        ``[B, 1, ...]``. ``log_<table>`` is the log of a table."""
+        table = getattr(self, name.removeprefix("log_"))
+        table = self._table(name, table.log() if name.startswith("log_") else table, like)
+        return append_dims(table[t.to(like.device)], like.ndim)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise`` (Ho et al. 2020, Eq. 4); ``[B, ...]``."""
-        abar = self._at(self.alphas_cumprod, t, x0)
+        abar = self._at("alphas_cumprod", t, x0)
         return abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
 
     def posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``[B, ...]`` and variance ``[B, 1, ...]`` of ``q(x_{t-1} | x_t, x_0)`` (Ho et al. 2020, Eq. 6-7)."""
-        abar, prev = self._at(self.alphas_cumprod, t, x0), self._at(self.alphas_cumprod, t - 1, x0)
-        beta = self._at(self.betas, t, x0)
+        abar, prev = self._at("alphas_cumprod", t, x0), self._at("alphas_cumprod", t - 1, x0)
+        beta = self._at("betas", t, x0)
         mean = (prev.sqrt() * beta * x0 + (1.0 - beta).sqrt() * (1.0 - prev) * xt) / (1.0 - abar)
-        return mean, self._at(self.posterior_variance, t, x0)
+        return mean, self._at("posterior_variance", t, x0)
 
     def model_mean(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``mu_theta = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t)`` (Ho et al. 2020, Eq. 11)."""
-        abar, beta = self._at(self.alphas_cumprod, t, xt), self._at(self.betas, t, xt)
+        abar, beta = self._at("alphas_cumprod", t, xt), self._at("betas", t, xt)
         return (xt - beta / (1.0 - abar).sqrt() * eps) / (1.0 - beta).sqrt()
 
     def model_variance(self, t: torch.Tensor, like: torch.Tensor, variance: str = "beta") -> torch.Tensor:
@@ -164,16 +199,16 @@ class DDPMChain:
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
         if variance == "beta":
-            return self._at(self.betas, t, like)
-        return self._at(self.posterior_variance, torch.where(t == 1, torch.full_like(t, 2), t), like)
+            return self._at("betas", t, like)
+        return self._at("posterior_variance", torch.where(t == 1, torch.full_like(t, 2), t), like)
 
     def interpolated_variance(self, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The learned reverse variance ``exp(v log beta_t + (1 - v) log beta~_t)`` (Nichol & Dhariwal 2021, Eq. 15),
         ``[B, ...]`` like ``v``: ``v = 1`` gives ``beta_t``, ``v = 0`` gives ``beta~_t`` (at ``t = 1`` ``beta~_2``, as
         :meth:`model_variance`); ``v`` is not clipped to ``[0, 1]``. The logs are taken in float64."""
         tilde_t = torch.where(t == 1, torch.full_like(t, 2), t)
-        log_beta = self._at(self.betas.log(), t, v)
-        log_tilde = self._at(self.posterior_variance.log(), tilde_t, v)
+        log_beta = self._at("log_betas", t, v)
+        log_tilde = self._at("log_posterior_variance", tilde_t, v)
         return torch.exp(v * log_beta + (1.0 - v) * log_tilde)
 
 
@@ -181,7 +216,7 @@ class DDPMChain:
 def prior_term(chain: DDPMChain, x0: torch.Tensor) -> torch.Tensor:
     """``L_N = KL(q(x_N | x_0) || N(0, I))``, summed over dimensions; ``[B]`` nats."""
     t = torch.full((x0.shape[0],), chain.num_steps, dtype=torch.long, device=x0.device)
-    abar = chain._at(chain.alphas_cumprod, t, x0)
+    abar = chain._at("alphas_cumprod", t, x0)
     return batch_sum(normal_kl(abar.sqrt() * x0, (1.0 - abar).expand_as(x0), torch.zeros_like(x0),
                                torch.ones_like(x0)))
 
@@ -338,17 +373,10 @@ def eps_from_score(score_fn: Callable[..., torch.Tensor], sde: SDE, alphas_cumpr
     Returns:
         ``eps_fn(x [B, ...], i [B] long in 1..N) -> [B, ...]``, or ``-> (eps, v)`` with ``with_variance``.
     """
-    abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-    times, stds = chain_times(sde, abar), torch.sqrt(1.0 - abar)
+    chain = DDPMChain(alphas_cumprod)
 
     def eps_fn(x: torch.Tensor, i: torch.Tensor):
-        index = (i - 1).cpu()
-        t = times[index].to(x.device, x.dtype)
-        std = append_dims(stds[index].to(x.device, x.dtype), x.ndim)
-        if with_variance:
-            score, v = score_fn(x, t, return_variance=True)
-            return -std * score, v
-        return -std * score_fn(x, t)
+        return chain.score_eps(score_fn, sde, x, i, with_variance)
 
     return eps_fn
 

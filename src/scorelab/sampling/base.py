@@ -10,7 +10,6 @@ import torch
 from ..core.errors import UserError
 from ..core.rng import sample_noise
 from ..ops.flow import batch_time  # noqa: F401  (re-exported: the samplers take it from here)
-from .grids import GRIDS, check_eps, time_grid  # noqa: F401  (re-exported: the grids used to live here)
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ..core.tensors import append_dims
 from ..ops.flow import ADAPTIVE, FIXED, integrate, probability_flow
 from ..sde import SDE
-from .base import Callback, CountingScore, Project, Sampler, ScoreFn, batch_time, initial_noise
-from .grids import TimeGrid, as_grid
+from .base import Callback, CountingScore, GridSampler, Project, ScoreFn, batch_time, initial_noise
+from .grids import TimeGrid
 
 
-class ODESampler(Sampler):
+class ODESampler(GridSampler):
     """Probability-flow ODE sampler with fixed-step (Euler, Heun, RK4) or adaptive (torchdiffeq) solvers.
 
     The paper used RK45 with ``rtol = atol = 1e-5``; ``method="dopri5"`` is that solver, run in torch on the
@@ -33,10 +32,8 @@ class ODESampler(Sampler):
             raise ValueError(f"unknown ODE method {method!r}: choose one of {FIXED + ADAPTIVE}")
         if not (rtol > 0 and atol > 0):
             raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
-        self.grid = as_grid(grid)
-        self.grid.check(steps, eps)
-        self.method, self.steps, self.eps, self.rtol, self.atol = method, steps, eps, rtol, atol
-        self.denoise = denoise
+        super().__init__(steps, eps, grid, denoise)
+        self.method, self.rtol, self.atol = method, rtol, atol
 
     @torch.no_grad()
     def __call__(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...] | None = None,
@@ -69,8 +66,7 @@ class ODESampler(Sampler):
                 callback({"i": 0, "t": self.eps, "x": x, "x_mean": x})
         if self.denoise:
             t = batch_time(self.eps, x)
-            a, std = append_dims(sde.mean_coeff(t), x.ndim), append_dims(sde.marginal_std(t), x.ndim)
-            x = (x + std**2 * counted(x, t)) / a
+            x = sde.data_prediction(x, t, counted(x, t))
         return x, counted.nfe
 
     @property

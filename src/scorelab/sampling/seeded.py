@@ -40,6 +40,14 @@ class FiniteWatch:
         if self.bad_step is None and not bool(torch.isfinite(info["x"]).all()):
             self.bad_step = {"i": info["i"], "t": info["t"]}
 
+    def where(self, x: torch.Tensor, step: str = "step") -> str | None:
+        """None when the samples ``x`` and every step were finite; else where they stopped being finite (``at step
+        i (t = ...)`` or ``in its final step``), for the caller's message."""
+        if self.bad_step is None and bool(torch.isfinite(x).all()):
+            return None
+        bad = self.bad_step
+        return f"at {step} {bad['i']} (t = {bad['t']:.4g})" if bad else "in its final step"
+
 
 def draw_seeded(sampler: Callable, score_fn: ScoreFn, sde: SDE, sample_shape: Sequence[int], seeds: Sequence[int],
                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
@@ -79,9 +87,8 @@ def seeded_batches(sampler: Callable, score_fn: ScoreFn, sde: SDE, sample_shape:
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
         x, nfe, watch = draw_seeded(sampler, score_fn, sde, sample_shape, chunk, device, dtype)
-        if watch.bad_step is not None or not bool(torch.isfinite(x).all()):
-            where = (f"at step {watch.bad_step['i']} (t = {watch.bad_step['t']:.4g})" if watch.bad_step
-                     else "in its final step")
+        where = watch.where(x)
+        if where is not None:
             raise NonFiniteSamplesError(
                 f"{sampler!r} produced NaN/Inf {where} for seeds {chunk[0]}..{chunk[-1]}; nothing of this batch was "
                 "written. Try more steps, another sampler, or check the model (e.g. a checkpoint from before a "
