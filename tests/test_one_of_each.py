@@ -185,3 +185,19 @@ def test_every_shipped_task_is_a_class_that_owns_and_checks_its_options():
         with pytest.raises(UserError, match=r"^task.grid is not a setting of scorelab.tasks.Labels; its settings are "
                                             r"label, labels, per_class, guidance, classifier, classifier_scale$"):
             build_task(compose("sample", overrides=["task=labels", "task.label=1", "+task.grid=3"]))
+
+
+def test_the_flow_engine_refuses_a_tuple_state_for_fixed_steps_in_one_clear_line():
+    """A (state, log-density) pair is integrated by the adaptive solvers only; a fixed-step method says so instead of
+    failing inside a step."""
+    import pytest
+
+    from scorelab.ops.flow import integrate
+
+    x = torch.zeros(3, 2)
+    times = torch.linspace(1.0, 0.0, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="a tuple state .* needs an adaptive method"):
+        integrate(lambda s, t: s, (x, torch.zeros(3)), times, "euler")
+    # a tensor state: Euler on dx/dt = x over t 1 -> 0 in 4 steps of -1/4 gives (3/4)^4 x
+    out = integrate(lambda s, t: s, torch.ones(3, 2), times, "euler")
+    torch.testing.assert_close(out, torch.full((3, 2), 0.75**4))

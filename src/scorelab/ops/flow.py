@@ -52,8 +52,8 @@ def integrate(velocity: Callable[[Any, torch.Tensor], Any], state: Any, times: t
     """Integrate ``d state / dt = velocity(state, t [B])`` from ``times[0]`` to ``times[-1]`` (either direction).
 
     Args:
-        velocity: the right-hand side; ``state`` is a tensor ``[B, ...]`` or, for adaptive methods, a tuple of them
-            (e.g. the state and a log-density accumulator).
+        velocity: the right-hand side; ``state`` is a tensor ``[B, ...]`` or, for adaptive methods only, a tuple of
+            them (e.g. the state and a log-density accumulator).
         state: the initial state.
         times: fixed-step methods step through every time of this grid; adaptive ones use its ends only and land
             exactly on the last (``step_t``, so an SDE's time never leaves ``[0, T]``).
@@ -65,13 +65,15 @@ def integrate(velocity: Callable[[Any, torch.Tensor], Any], state: Any, times: t
         The state at ``times[-1]``.
     """
     if method in FIXED:
-        tensor = state if torch.is_tensor(state) else state[0]
+        if not torch.is_tensor(state):
+            raise ValueError(f"the fixed-step methods {FIXED} integrate one tensor; a tuple state (the state and a "
+                             f"log-density) needs an adaptive method {ADAPTIVE}")
+        t_next = batch_time(times[0], state)
         for i in range(len(times) - 1):
-            t, t_next = batch_time(times[i], tensor), batch_time(times[i + 1], tensor)
+            t, t_next = t_next, batch_time(times[i + 1], state)
             state = fixed_step(velocity, state, t, t_next, method)
             if on_step is not None:
                 state = on_step(i, t_next, state)
-            tensor = state
         return state
     if method not in ADAPTIVE:
         raise ValueError(f"unknown ODE method {method!r}: choose one of {METHODS}")
