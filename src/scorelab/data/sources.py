@@ -490,11 +490,11 @@ class ImageReader:
     """The class names, when the reader knows them."""
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not say how many images it has")
 
     def read(self, index: int) -> Any:
         """Image ``index`` as a PIL image (or an array/tensor image)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define read(index)")
 
     def describe(self, index: int) -> str:
         """Where image ``index`` comes from, for error messages."""

@@ -233,7 +233,8 @@ class _InputDerivativeLoss(TimeWeighting):
     """
 
     def _terms(self, score: torch.Tensor, x: torch.Tensor, generator, create_graph: bool) -> torch.Tensor:
-        raise NotImplementedError
+        """``||s||^2 + 2 tr(∇ s)`` per example ``[B, ...]``: the exact trace (ISM) or its projections (SSM)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _terms(): ISM and SSM do")
 
     def per_example(self, score_fn: ScoreFn, x0: torch.Tensor, generator=None,
                     t: torch.Tensor | None = None) -> torch.Tensor:

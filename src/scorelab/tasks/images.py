@@ -151,7 +151,7 @@ class ImageTask(Task):
     def solve(self, score, sde, datamodule, sampler_cfg, shape, device, data_range, seed: int
               ) -> tuple[dict[str, np.ndarray], torch.Tensor, int, dict[str, Any]]:
         """``(arrays for the .npz, tiles [N, C, H, W] of the picture, its columns, the summary)``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define solve(): every image task does")
 
     def run(self, score, sde, datamodule, sampler_cfg, device, out: Path, seed: int = 0,
             ckpt_path: str | None = None) -> Path:
