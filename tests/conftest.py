@@ -14,7 +14,6 @@ torch.set_num_threads(_THREADS)
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
-from scorelab.sde import VESDE, VPSDE, SubVPSDE  # noqa: E402
 
 
 @pytest.fixture
@@ -33,8 +32,19 @@ def gen():
     return torch.Generator().manual_seed(0)
 
 
-ALL_SDES = [VPSDE(), SubVPSDE(), VESDE()]
-SDE_IDS = ["vp", "subvp", "ve"]
+def _shipped_sdes() -> tuple[list, list[str]]:
+    """Every ``conf/sde/*.yaml``, instantiated: a new SDE joins the oracle tests by its config alone."""
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "conf" / "sde").glob("*.yaml"))
+    return [instantiate(OmegaConf.load(p)) for p in paths], [p.stem for p in paths]
+
+
+ALL_SDES, SDE_IDS = _shipped_sdes()
+assert {"vp", "subvp", "ve", "edm", "rectified_flow"} <= set(SDE_IDS), SDE_IDS
 
 
 @pytest.fixture(scope="session")

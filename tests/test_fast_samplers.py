@@ -23,11 +23,12 @@ from scorelab.sampling import (
     time_grid,
 )
 from scorelab.sampling.sigma_space import phi, taylor_weights
-from scorelab.sde import SDE, VESDE, VPSDE, SubVPSDE
+from scorelab.sde import EDMSDE, SDE, VESDE, VPSDE, RectifiedFlowSDE, SubVPSDE
 
 N = 10_000  # standard error of a mode weight: sqrt(0.16 / N) = 0.004, so +-0.02 is 5 standard errors
 MIXTURE = two_modes()  # modes at (-2, 0) w.p. 0.8 and (2, 0) w.p. 0.2, std 0.5
-SDES = {"vp": (VPSDE(), 1e-3), "subvp": (SubVPSDE(), 1e-3), "ve": (VESDE(sigma_max=50.0), 1e-5)}
+SDES = {"vp": (VPSDE(), 1e-3), "subvp": (SubVPSDE(), 1e-3), "ve": (VESDE(sigma_max=50.0), 1e-5),
+        "edm": (EDMSDE(), 1e-3), "rectified_flow": (RectifiedFlowSDE(), 1e-3)}
 F64 = torch.float64
 
 
@@ -78,7 +79,7 @@ def fitted_order(errors: list[float], steps: tuple[int, ...]) -> float:
 @pytest.mark.parametrize("name", list(SDES))
 def test_sigma_view_is_consistent_and_invertible(name):
     sde, _ = SDES[name]
-    t = torch.linspace(1e-5, 1.0, 401, dtype=F64)
+    t = torch.linspace(1e-5, sde.T, 401, dtype=F64)
     sigma = sde.sigma(t)
     assert torch.allclose(sigma, sde.marginal_std(t) / sde.mean_coeff(t), rtol=1e-12)
     assert torch.allclose(sde.log_snr(t), -sigma.log(), rtol=1e-12)
@@ -89,6 +90,10 @@ def test_sigma_view_is_consistent_and_invertible(name):
         assert torch.allclose(sigma**2, torch.expm1(sde.integral(t)), rtol=1e-12)
     elif isinstance(sde, SubVPSDE):  # sigma = 2 sinh(B / 2)
         assert torch.allclose(sigma, 2 * torch.sinh(sde.integral(t) / 2), rtol=1e-12)
+    elif isinstance(sde, EDMSDE):  # time is the noise level
+        assert torch.equal(sigma, t)
+    elif isinstance(sde, RectifiedFlowSDE):  # s / a = t / (1 - t)
+        assert torch.allclose(sigma, t / (1 - t), rtol=1e-12)
     else:  # VE: a = 1, so sigma(t) is the noise level it always had
         assert torch.allclose(sigma, sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t, rtol=1e-12)
 
@@ -115,9 +120,9 @@ def test_data_prediction_is_the_posterior_mean_of_gaussian_data(name):
 ])
 def test_grids_are_monotone_exact_at_the_ends_and_uniform_in_their_quantity(name, kind, quantity):
     sde, eps = SDES[name]
-    ts = time_grid(12, eps, kind=kind, sde=sde)
+    ts = time_grid(12, eps, sde.T, kind=kind, sde=sde)
     assert ts.dtype == F64 and ts.shape == (13,)
-    assert ts[0] == 1.0 and ts[-1] == eps and (ts.diff() < 0).all()
+    assert ts[0] == sde.T and ts[-1] == eps and (ts.diff() < 0).all()
     steps = quantity(sde, ts).diff()
     assert torch.allclose(steps, steps.mean().expand(12), rtol=1e-7, atol=0), steps
 

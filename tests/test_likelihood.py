@@ -29,7 +29,7 @@ def test_exact_divergence_matches_closed_form(sde):
     oracle = GAUSSIAN.oracle(sde)
 
     def exact_prior(z):  # the true p_T removes the (tiny) prior mismatch: what remains is solver error
-        return oracle.log_prob(z, torch.ones(z.shape[0], dtype=z.dtype))
+        return oracle.log_prob(z, torch.full((z.shape[0],), sde.T, dtype=z.dtype))
 
     res = log_likelihood(oracle, sde, x, eps=1e-5, prior_logp=exact_prior)
     assert res.z.shape == x.shape and res.nfe > 0

@@ -16,7 +16,7 @@ from scorelab.sampling import (
     ReverseDiffusion,
     time_grid,
 )
-from scorelab.sde import VESDE, VPSDE, SubVPSDE
+from scorelab.sde import EDMSDE, VESDE, VPSDE, RectifiedFlowSDE, SubVPSDE
 
 N = 10_000  # standard error of a mode weight: sqrt(0.16 / N) = 0.004, so +-0.02 is 5 standard errors
 MIXTURE = two_modes()  # modes at (-2, 0) w.p. 0.8 and (2, 0) w.p. 0.2, std 0.5
@@ -31,11 +31,14 @@ SAMPLERS = {
     "ode_heun_100": lambda eps: ODESampler("heun", steps=100, eps=eps),
     "ode_dopri5": lambda eps: ODESampler("dopri5", eps=eps, rtol=1e-5, atol=1e-5),
 }
-SDES = {"vp": (VPSDE(), 1e-3), "subvp": (SubVPSDE(), 1e-3), "ve": (VESDE(sigma_max=50.0), 1e-5)}
+SDES = {"vp": (VPSDE(), 1e-3), "subvp": (SubVPSDE(), 1e-3), "ve": (VESDE(sigma_max=50.0), 1e-5),
+        "edm": (EDMSDE(), 1e-3), "rectified_flow": (RectifiedFlowSDE(), 1e-3)}
 
 
-# Every combination the mathematics allows; ancestral x sub-VP is undefined (its ValueError is tested below).
-COMBINATIONS = [(s, p) for s in SDES for p in SAMPLERS if not (s == "subvp" and p.startswith("ancestral"))]
+# Every combination the mathematics allows; ancestral sampling needs a DDPM or SMLD chain, which sub-VP and the
+# rectified-flow path have not (sub-VP's ValueError is tested below).
+COMBINATIONS = [(s, p) for s in SDES for p in SAMPLERS
+                if not (s in ("subvp", "rectified_flow") and p.startswith("ancestral"))]
 
 
 @pytest.mark.parametrize("sde_name, sampler_name", COMBINATIONS)
@@ -171,7 +174,7 @@ def test_every_predictor_corrector_combination(sde_name, predictor, corrector):
         return
     sampler = PCSampler(predictor(), corrector(), steps=20, eps=eps)
     run = lambda: sampler(MIXTURE.oracle(sde), sde, (256, 2), generator=torch.Generator().manual_seed(0))  # noqa: E731
-    if predictor is Ancestral and sde_name == "subvp":
+    if predictor is Ancestral and sde_name in ("subvp", "rectified_flow"):
         with pytest.raises(ValueError, match="ancestral sampling is not defined"):
             run()
         return

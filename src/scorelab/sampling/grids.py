@@ -10,7 +10,7 @@ import math
 
 import torch
 
-GRIDS = ("uniform", "quadratic", "logsnr", "edm")
+GRIDS = ("auto", "uniform", "quadratic", "logsnr", "edm")
 SIGMA_GRIDS = ("logsnr", "edm")
 _REMOVED = {
     "log_std": "the 'log_std' grid (uniform in log s(t)) was removed: for VP and sub-VP s(t) saturates near 1, so "
@@ -77,6 +77,9 @@ def time_grid(steps: int, eps: float = 1e-3, T: float = 1.0, kind: str = "unifor
 
     Kinds:
 
+    * ``"auto"``: the SDE's ``preferred_grid``: ``"uniform"`` for VP, sub-VP, VE and the rectified-flow path,
+      ``"edm"`` for EDM's ``sigma(t) = t`` process, where uniform steps in t are uniform in sigma and spend every step
+      at large noise (without an SDE, ``"uniform"``).
     * ``"uniform"``: uniform in t (Song et al. 2021).
     * ``"quadratic"``: uniform in ``sqrt(t - eps)``, denser near eps (DDIM's quadratic schedule, Song et al. 2021a).
     * ``"logsnr"``: uniform in ``lambda = log(a/s) = -log sigma`` (DPM-Solver's ``logSNR`` grid, Lu et al. 2022a).
@@ -101,6 +104,8 @@ def time_grid(steps: int, eps: float = 1e-3, T: float = 1.0, kind: str = "unifor
         float64 tensor ``[N + 1]``.
     """
     check_grid(steps, eps, kind, T, rho, sigma_min, sigma_max)
+    if kind == "auto":
+        kind = getattr(sde, "preferred_grid", "uniform") if sde is not None else "uniform"
     if kind == "uniform":
         grid = T + (eps - T) * torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     elif kind == "quadratic":

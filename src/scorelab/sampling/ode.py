@@ -27,7 +27,7 @@ class ODESampler(GridSampler):
     """
 
     def __init__(self, method: str = "rk4", steps: int = 100, eps: float = 1e-3, rtol: float = 1e-5,
-                 atol: float = 1e-5, denoise: bool = False, grid: str | TimeGrid = "uniform"):
+                 atol: float = 1e-5, denoise: bool = False, grid: str | TimeGrid = "auto"):
         if method not in FIXED + ADAPTIVE:
             raise ValueError(f"unknown ODE method {method!r}: choose one of {FIXED + ADAPTIVE}")
         if not (rtol > 0 and atol > 0):

@@ -30,7 +30,7 @@ class PCSampler(GridSampler):
     """
 
     def __init__(self, predictor: Predictor | None = None, corrector: Corrector | None = None, steps: int = 1000,
-                 eps: float = 1e-3, denoise: bool = True, grid: str | TimeGrid = "uniform"):
+                 eps: float = 1e-3, denoise: bool = True, grid: str | TimeGrid = "auto"):
         self.predictor = predictor if predictor is not None else NoPredictor()
         self.corrector = corrector if corrector is not None else NoCorrector()
         if isinstance(self.predictor, NoPredictor) and isinstance(self.corrector, NoCorrector):

@@ -26,6 +26,8 @@ class SDE(abc.ABC):
     """Abstract forward SDE ``dx = f(x, t) dt + g(t) dw`` on ``t in [0, T]`` with ``T = 1``."""
 
     T: float = 1.0
+    #: the time grid a sampler's ``grid="auto"`` builds for this SDE (:func:`scorelab.sampling.time_grid`)
+    preferred_grid: str = "uniform"
 
     # --- the process -------------------------------------------------------------------------
     @abc.abstractmethod
