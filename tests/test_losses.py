@@ -7,7 +7,7 @@ import torch
 from scorelab.data import two_modes
 from scorelab.models import ScoreMLP, ScoreModel
 from scorelab.objectives.score_matching import DDPMLoss, DSMLoss
-from scorelab.sde import VESDE, VPSDE, SubVPSDE
+from scorelab.sde import EDMSDE, VESDE, VPSDE, CosineVPSDE, RectifiedFlowSDE, SubVPSDE
 
 from .conftest import ALL_SDES, SDE_IDS
 
@@ -25,6 +25,13 @@ def written_out_weight(sde, weighting: str, t: torch.Tensor) -> torch.Tensor:
     if isinstance(sde, VESDE):
         sigma2 = (sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t) ** 2
         a2, s2, g2 = torch.ones_like(t), sigma2, sigma2 * 2 * math.log(sde.sigma_max / sde.sigma_min)
+    elif isinstance(sde, EDMSDE):  # sigma(t) = t: a = 1, s = t, g^2 = d[t^2]/dt
+        a2, s2, g2 = torch.ones_like(t), t**2, 2 * t
+    elif isinstance(sde, RectifiedFlowSDE):  # a = 1 - t, s = t, g^2 = d[s^2]/dt - 2 (a'/a) s^2 = 2t + 2t^2/(1-t)
+        a2, s2, g2 = (1 - t) ** 2, t**2, 2 * t / (1 - t)
+    elif isinstance(sde, CosineVPSDE):  # any VP schedule: a^2 = e^{-B}, s^2 = 1 - e^{-B}, g^2 = beta
+        big_b = sde.integral(t)
+        a2, s2, g2 = torch.exp(-big_b), 1 - torch.exp(-big_b), sde.beta(t)
     else:
         beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
         big_b = sde.beta_min * t + 0.5 * t**2 * (sde.beta_max - sde.beta_min)
@@ -60,7 +67,7 @@ def test_oracle_has_lowest_loss_and_excess_is_exact(sde, weighting):
     loss = make_dsm(sde, weighting, eps=1e-3)
     n = 200_000
     x0 = mixture.sample(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    t = torch.rand(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * (1 - 1e-3) + 1e-3
+    t = torch.rand(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * (sde.T - 1e-3) + 1e-3
     good = loss.per_example(oracle, x0, generator=torch.Generator().manual_seed(2), t=t)
     bad = loss.per_example(perturbed, x0, generator=torch.Generator().manual_seed(2), t=t)  # same t and z
     diff = bad - good
@@ -74,7 +81,7 @@ def test_oracle_has_lowest_loss_and_excess_is_exact(sde, weighting):
 @pytest.mark.parametrize("sde", ALL_SDES, ids=SDE_IDS)
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
 def test_weight_is_the_written_out_lambda(sde, weighting):
-    t = torch.tensor([1e-5, 0.1, 0.5, 1.0], dtype=torch.float64)
+    t = torch.tensor([1e-5, 0.1, 0.5, 1.0], dtype=torch.float64) * sde.T
     torch.testing.assert_close(make_dsm(sde, weighting).weight(t), written_out_weight(sde, weighting, t))
 
 
@@ -188,7 +195,7 @@ def test_ddpm_loss_takes_the_chain_the_sde_declares():
         (lambda: DSMLoss(VPSDE(), lr_scale=True), "lr_scale"),
         (lambda: DSMLoss(VPSDE(), lr_scale="half"), "lr_scale"),
         (lambda: DDPMLoss(num_steps=10, beta_max=20.0), "exceed 1"),
-        (lambda: ScoreModel(ScoreMLP(), VPSDE(), output="velocity"), "output"),
+        (lambda: ScoreModel(ScoreMLP(), VPSDE(), output="velocity_field"), "output"),
     ],
 )
 def test_invalid_loss_arguments_raise(make, match):

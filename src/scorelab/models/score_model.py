@@ -7,18 +7,29 @@ from torch import nn
 from ..core.tensors import append_dims
 from ..sde import SDE
 
-OUTPUTS = ("score", "eps", "x0", "scaled_score")
-NOISE_LABELS = ("sde", "t", "log_std")
+OUTPUTS = ("score", "eps", "x0", "scaled_score", "v", "edm", "velocity")
+NOISE_LABELS = ("sde", "t", "log_std", "edm")
 
 
 def noise_conditioning(sde: SDE, t: torch.Tensor, kind: str) -> torch.Tensor:
     """The scalar a network is conditioned on at time ``t [B]``: ``"sde"`` (the SDE's own convention: ``999 t`` for
-    VP/sub-VP, ``log sigma(t)`` for VE), ``"t"`` or ``"log_std"`` (``log s(t)``)."""
+    VP/sub-VP and the rectified-flow path, ``log sigma(t)`` for VE and EDM's process), ``"t"``, ``"log_std"``
+    (``log s(t)``) or ``"edm"`` (EDM's ``c_noise = log(sigma(t)) / 4``, Karras et al. 2022, Table 1)."""
     if kind == "t":
         return t
     if kind == "log_std":
         return sde.marginal_std(t).log()
+    if kind == "edm":
+        return sde.sigma(t).log() / 4
     return sde.noise_label(t)
+
+
+def edm_coefficients(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM's preconditioning ``(c_skip, c_out, c_in)`` at noise levels ``sigma`` (Karras et al. 2022, Table 1):
+    ``sigma_d^2 / (sigma^2 + sigma_d^2)``, ``sigma sigma_d / sqrt(sigma^2 + sigma_d^2)``, ``1 / sqrt(sigma^2 +
+    sigma_d^2)``. ``D(y) = c_skip y + c_out F(c_in y)`` keeps the network's input and target at unit variance."""
+    total = sigma**2 + sigma_data**2
+    return sigma_data**2 / total, sigma * sigma_data / total.sqrt(), total.rsqrt()
 
 
 def unit_scale_input(sde: SDE, x: torch.Tensor, t: torch.Tensor, sigma_data: float) -> torch.Tensor:
@@ -39,6 +50,15 @@ class ScoreModel(nn.Module):
       ``scale_by_sigma``: its NCSN++ divides its last layer by sigma);
     * ``"score"``: the network output is the score;
     * ``"x0"``: the network predicts clean data, ``s = -(x - a(t) net) / s(t)^2``.
+    * ``"v"``: the network predicts ``v = (a eps - s x0) / r`` with ``r = sqrt(a^2 + s^2)`` (Salimans & Ho 2022,
+      Sec. 4: ``v = alpha eps - sigma x0`` on VP, where ``r = 1``), so ``x0 = (a x / r - s v) / r``;
+    * ``"edm"``: EDM's preconditioning (Karras et al. 2022, Table 1) in the sigma-space view ``y = x / a(t)``,
+      ``sigma = s(t) / a(t)``: the network sees ``c_in y`` and the denoiser is ``D = c_skip y + c_out net``
+      (:func:`edm_coefficients`; the input is always scaled, whatever ``scale_input``);
+    * ``"velocity"``: the network predicts the flow-matching velocity ``dx_t/dt = a' x0 + s' eps`` (Lipman et al.
+      2023), which is the probability-flow drift ``f x - g^2 score / 2``, so ``score = 2 (f x - net) / g^2``.
+
+    Each is a function of ``a(t)``, ``s(t)``, ``f(t)`` and ``g(t)`` only, so it serves every SDE.
 
     Class-conditional backbones (``num_classes > 0``: ``net(x, noise_label, y)``) take class labels ``y``;
     ``y=None`` is the null class, the unconditional score the same network learns under label dropout
@@ -105,25 +125,38 @@ class ScoreModel(nn.Module):
                              "labels")
         a = append_dims(self.sde.mean_coeff(t), x.ndim)
         std = append_dims(self.sde.marginal_std(t), x.ndim)
-        x_in = x / torch.sqrt(a**2 * self.sigma_data**2 + std**2) if self.scale_input else x
+        scale = self.scale_input or self.output == "edm"  # EDM's c_in y = x / sqrt(a^2 sigma_d^2 + s^2)
+        x_in = x / torch.sqrt(a**2 * self.sigma_data**2 + std**2) if scale else x
         if not self.centered:
             x_in = 2.0 * x_in - 1.0
         out = self.net(x_in, self.label(t)) if y is None else self.net(x_in, self.label(t), y)
         if self.learn_variance:
             out, raw = out.chunk(2, dim=1)
-            score = self._score(x, out, a, std)
+            score = self._score(x, t, out, a, std)
             return (score, (raw + 1.0) / 2.0) if return_variance else score
-        return self._score(x, out, a, std)
+        return self._score(x, t, out, a, std)
 
-    def _score(self, x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    def _score(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor, a: torch.Tensor,
+               std: torch.Tensor) -> torch.Tensor:
         """The score from the network's (mean) output under the parameterisation ``self.output``."""
         if self.output == "eps":
             return -out / std
         if self.output == "scaled_score":
             return out / std
-        if self.output == "x0":
-            return -(x - a * out) / std**2
-        return out
+        if self.output == "score":
+            return out
+        if self.output == "velocity":
+            drift, diffusion = self.sde.sde(x, t)  # the drift of a linear SDE is f(t) x
+            return 2.0 * (drift - out) / append_dims(diffusion, x.ndim) ** 2
+        if self.output == "v":
+            r2 = a**2 + std**2
+            x0 = (a * x - std * r2.sqrt() * out) / r2
+        elif self.output == "edm":
+            c_skip, c_out, _ = edm_coefficients(std / a, self.sigma_data)
+            x0 = c_skip * (x / a) + c_out * out
+        else:  # x0
+            x0 = out
+        return -(x - a * x0) / std**2
 
     def score_and_variance(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(score, v)``: :meth:`forward` with ``return_variance=True``."""

@@ -19,7 +19,11 @@ from .base import Objective
 from .vlb import DDPMChain
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-WEIGHTINGS = ("sigma2", "g2", "none", "snr_sigmoid")
+WEIGHTINGS = ("sigma2", "g2", "none", "snr_sigmoid", "edm", "min_snr", "flow")
+# the weightings written in noise space, lambda(t) = s(t)^2 x relative_weight(t): their loss is computed as
+# relative_weight ||s score + z||^2, which never divides by a tiny s(t)
+NOISE_SPACE_WEIGHTINGS = ("sigma2", "snr_sigmoid", "edm", "min_snr", "flow")
+TIME_DISTRIBUTIONS = ("uniform", "log_normal")
 TRACES = ("exact", "hutchinson", "auto")
 
 
@@ -109,7 +113,13 @@ class TimeWeighting(Objective):
             (``g(t)^2``, likelihood weighting, Song et al. 2021b), ``"none"`` (1) or ``"snr_sigmoid"``
             (``s(t)^2 [c + (1 - c) sigmoid(log SNR(t) + b)]`` with ``SNR = a(t)^2 / s(t)^2``: the noise-prediction
             weighting turned down at low SNR, where the implicit and sliced estimators are noisiest;
-            docs/objectives.md).
+            docs/objectives.md); ``"edm"`` (Karras et al. 2022, Eq. 8 and Table 1: ``lambda(sigma) ||D - x0||^2``
+            with ``lambda = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2``, ``sigma = s/a``: unit-scale loss at every
+            noise level under EDM's preconditioning; ``s(t)^2 (1 + sigma^2 / sigma_d^2)`` here); ``"min_snr"``
+            (Hang et al. 2023: ``min(SNR, gamma) ||D - x0||^2``, ``SNR = 1 / sigma^2``, the same loss as their
+            ``min(SNR, gamma) / SNR`` on the noise and ``min(SNR, gamma) / (SNR + 1)`` on v; ``s(t)^2 min(1, gamma
+            sigma^2)`` here) or ``"flow"`` (the flow-matching loss ``||u_theta - (a' x0 + s' z)||^2`` of Lipman et
+            al. 2023, whose velocity error is ``g^2 / (2 s)`` times the noise error: ``g(t)^4 / 4`` here).
         reduce_mean: average over data dimensions (``True``) or sum them.
         eps: smallest training time (1e-5 in the paper) avoiding the singularity of ``z / s(t)`` at 0.
         importance_sampling: draw ``t`` from ``p(t) ∝ g(t)^2 / s(t)^2`` and reweight (unbiased for any weighting).
@@ -119,13 +129,32 @@ class TimeWeighting(Objective):
             when it trains this objective (> 0; 1: the rate as configured). The implicit and sliced estimators'
             gradients are far noisier than DSM's at low SNR, and at a constant rate their models fluctuate more; their
             configs train at half the rate (docs/objectives.md, "Learning rate").
+        sigma_data: ``sigma_d`` of ``"edm"`` (the data's standard deviation, 0.5 for images in [-1, 1]).
+        min_snr_gamma: ``gamma`` of ``"min_snr"`` (5 in the paper).
+        time_distribution: ``"uniform"`` (``t ~ U(eps, T)``) or ``"log_normal"`` (EDM's training noise levels:
+            ``log sigma(t) ~ N(p_mean, p_std^2)``, Karras et al. 2022, Table 1; mapped to time by ``sde.t_of_sigma``
+            and kept in ``[eps, T]``). Log-normal times define another objective (the EDM one), not an estimator of
+            the uniform one, so they are not reweighted; ``importance_sampling`` needs uniform times.
+        p_mean, p_std: the log-normal's mean and standard deviation of ``log sigma`` (-1.2 and 1.2 in EDM).
     """
 
     def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5,
                  importance_sampling: bool = False, snr_shift: float = -2.0, snr_floor: float = 0.2,
-                 lr_scale: float = 1.0):
+                 lr_scale: float = 1.0, sigma_data: float = 0.5, min_snr_gamma: float = 5.0,
+                 time_distribution: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if time_distribution not in TIME_DISTRIBUTIONS:
+            raise ValueError(f"time_distribution must be one of {TIME_DISTRIBUTIONS}, got {time_distribution!r}")
+        if time_distribution != "uniform" and importance_sampling:
+            raise ValueError("importance_sampling reweights uniform times: it cannot be combined with "
+                             f"time_distribution={time_distribution!r}")
+        for name, value, positive in (("sigma_data", sigma_data, True), ("min_snr_gamma", min_snr_gamma, True),
+                                      ("p_mean", p_mean, False), ("p_std", p_std, True)):
+            if not _is_real(value) or not math.isfinite(value) or (positive and value <= 0):
+                raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+        self.sigma_data, self.min_snr_gamma = float(sigma_data), float(min_snr_gamma)
+        self.time_distribution, self.p_mean, self.p_std = time_distribution, float(p_mean), float(p_std)
         if not 0.0 < eps < sde.T:
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
         if not isinstance(importance_sampling, bool):
@@ -141,35 +170,47 @@ class TimeWeighting(Objective):
         self.sde, self.weighting, self.reduce_mean, self.eps = sde, weighting, reduce_mean, eps
         self.snr_shift, self.snr_floor = float(snr_shift), float(snr_floor)
         self.importance_sampling = importance_sampling
-        self.time_distribution = LikelihoodTimes(sde, eps) if importance_sampling else None
+        self.likelihood_times = LikelihoodTimes(sde, eps) if importance_sampling else None
 
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         """``lambda(t)``, shape ``[B]``."""
-        if self.weighting in ("sigma2", "snr_sigmoid"):
+        if self.weighting in NOISE_SPACE_WEIGHTINGS:
             return self.sde.marginal_std(t) ** 2 * self.relative_weight(t)
         if self.weighting == "g2":
             return self.sde.sde(torch.zeros_like(t)[:, None], t)[1] ** 2
         return torch.ones_like(t)
 
     def relative_weight(self, t: torch.Tensor) -> torch.Tensor | float:
-        """``lambda(t) / s(t)^2`` of the noise-prediction weightings (``"sigma2"``: 1; ``"snr_sigmoid"``:
-        ``c + (1 - c) sigmoid(log SNR(t) + b)``), the factor of the loss written in noise space."""
+        """``lambda(t) / s(t)^2`` of the weightings written in noise space, the factor of ``||eps_theta - z||^2``:
+        ``"sigma2"``: 1; ``"snr_sigmoid"``: ``c + (1 - c) sigmoid(log SNR(t) + b)``; ``"edm"``: ``1 + sigma^2 /
+        sigma_d^2``; ``"min_snr"``: ``min(1, gamma sigma^2)``; ``"flow"``: ``(g^2 / (2 s))^2``."""
+        if self.weighting == "edm":
+            return 1.0 + self.sde.sigma(t) ** 2 / self.sigma_data**2
+        if self.weighting == "min_snr":
+            return torch.clamp(self.min_snr_gamma * self.sde.sigma(t) ** 2, max=1.0)
+        if self.weighting == "flow":
+            diffusion = self.sde.sde(torch.zeros_like(t)[:, None], t)[1]
+            return (diffusion**2 / (2.0 * self.sde.marginal_std(t))) ** 2
         if self.weighting != "snr_sigmoid":
             return 1.0
         log_snr = 2 * (self.sde.mean_coeff(t).log() - self.sde.marginal_std(t).log())
         return self.snr_floor + (1 - self.snr_floor) * torch.sigmoid(log_snr + self.snr_shift)
 
     def sample_times(self, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
-        """``n`` training times ``[n]``: ``U(eps, T)``, or :class:`LikelihoodTimes` with ``importance_sampling``."""
-        if self.time_distribution is not None:
-            return self.time_distribution.sample(n, like, generator)
+        """``n`` training times ``[n]``: ``U(eps, T)``, :class:`LikelihoodTimes` with ``importance_sampling``, or
+        the times of log-normal noise levels (``time_distribution="log_normal"``)."""
+        if self.time_distribution == "log_normal":
+            sigma = torch.exp(self.p_mean + self.p_std * sample_noise((n,), like, generator).to(torch.float64))
+            return self.sde.t_of_sigma(sigma).clamp(self.eps, self.sde.T).to(like.dtype)
+        if self.likelihood_times is not None:
+            return self.likelihood_times.sample(n, like, generator)
         return sample_noise((n,), like, generator, kind="uniform") * (self.sde.T - self.eps) + self.eps
 
     def time_factor(self, t: torch.Tensor) -> torch.Tensor | float:
         """The importance weight ``1 / ((T - eps) p(t))`` of each time ``[B]`` (1 with uniform times)."""
-        if self.time_distribution is None:
+        if self.likelihood_times is None:
             return 1.0
-        return 1.0 / ((self.sde.T - self.eps) * self.time_distribution.density(t))
+        return 1.0 / ((self.sde.T - self.eps) * self.likelihood_times.density(t))
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, ...] -> [B]``: mean or sum over the data dimensions (``reduce_mean``)."""
@@ -185,7 +226,10 @@ class DSMLoss(TimeWeighting):
     Song, Durkan, Murray, Ermon 2021, Eq. 12 with the importance sampling of their Sec. 5).
 
     The arguments (``sde``, ``weighting``, ``reduce_mean``, ``eps``, ``importance_sampling``, ``snr_shift``,
-    ``snr_floor``, ``lr_scale``) are :class:`TimeWeighting`'s.
+    ``snr_floor``, ``lr_scale``, ``sigma_data``, ``min_snr_gamma``, ``time_distribution``, ``p_mean``, ``p_std``) are
+    :class:`TimeWeighting`'s. EDM's loss is ``weighting="edm"`` with ``time_distribution="log_normal"``, min-SNR-gamma
+    is ``weighting="min_snr"``, and the flow-matching loss is ``weighting="flow"`` (on the rectified-flow SDE, with
+    uniform times, Lipman et al. 2023's conditional flow matching exactly).
     """
 
     def per_example(self, score_fn: ScoreFn, x0: torch.Tensor, generator=None,
@@ -197,7 +241,7 @@ class DSMLoss(TimeWeighting):
         mean, std = self.sde.marginal_prob(x0, t)
         std_b = append_dims(std, x0.ndim)
         score = score_fn(mean + std_b * z, t)
-        if self.weighting in ("sigma2", "snr_sigmoid"):  # || s score + z ||^2 avoids dividing by a tiny s(t)
+        if self.weighting in NOISE_SPACE_WEIGHTINGS:  # || s score + z ||^2 avoids dividing by a tiny s(t)
             loss = self.relative_weight(t) * self.reduce((std_b * score + z) ** 2)
         else:
             loss = self.weight(t) * self.reduce((score + z / std_b) ** 2)
