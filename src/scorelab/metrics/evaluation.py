@@ -2,7 +2,8 @@
 
 Features are extracted once per image by a feature extractor (Inception-v3 for FID, a domain classifier for
 e.g. ``fd_mnist``) and fed to torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance``
-through an identity "network", so one pass serves both metrics and the class histogram. Under DDP every rank
+through an identity "network", so one pass serves both metrics, precision / recall (Kynkäänniemi et al. 2019) and
+the class histogram. Under DDP every rank
 updates with its own share and ``compute()`` all-reduces (call it on every rank). The reference set enters the
 metric states on one rank only, so the reduction counts it once.
 
@@ -50,6 +51,46 @@ class ClassHistogram(Metric):
         return self.counts.clone()
 
 
+class PrecisionRecall(Metric):
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of generated features against real ones.
+
+    Each set's k-nearest-neighbour balls (radius: the distance to its k-th neighbour, k = 3 in the paper) estimate
+    its manifold: precision is the share of generated samples inside some real ball, recall the share of real samples
+    inside some generated ball. A set against itself scores 1 and 1; two disjoint sets 0 and 0. The computation is
+    torch-fidelity's (``calculate_precision_recall_part``). The real set is cut to the size of the generated one, the
+    comparison the paper makes (both radii depend on the set sizes).
+
+    Args:
+        real: real features ``[N, F]`` (every rank holds them; they are not a metric state).
+        k: the neighbourhood size.
+    """
+
+    def __init__(self, real: torch.Tensor, k: int = 3, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.real, self.k = torch.as_tensor(real).float(), int(k)
+        self.add_state("fake", [], dist_reduce_fx="cat")
+
+    def update(self, features: torch.Tensor) -> None:
+        self.fake.append(features.detach().float())
+
+    def compute(self) -> tuple[float, float]:
+        from torch_fidelity.metric_prc import calculate_precision_recall_part
+
+        fake = torch.cat(self.fake) if isinstance(self.fake, list) else self.fake
+        n = min(len(fake), len(self.real))
+        if n <= self.k:
+            raise ValueError(f"precision and recall with k = {self.k} need more than {self.k} samples in each set, "
+                             f"got {len(fake)} generated and {len(self.real)} real")
+        precision, recall = calculate_precision_recall_part(fake.cpu(), self.real[:n], self.k, 10_000)
+        return float(precision), float(recall)
+
+
+def feature_name(extractor: nn.Module) -> str:
+    """The name of an extractor's feature space: ``inception`` for ``fid``, ``mnist`` for ``fd_mnist``."""
+    metric = extractor.metric_name
+    return "inception" if metric == "fid" else metric.removeprefix("fd_")
+
+
 def _is_reference_rank() -> bool:
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
         torch.distributed.get_rank() == 0
@@ -93,6 +134,9 @@ class SampleEvaluator(nn.Module):
                                                reset_real_features=False)
             if holds_reference:
                 self.kid.real_features.append(torch.as_tensor(reference.features).double())
+        self.prc = None  # precision / recall, on the reference's kept raw features
+        if reference.features is not None and len(reference.features) > 3:
+            self.prc = PrecisionRecall(torch.as_tensor(reference.features))
         logits = getattr(extractor, "logits", None)
         num_classes = getattr(extractor, "num_classes", None)
         self.histogram = ClassHistogram(num_classes) if callable(logits) and num_classes else None
@@ -123,6 +167,8 @@ class SampleEvaluator(nn.Module):
         self.fid.update(features, real=False)
         if self.kid is not None:
             self.kid.update(features, real=False)
+        if self.prc is not None:
+            self.prc.update(features)
 
     @property
     def count(self) -> int:
@@ -134,7 +180,9 @@ class SampleEvaluator(nn.Module):
 
         Returns:
             ``{<metric_name>: float, <kernel_name>: float, <kernel_name>_std: float, "n": int,
-            "n_reference": int, "class_histogram": [K] counts}`` (kernel and histogram entries when available).
+            "n_reference": int, "precision_<features>": float, "recall_<features>": float, "class_histogram": [K]
+            counts}`` (kernel, precision/recall and histogram entries when available; ``<features>`` is
+            :func:`feature_name`, e.g. ``precision_mnist``).
         """
         result: dict[str, Any] = {self.metric_name: float(self.fid.compute())}
         n = int(self.fid.fake_features_num_samples)  # synchronised by compute()
@@ -147,6 +195,9 @@ class SampleEvaluator(nn.Module):
                 mean, std = self.kid.compute()
             result[self.kernel_name], result[f"{self.kernel_name}_std"] = float(mean), float(std)
             result["kid_subset_size"] = int(self.kid.subset_size)
+        if self.prc is not None and n > self.prc.k:
+            name = feature_name(self.extractor)
+            result[f"precision_{name}"], result[f"recall_{name}"] = self.prc.compute()
         if self.histogram is not None:
             result["class_histogram"] = self.histogram.compute().tolist()
         return result
@@ -156,6 +207,8 @@ class SampleEvaluator(nn.Module):
         self.fid.reset()
         if self.kid is not None:
             self.kid.reset()
+        if self.prc is not None:
+            self.prc.reset()
         if self.histogram is not None:
             self.histogram.reset()
 
