@@ -73,8 +73,8 @@ def test_optuna_search_returns_the_metric(tmp_path):
     [
         (["sde.beta_min=-1"], "beta_min must be a positive finite number"),
         (["sde.beta_min=30"], "beta_min must be smaller than beta_max"),
-        (["sde=cosine"], "sde=cosine: no such option (did you mean vp_cosine?); sde is one of: subvp, ve, vp, "
-                         "vp_cosine"),
+        (["sde=cosine"], "sde=cosine: no such option (did you mean vp_cosine?); sde is one of: edm, rectified_flow, "
+                         "subvp, ve, vp, vp_cosine"),
         (["ckpt_path=/nonexistent/last.ckpt"], "checkpoint not found: /nonexistent/last.ckpt"),
         (["data.batch_size=0"], "batch_size must be a positive integer"),
         (["sampler.steps=0"], "steps must be a positive integer"),
@@ -115,7 +115,8 @@ def test_bad_input_ends_in_one_clear_line(tmp_path, args, expected):
     ("sample.py", ["teaching.points=3"], "teaching is now task=teach: write task=teach task.paths=3"),
     ("sample.py", ["task.guidance=2"], "task.guidance: no such setting; it is an option of task=labels: write "
                                        "task=labels task.guidance=2"),
-    ("train.py", ["sde.sigma_max=5"], "it is an option of sde=ve: write sde=ve sde.sigma_max=5"),
+    ("train.py", ["sde.max_beta=0.5"], "it is an option of sde=vp_cosine: write sde=vp_cosine sde.max_beta=0.5"),
+    ("train.py", ["sde.beta_max=5", "sde=ve"], "it is an option of sde=subvp, sde=vp: write sde.beta_max=5 with one"),
     ("likelihood.py", ["splitt=test"], "splitt: no such setting; did you mean split?"),
     ("fid.py", ["featurs=mnist"], "featurs: no such setting; did you mean features?"),
     ("train.py", ["hydra.run.dir=/etc/hostname/run"], "/etc/hostname is a file, not a folder"),

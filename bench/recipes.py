@@ -1,0 +1,209 @@
+"""Training recipes at equal compute on MNIST: which model samples best in 10, 20 and 40 network evaluations.
+
+Each recipe is ``experiment=mnist_small`` (the same 1.03M-parameter network, batch, optimizer, EMA and data) with a
+few overrides, trained for the same number of optimizer steps, the step count ``mnist_small`` reaches in its
+30-minute budget on 2 CPU cores (1977 steps measured; a fixed step count keeps the comparison fair whatever else the
+machine is doing). Every run also writes post-hoc EMA snapshots (``callbacks/posthoc_ema=default``), so the EMA
+length of the winner can be chosen afterwards with ``ema.py``. The recipes:
+
+* ``vp_dsm``: today's default, VP SDE, noise prediction, DSM with lambda = s(t)^2 (Song et al. 2021);
+* ``edm``: EDM's sigma(t) = t process, its preconditioning, log-normal noise levels and lambda(sigma)
+  (Karras et al. 2022);
+* ``flow``: the rectified-flow path with a velocity network and the flow-matching loss (Lipman et al. 2023;
+  Liu et al. 2023);
+* ``vp_v_minsnr``: VP with v-prediction (Salimans & Ho 2022) and min-SNR-5 weighting (Hang et al. 2023).
+
+Then each recipe's checkpoint is sampled as a user would (``sample.py ... eval.fid=true``, 2000 samples, seeds
+0..1999): first with each candidate few-step solver at 10 NFE, then with the best of them (lowest fd_mnist) at 20
+and 40 NFE. Every row reports fd_mnist (against the 60000 training digits), precision and recall (k = 3, on the
+same classifier features), the sampling seconds and the histogram of predicted digits.
+
+    python bench/recipes.py [--out-dir logs/bench/recipes] [--data-dir DIR] [--steps 1977] [--recipes edm flow]
+    python bench/recipes.py --phase report --table docs/bench_recipes.md --plot docs/bench_recipes.png
+
+Runs are cached in ``--out-dir`` (a checkpoint per recipe, ``results.json`` per sampling row): an interrupted bench
+resumes where it stopped. With ``SCORELAB_SMOKE=1`` it is a smoke run (3 steps, 16 samples); its numbers mean
+nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from scorelab.cli.smoke import smoke_active, smoke_cap
+from scorelab.metrics.mnist_classifier import class_deviation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mnist_sampling import reference, run_sampler  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES: dict[str, tuple[str, list[str]]] = {
+    "vp_dsm": ("VP, eps-prediction, DSM (s(t)^2)", []),
+    "edm": ("EDM: sigma(t) = t, preconditioning, log-normal sigma, lambda(sigma)",
+            ["sde=edm", "model.output=edm", "loss=edm"]),
+    "flow": ("rectified flow, velocity, flow matching", ["sde=rectified_flow", "model.output=velocity",
+                                                         "loss=flow_matching"]),
+    "vp_v_minsnr": ("VP, v-prediction, min-SNR-5", ["model.output=v", "loss=min_snr"]),
+}
+# candidate solvers (config, overrides); NFE = steps + 1 (a final denoising step) for each of them
+SOLVERS: dict[str, list[str]] = {
+    "dpmpp_2m": ["sampler=dpmpp_2m"],
+    "dpmpp_2m_edm": ["sampler=dpmpp_2m", "sampler.grid=edm"],
+    "unipc": ["sampler=unipc"],
+}
+NFES = (10, 20, 40)
+
+
+def train(recipe: str, steps: int, out: Path, data_dir: str) -> Path:
+    """Train one recipe (unless its checkpoint exists); returns the checkpoint."""
+    run_dir = out / recipe
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt.exists():
+        return ckpt
+    cmd = [sys.executable, str(ROOT / "train.py"), "experiment=mnist_small", *RECIPES[recipe][1],
+           f"trainer.max_steps={steps}", "trainer.max_time=null", "~callbacks/fid",
+           "callbacks.samples.every_n_epochs=0", "callbacks.samples.n_samples=16", "logger=csv",
+           "callbacks/posthoc_ema=default",
+           f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"]
+    began = time.perf_counter()
+    log = out / f"{recipe}.train.log"
+    with log.open("w") as stream:
+        proc = subprocess.run(cmd, stdout=stream, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not ckpt.exists():
+        raise SystemExit(f"{recipe}: train.py failed (exit {proc.returncode}); see {log}")
+    (run_dir / "train_seconds.txt").write_text(f"{time.perf_counter() - began:.1f}\n")
+    return ckpt
+
+
+def sample_row(recipe: str, solver: str, nfe: int, ckpt: Path, n: int, data_dir: str, out: Path,
+               results: dict) -> dict:
+    """fd_mnist, precision/recall, seconds and classes of ``n`` samples at ``nfe`` evaluations (cached)."""
+    key = f"{recipe}/{solver}/{nfe}/{n}"
+    if key not in results:
+        spec = " ".join([*SOLVERS[solver], f"sampler.steps={nfe - 1}"]).removeprefix("sampler=")
+        summary = run_sampler(spec, str(ckpt), n, min(n, 500), data_dir, out / "samples")
+        run = summary["runs"][0]
+        results[key] = {"recipe": recipe, "solver": solver, "nfe": run["nfe"], "n": n,
+                        "fd_mnist": run["fd_mnist"], "precision": run.get("precision_mnist"),
+                        "recall": run.get("recall_mnist"), "seconds": run["seconds"],
+                        "classes": run.get("class_histogram", [])}
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results[key]
+
+
+def evaluate(recipes: list[str], out: Path, n: int, data_dir: str, nfes: tuple[int, ...]) -> dict:
+    results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    for recipe in recipes:
+        ckpt = out / recipe / "checkpoints" / "last.ckpt"
+        if not ckpt.exists():
+            print(f"{recipe}: no checkpoint yet, skipped", flush=True)
+            continue
+        first = [sample_row(recipe, s, nfes[0], ckpt, n, data_dir, out, results) for s in SOLVERS]
+        best = min(first, key=lambda r: r["fd_mnist"])["solver"]
+        for nfe in nfes[1:]:
+            sample_row(recipe, best, nfe, ckpt, n, data_dir, out, results)
+        print(f"{recipe}: best solver at {nfes[0]} NFE is {best}", flush=True)
+    return results
+
+
+def report(results: dict, out: Path, n: int, data_dir: str, table: Path | None, plot: Path | None) -> str:
+    """The markdown table (every row) and, with ``plot``, fd_mnist against NFE for each recipe's best solver."""
+    train_counts, floor = reference(n, data_dir)
+    lines = [f"## Recipes at equal compute on MNIST (n = {n} samples, torch {torch.__version__}, "
+             f"{platform.processor() or 'cpu'})", "",
+             f"Real test digits: fd_mnist {floor['fd']:.2f}, class gap "
+             f"{class_deviation(floor['hist'], train_counts):.3f}.", "",
+             "| recipe | train steps | train min | solver | NFE | fd_mnist | precision | recall | sampling s "
+             "| class share min-max | predicted classes 0-9 |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    best: dict[str, list[dict]] = {}
+    for recipe in RECIPES:
+        rows = [r for r in results.values() if r["recipe"] == recipe and r["n"] == n]
+        if not rows:
+            continue
+        secs = out / recipe / "train_seconds.txt"
+        minutes = f"{float(secs.read_text()) / 60:.1f}" if secs.exists() else "-"
+        steps = _trained_steps(out / recipe)
+        first = [r for r in rows if r["nfe"] == min(x["nfe"] for x in rows)]
+        winner = min(first, key=lambda r: r["fd_mnist"])["solver"]
+        best[recipe] = sorted((r for r in rows if r["solver"] == winner), key=lambda r: r["nfe"])
+        for r in sorted(rows, key=lambda r: (r["nfe"], r["solver"])):
+            share = torch.tensor(r["classes"], dtype=torch.float64)
+            share = share / share.sum() if len(share) else share
+            span = f"{100 * share.min():.1f}-{100 * share.max():.1f} %" if len(share) else "-"
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            lines.append(f"| {recipe} | {steps} | {minutes} | {r['solver']}{' (best)' if r['solver'] == winner else ''}"
+                         f" | {r['nfe']} | {r['fd_mnist']:.2f} | {fmt(r['precision'])} | {fmt(r['recall'])} | "
+                         f"{r['seconds']:.1f} | {span} | {' '.join(str(int(c)) for c in r['classes'])} |")
+    lines += ["", "Recipes: " + "; ".join(f"`{k}`: {v[0]} (`{' '.join(v[1]) or 'the defaults'}`)"
+                                          for k, v in RECIPES.items()) + "."]
+    text = "\n".join((["(smoke run: numbers mean nothing)", ""] if smoke_active() else []) + lines) + "\n"
+    if table:
+        table.write_text(text)
+    if plot and best:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for recipe, rows in best.items():
+            ax.plot([r["nfe"] for r in rows], [r["fd_mnist"] for r in rows], marker="o",
+                    label=f"{recipe} ({rows[0]['solver']})")
+        ax.axhline(floor["fd"], color="grey", linestyle="--", label="real test digits")
+        ax.set_xlabel("network evaluations (NFE)")
+        ax.set_ylabel("fd_mnist (lower is better)")
+        ax.set_title(f"MNIST, equal training compute, {n} samples")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plot, dpi=120)
+    return text
+
+
+def _trained_steps(run_dir: Path) -> str:
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.exists():
+        return "-"
+    return str(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", "-"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=Path("logs/bench/recipes"))
+    parser.add_argument("--data-dir", default=os.environ.get("SCORELAB_DATA") or "./data",
+                        help="folder holding MNIST/raw (default: $SCORELAB_DATA or ./data)")
+    parser.add_argument("--steps", type=int, default=1977, help="optimizer steps per recipe (mnist_small's 30 "
+                        "minutes on 2 cores)")
+    parser.add_argument("--n", type=int, default=2000, help="samples per row (seeds 0..n-1)")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--phase", choices=("all", "train", "evaluate", "report"), default="all")
+    parser.add_argument("--table", type=Path, help="write the markdown table here")
+    parser.add_argument("--plot", type=Path, help="write the PNG (fd_mnist against NFE) here")
+    args = parser.parse_args(argv)
+    nfes = NFES
+    if smoke_active():
+        args.steps, args.n, nfes = smoke_cap(args.steps, 3), smoke_cap(args.n, 16), (3, 4)
+        print("SCORELAB_SMOKE=1: a smoke run, its numbers mean nothing", flush=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.phase in ("all", "train"):
+        for recipe in args.recipes:
+            print(f"{recipe}: training {args.steps} steps", flush=True)
+            train(recipe, args.steps, args.out_dir, args.data_dir)
+    results = {}
+    if args.phase in ("all", "evaluate"):
+        results = evaluate(args.recipes, args.out_dir, args.n, args.data_dir, nfes)
+    if args.phase in ("all", "report"):
+        if not results and (args.out_dir / "results.json").exists():
+            results = json.loads((args.out_dir / "results.json").read_text())
+        print(report(results, args.out_dir, args.n, args.data_dir, args.table, args.plot))
+
+
+if __name__ == "__main__":
+    main()
