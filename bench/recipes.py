@@ -57,7 +57,6 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
 SOLVERS: dict[str, list[str]] = {
     "dpmpp_2m": ["sampler=dpmpp_2m"],
     "dpmpp_2m_edm": ["sampler=dpmpp_2m", "sampler.grid=edm"],
-    "unipc": ["sampler=unipc"],
 }
 NFES = (10, 20, 40)
 

@@ -60,7 +60,7 @@ def test_without_weights_or_network_the_message_names_both_ways_out(offline):
 def test_a_file_that_is_not_dinov2_weights_is_refused(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"weight": torch.zeros(3)}, path)
-    with pytest.raises(UserError, match="does not hold DINOv2 ViT-S/14 weights"):
+    with pytest.raises(UserError, match="does not hold DINOv2 vit-s-14 weights"):
         DinoV2Features(weights_path=path)
 
 

@@ -54,7 +54,17 @@ def test_the_evaluator_reports_precision_and_recall_with_its_distance():
     result = ev.compute()
     assert result["precision_proj"] == 1.0 and result["recall_proj"] == 1.0
     ev.reset()
-    ev.update(real[:100])  # the reference is cut to the generated count: its first 100 against these 100
+    ev.update(real[:100])  # the reference is cut to the generated count: a fixed random 100 of its 500
     result = ev.compute()
-    expected = written_out(ex(real[:100]), ex(real[:100]))  # the reference is cut to the generated count
+    subset = ev.prc.reference_subset(100)
+    assert len(subset) == 100 and not torch.equal(subset, ex(real[:100]))
+    expected = written_out(ex(real[:100]), subset)
     assert (result["precision_proj"], result["recall_proj"]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_larger_set_is_cut_to_the_smaller_ones_size():
+    g = torch.Generator().manual_seed(3)
+    real, fake = torch.randn(50, 4, generator=g), torch.randn(80, 4, generator=g)
+    prc = PrecisionRecall(real)
+    prc.update(fake)
+    assert prc.compute() == pytest.approx(written_out(fake[:50], real), abs=1e-6)

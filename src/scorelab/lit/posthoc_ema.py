@@ -39,7 +39,7 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
     """The exponent ``gamma`` of a power-function EMA of relative width ``sigma_rel`` (the largest real root of
     ``gamma^3 + 7 gamma^2 + (16 - 1/s^2) gamma + 12 - 1/s^2 = 0``, Eq. 4 of Karras et al. 2024 rearranged)."""
     if isinstance(sigma_rel, bool) or not isinstance(sigma_rel, (int, float)) or not 0.0 < sigma_rel < 0.2886:
-        raise ValueError(f"sigma_rel must lie in (0, 0.2886) (gamma > -1), got {sigma_rel!r}")
+        raise ValueError(f"sigma_rel must lie in (0, 0.2886) (gamma >= 0), got {sigma_rel!r}")
     t = 1.0 / sigma_rel**2
     roots = np.roots([1.0, 7.0, 16.0 - t, 12.0 - t])
     return float(max(r.real for r in roots if abs(r.imag) < 1e-9))

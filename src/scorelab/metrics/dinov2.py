@@ -1,4 +1,4 @@
-"""DINOv2 ViT-S/14 features for FD_DINOv2 (Stein et al. 2023; the metric EDM2 reports next to FID), loadable offline.
+"""DINOv2 features for FD_DINOv2 (Stein et al. 2023), loadable offline: ViT-S/14 by default, or the B, L or G models.
 
 The preprocessing and the forward pass are torch-fidelity's ``FeatureExtractorDinoV2`` (uint8 RGB, TensorFlow-1
 bilinear resize to 224 x 224, ImageNet normalisation, the class token after the final norm: 384 features).
@@ -9,6 +9,10 @@ from: the same parameter names, LayerScale and 1e-6 LayerNorms) from the release
 model are interpolated to the 16 x 16 patches of a 224-pixel input once, as DINOv2's ``interpolate_pos_encoding``
 does at every call (bicubic, scale factor ``(16 + 0.1) / 37``, no antialiasing), and the network is handed to
 torch-fidelity's extractor in place of the hub download.
+
+EDM2 (Karras et al. 2024) reports FD_DINOv2 with ViT-L/14 (``model=vit-l-14`` here) and a bicubic resize;
+torch-fidelity's TF-1 bilinear resize and the smaller default network make values that compare with each other, not
+with EDM2's.
 """
 from __future__ import annotations
 
@@ -26,45 +30,61 @@ from ..core.io import load_torch_file
 from ..data.sources import socket_timeout
 from .inception import file_sha256
 
-DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth"
+# model: (torch-fidelity's name, timm's architecture, the released weights' stem, features)
+MODELS = {
+    "vit-s-14": ("dinov2-vit-s-14", "vit_small_patch14_dinov2", "dinov2_vits14", 384),
+    "vit-b-14": ("dinov2-vit-b-14", "vit_base_patch14_dinov2", "dinov2_vitb14", 768),
+    "vit-l-14": ("dinov2-vit-l-14", "vit_large_patch14_dinov2", "dinov2_vitl14", 1024),
+    "vit-g-14": ("dinov2-vit-g-14", "vit_giant_patch14_dinov2", "dinov2_vitg14", 1536),
+}
+
+
+def weights_url(model: str = "vit-s-14") -> str:
+    """The released weights of a DINOv2 model."""
+    stem = MODELS[model][2]
+    return f"https://dl.fbaipublicfiles.com/dinov2/{stem}/{stem}_pretrain.pth"
+
+
+DINOV2_URL = weights_url()
 DINOV2_FILE = DINOV2_URL.rsplit("/", 1)[1]
 PREPROCESSING = ("uint8 RGB (gray repeated x3); TF1 bilinear resize to 224x224; ImageNet mean/std; "
                  "ViT-S/14 class token after the final norm")
 INPUT_SIZE, PATCH = 224, 14
 
 
-def default_weights_file() -> Path:
+def default_weights_file(model: str = "vit-s-14") -> Path:
     """Where downloaded weights are cached: torch's hub folder (``$TORCH_HOME/hub/checkpoints``), as torch.hub does."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / DINOV2_FILE
+    return Path(torch.hub.get_dir()) / "checkpoints" / weights_url(model).rsplit("/", 1)[1]
 
 
-def _missing_weights(reason: str) -> UserError:
+def _missing_weights(reason: str, model: str) -> UserError:
     return UserError(
         f"DINOv2 weights are not available ({reason}). Either let scorelab download them once on a machine with "
-        f"internet (they are cached in {default_weights_file()}; copy that file to the same place here), or download "
-        f"{DINOV2_URL} yourself and pass feature_extractor_weights_path=<file>")
+        f"internet (they are cached in {default_weights_file(model)}; copy that file to the same place here), or "
+        f"download {weights_url(model)} yourself and pass feature_extractor_weights_path=<file>")
 
 
 def locate_weights(weights_path: str | os.PathLike | None = None, download: bool = True,
-                   timeout: float = 60.0) -> Path:
+                   timeout: float = 60.0, model: str = "vit-s-14") -> Path:
     """The weights file: ``weights_path`` if given, else the hub cache, downloading into it if allowed."""
+    url = weights_url(model)
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if not path.is_file():
-            raise UserError(f"feature_extractor_weights_path={path} does not exist: pass the DINOv2 ViT-S/14 weights "
-                            f"file ({DINOV2_FILE}, from {DINOV2_URL})")
+            raise UserError(f"feature_extractor_weights_path={path} does not exist: pass the DINOv2 {model} weights "
+                            f"file ({url.rsplit('/', 1)[1]}, from {url})")
         return path
-    path = default_weights_file()
+    path = default_weights_file(model)
     if path.is_file():
         return path
     if not download:
-        raise _missing_weights(f"no file at {path} and downloading is off")
+        raise _missing_weights(f"no file at {path} and downloading is off", model)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with socket_timeout(timeout):
-            torch.hub.download_url_to_file(DINOV2_URL, str(path))
+            torch.hub.download_url_to_file(url, str(path))
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        raise _missing_weights(f"download failed: {type(exc).__name__}: {exc}") from None
+        raise _missing_weights(f"download failed: {type(exc).__name__}: {exc}", model) from None
     return path
 
 
@@ -86,11 +106,12 @@ def interpolate_position_embedding(pos_embed: torch.Tensor, grid: int = INPUT_SI
     return torch.cat([cls, image.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos_embed.dtype)], dim=1)
 
 
-def build_vits14(state: dict[str, torch.Tensor]) -> nn.Module:
-    """timm's ViT-S/14 with the released DINOv2 weights, for 224-pixel inputs, returning the normed class token."""
+def build_network(state: dict[str, torch.Tensor], model: str = "vit-s-14") -> nn.Module:
+    """timm's ViT of ``model`` with the released DINOv2 weights, for 224-pixel inputs, returning the normed class
+    token."""
     import timm
 
-    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=INPUT_SIZE, num_classes=0)
+    model = timm.create_model(MODELS[model][1], pretrained=False, img_size=INPUT_SIZE, num_classes=0)
     state = {k: v for k, v in state.items() if k != "mask_token"}  # used by DINOv2's training only
     if "pos_embed" in state:
         state["pos_embed"] = interpolate_position_embedding(state["pos_embed"])
@@ -99,43 +120,47 @@ def build_vits14(state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 class DinoV2Features(nn.Module):
-    """The 384 DINOv2 ViT-S/14 features of uint8 images, for ``fd_dinov2`` and ``kd_dinov2``.
+    """The DINOv2 features of uint8 images (384 for ViT-S/14), for ``fd_dinov2`` and ``kd_dinov2``.
 
     Args:
-        weights_path: a local copy of ``dinov2_vits14_pretrain.pth`` (offline machines); None: the hub cache,
-            downloaded if missing.
+        weights_path: a local copy of the released weights (``dinov2_vits14_pretrain.pth`` for ViT-S/14; offline
+            machines); None: the hub cache, downloaded if missing.
         download: allow the download when ``weights_path`` is None and the cache is empty.
+        model: ``vit-s-14`` (default), ``vit-b-14``, ``vit-l-14`` (EDM2's) or ``vit-g-14``.
     """
 
     metric_name = "fd_dinov2"
     kernel_metric_name = "kd_dinov2"
-    num_features = 384
     preprocessing = PREPROCESSING
 
-    def __init__(self, weights_path: str | os.PathLike | None = None, download: bool = True):
+    def __init__(self, weights_path: str | os.PathLike | None = None, download: bool = True,
+                 model: str = "vit-s-14"):
         super().__init__()
         from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
 
-        path = locate_weights(weights_path, download)
+        if model not in MODELS:
+            raise UserError(f"features.model must be one of {sorted(MODELS)}, got {model!r}")
+        path = locate_weights(weights_path, download, model=model)
         state = load_torch_file(path, "DINOv2 weights")
         if not isinstance(state, dict):
-            raise UserError(f"{path} does not hold a state dict of DINOv2 ViT-S/14 weights")
+            raise UserError(f"{path} does not hold a state dict of DINOv2 {model} weights")
         try:
-            model = build_vits14(state)
+            network = build_network(state, model)
         except (RuntimeError, ValueError) as exc:
-            raise UserError(f"{path} does not hold DINOv2 ViT-S/14 weights ({str(exc).splitlines()[0]})") from None
+            raise UserError(f"{path} does not hold DINOv2 {model} weights ({str(exc).splitlines()[0]})") from None
         # torch-fidelity would torch.hub.load the network (internet, remote code): hand it the one built above.
-        with mock.patch.object(torch.hub, "load", lambda *args, **kwargs: model):
-            self.net = FeatureExtractorDinoV2("dinov2-vit-s-14", ["dinov2"])
+        with mock.patch.object(torch.hub, "load", lambda *args, **kwargs: network):
+            self.net = FeatureExtractorDinoV2(MODELS[model][0], ["dinov2"])
+        self.model, self.num_features = model, MODELS[model][3]
         self.weights_path = str(path)
-        self.extractor_id = f"dinov2-vit-s-14-224:{file_sha256(path)[:16]}"
+        self.extractor_id = f"dinov2-{model}-224:{file_sha256(path)[:16]}"
 
     def train(self, mode: bool = True) -> DinoV2Features:
         return super().train(False)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Features ``[B, 384]`` of uint8 images ``[B, 1 or 3, H, W]``."""
+        """Features ``[B, num_features]`` of uint8 images ``[B, 1 or 3, H, W]``."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"DINOv2 features need uint8 images [B, 1 or 3, H, W] in [0, 255], got "
                              f"{images.dtype} {tuple(images.shape)}")

@@ -57,8 +57,10 @@ class PrecisionRecall(Metric):
     Each set's k-nearest-neighbour balls (radius: the distance to its k-th neighbour, k = 3 in the paper) estimate
     its manifold: precision is the share of generated samples inside some real ball, recall the share of real samples
     inside some generated ball. A set against itself scores 1 and 1; two disjoint sets 0 and 0. The computation is
-    torch-fidelity's (``calculate_precision_recall_part``). The real set is cut to the size of the generated one, the
-    comparison the paper makes (both radii depend on the set sizes).
+    torch-fidelity's (``calculate_precision_recall_part``). Both radii depend on the set sizes, so the two sets are
+    compared at one size, as in the paper: the larger is cut to the smaller's size (the generated set to its first
+    rows, the real one to a fixed random subset, :meth:`reference_subset`: reference features may be stored in class
+    order).
 
     Args:
         real: real features ``[N, F]`` (every rank holds them; they are not a metric state).
@@ -73,6 +75,13 @@ class PrecisionRecall(Metric):
     def update(self, features: torch.Tensor) -> None:
         self.fake.append(features.detach().float())
 
+    def reference_subset(self, n: int) -> torch.Tensor:
+        """``n`` of the real features: all of them when there are no more, else a random subset of fixed seed (0)."""
+        if n >= len(self.real):
+            return self.real
+        idx = torch.randperm(len(self.real), generator=torch.Generator().manual_seed(0))[:n].sort().values
+        return self.real[idx]
+
     def compute(self) -> tuple[float, float]:
         from torch_fidelity.metric_prc import calculate_precision_recall_part
 
@@ -81,7 +90,7 @@ class PrecisionRecall(Metric):
         if n <= self.k:
             raise ValueError(f"precision and recall with k = {self.k} need more than {self.k} samples in each set, "
                              f"got {len(fake)} generated and {len(self.real)} real")
-        precision, recall = calculate_precision_recall_part(fake.cpu(), self.real[:n], self.k, 10_000)
+        precision, recall = calculate_precision_recall_part(fake[:n].cpu(), self.reference_subset(n), self.k, 10_000)
         return float(precision), float(recall)
 
 

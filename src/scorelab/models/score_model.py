@@ -65,7 +65,8 @@ class ScoreModel(nn.Module):
     (Ho & Salimans 2022), so every sampler, which calls ``model(x, t)``, samples unconditionally.
 
     Noise labels the network is conditioned on: ``"sde"`` (the SDE's own convention: ``999 t`` for
-    VP/sub-VP, ``log sigma(t)`` for VE), ``"t"`` or ``"log_std"`` (``log s(t)``).
+    VP/sub-VP and the rectified-flow path, ``log sigma(t)`` for VE and EDM's process), ``"t"``, ``"log_std"``
+    (``log s(t)``) or ``"edm"`` (``log(sigma(t)) / 4``, EDM's ``c_noise``).
 
     Args:
         net: backbone ``(x [B, ...], noise_label [B]) -> [B, ...]``.

@@ -314,6 +314,8 @@ class ISMLoss(_InputDerivativeLoss):
     Args:
         sde: the forward SDE.
         weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor, lr_scale: as in :class:`TimeWeighting`.
+        **options: the other :class:`TimeWeighting` options (``sigma_data``, ``min_snr_gamma``,
+            ``time_distribution``, ``p_mean``, ``p_std``).
         trace: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact up to 16 dimensions:
             :func:`scorelab.ops.divergence.choose_divergence`).
         probe: Hutchinson probes, ``"rademacher"`` (lower variance) or ``"gaussian"``.
@@ -322,8 +324,10 @@ class ISMLoss(_InputDerivativeLoss):
 
     def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5,
                  importance_sampling: bool = False, trace: str = "auto", probe: str = "rademacher",
-                 num_probes: int = 1, snr_shift: float = -2.0, snr_floor: float = 0.2, lr_scale: float = 1.0):
-        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor, lr_scale)
+                 num_probes: int = 1, snr_shift: float = -2.0, snr_floor: float = 0.2, lr_scale: float = 1.0,
+                 **options):
+        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor, lr_scale,
+                         **options)
         if trace not in TRACES:
             raise ValueError(f"trace must be one of {TRACES}, got {trace!r}")
         if probe not in PROBES:
@@ -355,6 +359,8 @@ class SSMLoss(_InputDerivativeLoss):
     Args:
         sde: the forward SDE.
         weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor, lr_scale: as in :class:`TimeWeighting`.
+        **options: the other :class:`TimeWeighting` options (``sigma_data``, ``min_snr_gamma``,
+            ``time_distribution``, ``p_mean``, ``p_std``).
         num_projections: random projections per example (one vector-Jacobian product each).
         variance_reduction: SSM-VR (default) instead of plain SSM.
         probe: distribution of ``v``: ``"gaussian"`` or ``"rademacher"`` (both the paper's; the configs use Rademacher,
@@ -363,8 +369,10 @@ class SSMLoss(_InputDerivativeLoss):
 
     def __init__(self, sde: SDE, weighting: str = "sigma2", reduce_mean: bool = True, eps: float = 1e-5,
                  importance_sampling: bool = False, num_projections: int = 1, variance_reduction: bool = True,
-                 probe: str = "gaussian", snr_shift: float = -2.0, snr_floor: float = 0.2, lr_scale: float = 1.0):
-        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor, lr_scale)
+                 probe: str = "gaussian", snr_shift: float = -2.0, snr_floor: float = 0.2, lr_scale: float = 1.0,
+                 **options):
+        super().__init__(sde, weighting, reduce_mean, eps, importance_sampling, snr_shift, snr_floor, lr_scale,
+                         **options)
         _check_count("num_projections", num_projections)
         if not isinstance(variance_reduction, bool):
             raise ValueError(f"variance_reduction must be true or false, got {variance_reduction!r}")

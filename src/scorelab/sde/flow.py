@@ -15,8 +15,9 @@ class RectifiedFlowSDE(SDE):
     ``g^2 = d[s^2]/dt - 2 f s^2``: here ``f = -1 / (1 - t)`` and ``g^2 = 2 t / (1 - t)``. The probability-flow velocity
     ``f x - g^2 score / 2`` is the flow-matching velocity ``E[z - x0 | x_t]``, so every sampler, the likelihood and
     guidance work unchanged. At ``t = 1`` the data are gone (``a = 0``) and ``f`` is infinite, so the process stops at
-    ``T < 1``, where ``sigma(T) = T / (1 - T)`` (99 at the default, close to EDM's 80 and VP's 148); the prior is
-    ``N(0, T^2 I)``, and it is off by ``a(T) x0 = 0.01 x0``, less than VP's ``exp(-5) x0`` at its end.
+    ``T < 1``, where ``sigma(T) = T / (1 - T)`` (99 at the default, between EDM's 80 and VP's 152); the prior is
+    ``N(0, T^2 I)``, and it is off by ``a(T) x0 = 0.01 x0`` (VP's linear schedule ends at ``a(1) x0 = 0.0067 x0``),
+    negligible against the prior's standard deviation 0.99.
 
     Args:
         T: the end time, in ``(0, 1)``.
