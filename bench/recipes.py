@@ -6,11 +6,11 @@ few overrides, trained for the same number of optimizer steps, the step count ``
 machine is doing). Every run also writes post-hoc EMA snapshots (``callbacks/posthoc_ema=default``), so the EMA
 length of the winner can be chosen afterwards with ``ema.py``. The recipes:
 
-* ``vp_dsm``: today's default, VP SDE, noise prediction, DSM with lambda = s(t)^2 (Song et al. 2021);
+* ``vp_dsm``: the former default, VP SDE, noise prediction, DSM with lambda = s(t)^2 (Song et al. 2021);
 * ``edm``: EDM's sigma(t) = t process, its preconditioning, log-normal noise levels and lambda(sigma)
   (Karras et al. 2022);
 * ``flow``: the rectified-flow path with a velocity network and the flow-matching loss (Lipman et al. 2023;
-  Liu et al. 2023);
+  Liu et al. 2023), ``mnist_small``'s default since this benchmark;
 * ``vp_v_minsnr``: VP with v-prediction (Salimans & Ho 2022) and min-SNR-5 weighting (Hang et al. 2023).
 
 Then each recipe's checkpoint is sampled as a user would (``sample.py ... eval.fid=true``, 2000 samples, seeds
@@ -49,12 +49,12 @@ from mnist_sampling import reference, run_sampler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES: dict[str, tuple[str, list[str]]] = {
-    "vp_dsm": ("VP, eps-prediction, DSM (s(t)^2)", []),
+    "vp_dsm": ("VP, eps-prediction, DSM (s(t)^2)", ["sde=vp", "model.output=eps", "loss=dsm"]),
     "edm": ("EDM: sigma(t) = t, preconditioning, log-normal sigma, lambda(sigma)",
             ["sde=edm", "model.output=edm", "loss=edm"]),
     "flow": ("rectified flow, velocity, flow matching", ["sde=rectified_flow", "model.output=velocity",
                                                          "loss=flow_matching"]),
-    "vp_v_minsnr": ("VP, v-prediction, min-SNR-5", ["model.output=v", "loss=min_snr"]),
+    "vp_v_minsnr": ("VP, v-prediction, min-SNR-5", ["sde=vp", "model.output=v", "loss=min_snr"]),
 }
 # candidate solvers (config, overrides); NFE = steps + 1 (a final denoising step) for each of them
 SOLVERS: dict[str, list[str]] = {

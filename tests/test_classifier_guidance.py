@@ -279,7 +279,7 @@ def test_mnist_classifier_experiment_runs_on_real_digits(tmp_path):
                               "trainer.fast_dev_run=2", "data.batch_size=8", "model.net.ch=8", "logger=none",
                               "trainer.enable_progress_bar=false"])
     train(cfg)
-    assert cfg.model.net.num_classes == 10 and cfg.classifier_module.accuracy_times[-1] == 1.0
+    assert cfg.model.net.num_classes == 10 and cfg.classifier_module.accuracy_times[-1] == 0.99
 
 
 def test_guided_image_sampling_draws_each_sample_for_its_label(tmp_path):
@@ -293,7 +293,8 @@ def test_guided_image_sampling_draws_each_sample_for_its_label(tmp_path):
     np.savez(data, x=images.numpy(), y=np.arange(40) % 10)  # 10 classes
     train(make_cfg(tmp_path / "score", TINY_IMAGE_RUN + [f"data.path={data}", "logger=none"]))
     train(make_cfg(tmp_path / "cls", [
-        "experiment=mnist_noisy_classifier", "data=npz", f"data.path={data}", "data.val_size=8", "data.batch_size=8",
+        "experiment=mnist_noisy_classifier", "sde=vp", "data=npz", f"data.path={data}", "data.val_size=8",
+        "data.batch_size=8",
         "model.net.ch=8", "model.net.ch_mult=[1,2]", "trainer.max_steps=2", "trainer.max_time=null", "logger=none",
         "trainer.val_check_interval=1.0",
         "trainer.enable_progress_bar=false"]))

@@ -391,7 +391,8 @@ def cosine_checkpoint(tmp_path_factory) -> dict:
     np.savez(root / "tiny.npz", x=rng.integers(0, 256, (24, 8, 8, 1), dtype=np.uint8))
     np.savez(root / "tiny_test.npz", x=rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8))
     cfg = make_cfg(root / "train", [
-        "experiment=mnist_small", "sde=vp_cosine", "loss=ddpm", "data=npz", f"paths.data_dir={root}",
+        "experiment=mnist_small", "sde=vp_cosine", "model.output=eps", "loss=ddpm", "data=npz",
+        f"paths.data_dir={root}",
         "data.path=tiny.npz", "data.test_path=tiny_test.npz", "data.val_size=4", "data.batch_size=4",
         "data.num_workers=0", "trainer.max_steps=2", "trainer.max_time=null", "trainer.enable_progress_bar=false",
         "logger=none", "callbacks.samples.n_samples=2", "callbacks.fid=null", "sampler.steps=2",

@@ -291,7 +291,8 @@ def hybrid_checkpoint(tmp_path_factory) -> dict:
     np.savez(root / "tiny.npz", x=rng.integers(0, 256, (24, 8, 8, 1), dtype=np.uint8))
     np.savez(root / "tiny_test.npz", x=rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8))
     cfg = make_cfg(root / "train", [
-        "experiment=mnist_small", "loss=hybrid", "loss.num_steps=100", "model.learn_variance=true", "data=npz",
+        "experiment=mnist_small", "sde=vp", "model.output=eps", "loss=hybrid", "loss.num_steps=100",
+        "model.learn_variance=true", "data=npz",
         f"paths.data_dir={root}", "data.path=tiny.npz", "data.test_path=tiny_test.npz", "data.val_size=4",
         "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=6", "trainer.max_time=null",
         "trainer.enable_progress_bar=false", "logger=none", "callbacks.samples.n_samples=2", "callbacks.fid=null",

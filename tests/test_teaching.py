@@ -230,7 +230,7 @@ def test_teach_writes_a_denoising_strip_of_the_first_images(tmp_path, image_ckpt
 
 
 @pytest.mark.parametrize("override, message", [
-    ("task.times=[0.0,0.5]", "task.times must be a non-empty list of times in (0, 1]"),
+    ("task.times=[0.0,0.5]", "task.times must be a non-empty list of fractions of T in (0, 1]"),
     ("task.times=[a,b]", "task.times must be a list"),
     ("task.grid=1", "task.grid must be an integer >= 2"),
     ("task.frames=many", "task.frames must be an integer >= 2"),

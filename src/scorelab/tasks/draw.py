@@ -8,6 +8,8 @@ sample ``i`` the class ``classes[i // per_class]``, which makes the picture a gr
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -135,7 +137,9 @@ class Teach(Sample):
     ``denoising_strip.png``.
 
     Args:
-        times: score field: the ``t`` of each column, in ``(0, T]``.
+        times: score field: the time of each column as a fraction of the SDE's end ``T``, in ``(0, 1]`` (``t = f T``:
+            the same columns mean the same stage of the process on VP (``T = 1``), EDM's ``T = 80`` or the
+            rectified flow's ``T = 0.99``).
         grid: score field: arrows per side (>= 2).
         paths: trajectories.png: reverse paths drawn (the first points of the cloud).
         cloud: marginals.gif: points in the cloud.
@@ -153,9 +157,9 @@ class Teach(Sample):
         try:
             times = tuple(float(t) for t in times)
         except (TypeError, ValueError):
-            raise UserError(f"task.times must be a list of times in (0, T], got {times!r}") from None
+            raise UserError(f"task.times must be a list of fractions of T in (0, 1], got {times!r}") from None
         if not times:
-            raise UserError("task.times must be a non-empty list of times in (0, T], got []")
+            raise UserError("task.times must be a non-empty list of fractions of T in (0, 1], got []")
         ints = {key: positive_int(value, key, least) for key, value, least in (
             ("grid", grid, 2), ("paths", paths, 1), ("cloud", cloud, 1), ("frames", frames, 2), ("images", images, 1),
             ("columns", columns, 3))}
@@ -165,10 +169,11 @@ class Teach(Sample):
         self.settings = TeachSettings(times=times, **ints)
 
     def teaching(self, T: float) -> TeachSettings:
-        if not all(0.0 < t <= T for t in self.settings.times):
-            raise UserError(f"task.times must be a non-empty list of times in (0, {T:g}], got "
-                            f"{list(self.settings.times)}")
-        return self.settings
+        """The settings with ``task.times`` turned into times of the SDE, ``t = f T``."""
+        if not all(0.0 < t <= 1.0 for t in self.settings.times):
+            raise UserError(f"task.times must be a non-empty list of fractions of T in (0, 1] (t = f T, T = {T:g} "
+                            f"here), got {list(self.settings.times)}")
+        return dataclasses.replace(self.settings, times=tuple(f * T for f in self.settings.times))
 
     def check_model(self, shape: Sequence[int], kind: str) -> None:
         if kind != "images" and tuple(shape) != (2,):
