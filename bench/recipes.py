@@ -92,7 +92,7 @@ def sample_row(recipe: str, solver: str, nfe: int, ckpt: Path, n: int, data_dir:
     key = f"{recipe}/{solver}/{nfe}/{n}"
     if key not in results:
         spec = " ".join([*SOLVERS[solver], f"sampler.steps={nfe - 1}"]).removeprefix("sampler=")
-        summary = run_sampler(spec, str(ckpt), n, min(n, 500), data_dir, out / "samples")
+        summary = run_sampler(spec, str(ckpt), n, min(n, 500), data_dir, out / "samples" / recipe)
         run = summary["runs"][0]
         results[key] = {"recipe": recipe, "solver": solver, "nfe": run["nfe"], "n": n,
                         "fd_mnist": run["fd_mnist"], "precision": run.get("precision_mnist"),
@@ -139,7 +139,8 @@ def ema_sweep(results: dict, out: Path, n: int, data_dir: str, nfe: int) -> list
                     raise SystemExit(f"ema.py failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
             residual = torch.load(ckpt, map_location="cpu", weights_only=False)["scorelab_posthoc_ema"]["residual"]
             spec = " ".join([*SOLVERS[solver], f"sampler.steps={nfe - 1}"]).removeprefix("sampler=")
-            run = run_sampler(spec, str(ckpt), n, min(n, 500), data_dir, out / "samples")["runs"][0]
+            run = run_sampler(spec, str(ckpt), n, min(n, 500), data_dir,
+                              out / "samples" / f"{recipe}_ema{sigma_rel}")["runs"][0]
             results[key] = {"recipe": recipe, "solver": solver, "nfe": run["nfe"], "n": n, "sigma_rel": sigma_rel,
                             "residual": residual, "fd_mnist": run["fd_mnist"],
                             "precision": run.get("precision_mnist"), "recall": run.get("recall_mnist"),
@@ -155,7 +156,9 @@ def report(results: dict, out: Path, n: int, data_dir: str, table: Path | None, 
     lines = [f"## Recipes at equal compute on MNIST (n = {n} samples, torch {torch.__version__}, "
              f"{platform.processor() or 'cpu'})", "",
              f"Real test digits: fd_mnist {floor['fd']:.2f}, class gap "
-             f"{class_deviation(floor['hist'], train_counts):.3f}.", "",
+             f"{class_deviation(floor['hist'], train_counts):.3f}. Every recipe trains the same network for the same "
+             "number of optimizer steps (train steps); train min is the wall time on the shared 2-core machine, which "
+             "ran other work at times. Sampling seconds are for the 2000 images, in batches of 500.", "",
              "| recipe | train steps | train min | solver | NFE | fd_mnist | precision | recall | sampling s "
              "| class share min-max | predicted classes 0-9 |",
              "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
