@@ -27,6 +27,18 @@ def one_thread():
 
 
 @pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network (any connection attempt fails) and an empty torch hub cache."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable (simulated by the test)")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+@pytest.fixture
 def gen():
     """A seeded CPU generator: every random draw in a test is reproducible."""
     return torch.Generator().manual_seed(0)

@@ -1,18 +1,13 @@
 """bench/objectives.py: the seed aggregation of its tables (seed means, ratio of means, worst per-seed ratio)."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .platform_utils import load_bench
 
 
 @pytest.fixture()
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_objectives", ROOT / "bench" / "objectives.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("objectives")
 
 
 def test_experiment_of_maps_each_preset_to_its_experiment(bench):

@@ -1,20 +1,13 @@
 """bench/recipes.py: every recipe composes with experiment=mnist_small and builds the run it names."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-from .platform_utils import make_cfg
-
-ROOT = Path(__file__).resolve().parents[1]
+from .platform_utils import load_bench, make_cfg
 
 
 @pytest.fixture()
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_recipes", ROOT / "bench" / "recipes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("recipes")
 
 
 EXPECTED = {  # recipe: (SDE class, model output, loss weighting, time distribution)

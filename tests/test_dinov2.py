@@ -1,6 +1,4 @@
 """FD_DINOv2: torch-fidelity's DINOv2 extractor fed a ViT-S/14 from a local weights file, with the network cut."""
-import socket
-
 import pytest
 import torch
 
@@ -22,15 +20,6 @@ def dinov2_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("dinov2") / "dinov2_vits14_pretrain.pth"
     torch.save(state, path)
     return path
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    def refuse(*args, **kwargs):
-        raise OSError("network unreachable (simulated by the test)")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
 
 
 def test_dinov2_loads_a_local_weights_file_with_the_network_unreachable(offline, dinov2_weights):

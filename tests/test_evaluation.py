@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -23,16 +22,6 @@ from .platform_utils import run_script
 @pytest.fixture(scope="session")
 def inception_weights(tmp_path_factory):
     return write_random_inception_weights(tmp_path_factory.mktemp("inception") / "inception_random.pth")
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No network (any connection attempt fails) and an empty torch hub cache."""
-    def refuse(*args, **kwargs):
-        raise OSError("network unreachable (simulated by the test)")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
 
 
 # --- the Fréchet distance against closed forms ---------------------------------------------------------------

@@ -28,7 +28,7 @@ from torch import nn
 from ..core.errors import UserError
 from ..core.io import load_torch_file
 from ..data.sources import socket_timeout
-from .inception import file_sha256
+from .inception import file_sha256, rgb_uint8
 
 # model: (torch-fidelity's name, timm's architecture, the released weights' stem, features)
 MODELS = {
@@ -161,10 +161,5 @@ class DinoV2Features(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Features ``[B, num_features]`` of uint8 images ``[B, 1 or 3, H, W]``."""
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"DINOv2 features need uint8 images [B, 1 or 3, H, W] in [0, 255], got "
-                             f"{images.dtype} {tuple(images.shape)}")
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        (features,) = self.net(images.contiguous())
+        (features,) = self.net(rgb_uint8(images, "DINOv2"))
         return features

@@ -68,6 +68,15 @@ def locate_weights(weights_path: str | os.PathLike | None = None, download: bool
     return path
 
 
+def rgb_uint8(images: torch.Tensor, network: str) -> torch.Tensor:
+    """Check that ``images`` are uint8 ``[B, 1 or 3, H, W]`` and return them with three contiguous channels (gray
+    repeated), as the feature networks of FID and FD_DINOv2 take them."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"{network} features need uint8 images [B, 1 or 3, H, W] in [0, 255], got "
+                         f"{images.dtype} {tuple(images.shape)}")
+    return (images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images).contiguous()
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file (the released Inception weights start with ``6726825d``)."""
     digest = hashlib.sha256()
@@ -121,9 +130,4 @@ class InceptionFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Features ``[B, 2048]`` of uint8 images ``[B, 1 or 3, H, W]``."""
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"Inception features need uint8 images [B, 1 or 3, H, W] in [0, 255], got "
-                             f"{images.dtype} {tuple(images.shape)}")
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        return self.net(images.contiguous())
+        return self.net(rgb_uint8(images, "Inception"))

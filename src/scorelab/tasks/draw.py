@@ -9,7 +9,6 @@ sample ``i`` the class ``classes[i // per_class]``, which makes the picture a gr
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
