@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
-.PHONY: install train sample likelihood test test-all lint sweep bench throughput fid evaluation-bench mnist-features mnist-metric clean
+.PHONY: install train sample likelihood test test-all lint sweep bench throughput fid evaluation-bench mnist-features mnist-metric clean docs docs-serve
 
 install: $(STAMP)
 
@@ -38,7 +38,7 @@ test-all: $(STAMP)  ## including the slow end-to-end checks
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: $(STAMP)  ## ruff, and the layer contract of pyproject.toml (import-linter)
-	$(VENV)/bin/ruff check src tests bench train.py sample.py fid.py likelihood.py
+	$(VENV)/bin/ruff check src tests bench train.py sample.py fid.py likelihood.py docs/*.py
 	$(VENV)/bin/lint-imports
 
 sweep: $(STAMP)  ## 2 x 2 grid over the VP schedule; summary.md in the sweep folder
@@ -57,7 +57,20 @@ mnist-metric: $(STAMP)  ## fd_mnist of real, blurred and noise images (bench/mni
 	$(PY) bench/mnist_metric.py $(ARGS)
 
 clean:
-	rm -rf logs outputs multirun .pytest_cache
+	rm -rf logs outputs multirun .pytest_cache site
+
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+# Material's banner about MkDocs 2 is no warning of this site's.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+docs: $(DOCS_STAMP)  ## the documentation site into site/ (mkdocs.yml; --strict: a broken link or reference fails)
+	$(DOCS_ENV) $(VENV)/bin/mkdocs build --strict --site-dir site $(ARGS)
+
+docs-serve: $(DOCS_STAMP)  ## the site at http://127.0.0.1:8000, rebuilt when docs/, conf/ or src/ change
+	$(DOCS_ENV) $(VENV)/bin/mkdocs serve $(ARGS)
 
 FID_ARGS ?=
 fid: $(STAMP)  ## FID / KID: make fid FID_ARGS="samples=<folder|.npz> ref=<stats.npz|data name>" (or mode=ref data=...)

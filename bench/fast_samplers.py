@@ -12,7 +12,10 @@ With the oracle score every error left is the sampler's. For each SDE and mixtur
    of the mean NLL;
 3. checks the issue's targets at <= 10 NFE on fresh seeds (not those the grids were tuned on): mode err <= 0.01,
    |NLL - H| <= 0.05, ED <= 2x the mean ED between independent true sets at the same n;
-4. writes a PNG of the three measures against NFE (log axes), one line per sampler.
+4. writes a PNG of the three measures against NFE (log axes): the default sampler (SDE-DPM-Solver++(2M), as
+   ``conf/sampler/dpmpp_2m_sde.yaml`` configures it) in bold, five others in colour, the rest in grey; its data go
+   to ``logs/bench/fast_samplers/curves.json``, from which ``bench/samplers.py --fast --plot-only`` redraws it
+   (sweeping the first SDE's two mixtures only when that file is missing).
 
 Energy distances use every point (``energy_distance_2d``: the V-statistic in O(n log n)). The V-statistic of two
 independent exact sets is about ``2 E|X - X'| / n``, so the ED target tightens as n grows (see the report).
@@ -57,7 +60,10 @@ NFES = (4, 5, 6, 8, 10, 12, 16, 20, 25, 30, 40, 50, 70, 100, 150, 200, 300)
 # name -> (NFE per step, NFE added at the end, factory(steps, eps, grid), its sweep grid); few-step samplers end
 # at x(eps) without the final denoising NFE, except EDM Heun, whose final Euler step to sigma = 0 is its recipe.
 Lineup = dict[str, tuple[int, int, Callable, object]]
+DEFAULT = "SDE-DPM-Solver++(2M) (default)"  # conf/sampler/dpmpp_2m_sde.yaml: train.yaml's and model=oracle's sampler
 LINEUP: Lineup = {
+    # the default sampler as configured (EDM grid from sigma = 80, final denoising NFE), drawn boldly in the plot
+    DEFAULT: (1, 1, lambda k, e, g: DPMSolverPP(k, "2m_sde", eps=e, grid=g, denoise=True), EDM80),
     "DDIM": (1, 0, lambda k, e, g: DDIMSampler(k, eps=e, grid=g, denoise=False), FLOW),
     "DDIM eta=1": (1, 0, lambda k, e, g: DDIMSampler(k, eta=1.0, eps=e, grid=g, denoise=False), FLOW),
     "DPM-Solver++(2M)": (1, 0, lambda k, e, g: DPMSolverPP(k, "2m", eps=e, grid=g, denoise=False), FLOW),
@@ -287,38 +293,105 @@ def report_grids(problems: list[Problem], emit) -> None:
     emit("")
 
 
-def plot(problems: list[Problem], curves: dict, path) -> None:
-    """Quality against NFE (log x), one line per sampler; rows = problems, columns = the three measures."""
+# The plot: the default sampler in bold, a few samplers in colour, the rest as thin grey lines (their numbers are in
+# the tables); one legend below the panels, fonts readable at README width.
+HIGHLIGHT = {DEFAULT: "tab:red", "DPM-Solver++(3M)": "tab:blue", "UniPC-3": "tab:green",
+             "iPNDM-4 (FEW grid)": "tab:orange", "DDIM": "tab:purple", "EDM Heun": "tab:brown"}
+MEASURES = (("mode", "mode-weight error"), ("ed", "energy distance"), ("gap", "|NLL - H| (nats)"))
+CURVES_CACHE = Path("logs/bench/fast_samplers/curves.json")
+
+
+def plot_data(problems: list[Problem], curves: dict) -> dict:
+    """What the plot needs, as JSON-ready data: per problem the bars (PC-1000, exact samples) and every curve."""
+    return {p.name: {"pc": p.pc, "floor": p.floor, "curves": {
+        name: [{"nfe": n, **m} for n, m, _ in curves[p.name][name]] for name in curves[p.name]}} for p in problems}
+
+
+def save_plot_data(data: dict, path: Path = CURVES_CACHE) -> Path:
+    """Write :func:`plot_data` as JSON (the plot can then be redrawn without sampling: ``--plot-only``)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=float))
+    return path
+
+
+def plot_figure(data: dict):
+    """Quality against NFE (log axes): rows = problems, columns = the three measures; returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    keys = (("mode", "mode-weight error"), ("ed", "energy distance"), ("gap", "|NLL - H| (nats)"))
-    fig, axes = plt.subplots(len(problems), 3, figsize=(15, 3.6 * len(problems)), squeeze=False)
-    colors = plt.get_cmap("tab20")(range(len(LINEUP)))
-    for r, p in enumerate(problems):
-        for c, (key, label) in enumerate(keys):
+    fig, axes = plt.subplots(len(data), 3, figsize=(13, 3.9 * len(data) + 1.3), squeeze=False)
+    for r, (pname, d) in enumerate(data.items()):
+        for c, (key, label) in enumerate(MEASURES):
             ax = axes[r][c]
-            for color, name in zip(colors, LINEUP, strict=True):
-                pts = [(n, abs(m[key])) for n, m, _ in curves[p.name][name] if math.isfinite(m[key])]
-                if pts:
-                    style = "--" if LINEUP[name][3] is FEW else "-"
-                    ax.plot(*zip(*pts, strict=True), style, marker="o", ms=3, lw=1.2, color=color, label=name)
-            ax.axhline(abs(p.pc[key]), color="k", ls="--", lw=1, label="PC-1000 (1999 NFE)")
-            ax.axhline(abs(p.floor[key]), color="grey", ls=":", lw=1, label="exact samples")
+            order = [n for n in d["curves"] if n not in HIGHLIGHT] + [n for n in HIGHLIGHT if n in d["curves"]]
+            for name in order:
+                pts = [(row_["nfe"], abs(row_[key])) for row_ in d["curves"][name] if math.isfinite(row_[key])]
+                if not pts:
+                    continue
+                if name == DEFAULT:
+                    style = dict(color=HIGHLIGHT[name], lw=3.2, marker="o", ms=5, zorder=5)
+                elif name in HIGHLIGHT:
+                    style = dict(color=HIGHLIGHT[name], lw=1.8, marker="o", ms=3.5, zorder=4)
+                else:
+                    style = dict(color="0.72", lw=1.0, marker=None, zorder=2)
+                ax.plot(*zip(*pts, strict=True), **style)
+            ax.axhline(abs(d["pc"][key]), color="k", ls="--", lw=1.3)
+            ax.axhline(abs(d["floor"][key]), color="0.35", ls=":", lw=1.3)
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel("NFE")
-            ax.set_title(f"{p.name}: {label}", fontsize=10)
-            ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7, ncol=2)
+            ax.tick_params(labelsize=11)
+            if r == len(data) - 1:
+                ax.set_xlabel("NFE (network evaluations)", fontsize=12)
+            ax.set_title(f"{pname}: {label}", fontsize=13)
+            ax.grid(True, which="major", alpha=0.3)
+    handles = [Line2D([], [], color=HIGHLIGHT[n], lw=3.2 if n == DEFAULT else 1.8, marker="o",
+                      ms=5 if n == DEFAULT else 3.5, label=n) for n in HIGHLIGHT]
+    handles += [Line2D([], [], color="0.72", lw=1.0, label="other few-step samplers (tables)"),
+                Line2D([], [], color="k", ls="--", lw=1.3, label="PC-1000 (1999 NFE)"),
+                Line2D([], [], color="0.35", ls=":", lw=1.3, label="exact samples (noise floor)")]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=11.5, frameon=False)
     if smoke_active():
         fig.suptitle("SCORELAB_SMOKE=1: smoke run, numbers mean nothing", color="red")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 1.15 / (3.9 * len(data) + 1.3), 1, 1))
+    return fig
+
+
+def plot(problems: list[Problem], curves: dict, path) -> None:
+    """Write the plot of quality against NFE (and cache its data in :data:`CURVES_CACHE`)."""
+    data = plot_data(problems, curves)
+    if not smoke_active():  # a smoke run's numbers mean nothing: never cache them
+        save_plot_data(data)
+    write_plot(data, path)
+
+
+def write_plot(data: dict, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(data)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_only(sde_name: str, n: int, seed: int, path, emit) -> None:
+    """Only the plot: from :data:`CURVES_CACHE` when it holds this SDE's problems, else sweep them (and cache)."""
+    import json
+
+    names = [f"{sde_name} / {m}" for m in MIXTURES]
+    if CURVES_CACHE.is_file() and not smoke_active():
+        data = json.loads(CURVES_CACHE.read_text())
+        if all(k in data and set(LINEUP) <= set(data[k]["curves"]) for k in names):
+            write_plot({k: data[k] for k in names}, path)
+            emit(f"Plot: {path} (from {CURVES_CACHE})")
+            return
+    problems = [Problem(sde_name, m, n, seed) for m in MIXTURES]
+    plot(problems, {p.name: sweep(p, LINEUP) for p in problems}, path)
+    emit(f"Plot: {path}" + ("" if smoke_active() else f" (curves cached in {CURVES_CACHE})"))
 
 
 def run(sde_names, n: int, seed: int, target_n: int, target_seed: int, plot_path, emit) -> None:

@@ -86,7 +86,7 @@ def plot(ckpt: str, data_dir: str, steps: int, n: int, split: str, out: str, see
             term = term_from_prediction(chain, x0, xt, t, mean, var, data_range)
             terms[name].append(float(DDPMChain.bits_per_dim(term.double(), dim).mean()))
     ts = list(range(1, steps + 1))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.0), dpi=90)
     labels = {"learned": r"learned $\Sigma_\theta$", "beta": r"$\beta_t$", "beta_tilde": r"$\tilde\beta_t$"}
     for name in VARIANCES:
         total = sum(terms[name])
@@ -94,14 +94,18 @@ def plot(ckpt: str, data_dir: str, steps: int, n: int, split: str, out: str, see
     ax1.set_yscale("log")
     ax1.set(title=f"Bound terms $L_{{t-1}}$, N = {steps}, {x0.shape[0]} test images", xlabel="t (t = 1: decoder $L_0$)",
             ylabel="bits/dim")
-    ax1.legend(fontsize=7)
+    ax1.legend(fontsize=10)
     ax2.plot(ts, v_mean, marker=".", color="C3")
     ax2.axhline(0.0, color="grey", lw=0.8, ls="--")
     ax2.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax2.set(title=r"Learned interpolation $v$ (1: $\beta_t$, 0: $\tilde\beta_t$)", xlabel="t",
             ylabel="mean v over pixels")
-    for ax in (ax1, ax2):
+    for ax in (ax1, ax2):  # legible at README width
         ax.grid(alpha=0.3)
+        ax.title.set_fontsize(12)
+        ax.xaxis.label.set_fontsize(11)
+        ax.yaxis.label.set_fontsize(11)
+        ax.tick_params(labelsize=10)
     if smoke_active():
         fig.suptitle("SCORELAB_SMOKE=1: smoke run, numbers mean nothing", color="red")
     fig.tight_layout()

@@ -89,7 +89,7 @@ def compose(mixture: str, overrides: list[str], steps: int):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = hydra_compose(config_name="train", overrides=[
             f"experiment={experiment_of(mixture)}", *overrides, f"trainer.max_steps={steps}", "logger=none",
-            "callbacks=none", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+            "callbacks=none", "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
             "trainer.limit_val_batches=0", f"paths.output_dir={tempfile.mkdtemp(prefix='bench_objectives_')}"])
     warmup = OmegaConf.select(cfg, "scheduler.warmup_steps", default=None)
     if smoke_active() and isinstance(warmup, int) and warmup > steps // 4:  # a smoke run's few steps: warm-up

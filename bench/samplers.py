@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, default=Path("docs/bench_fast_samplers.png"),
                         help="with --fast: where to write the PNG of quality against NFE")
     parser.add_argument("--target-n", type=int, default=20_000, help="with --fast: samples for the targets table")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="with --fast: only the plot, from logs/bench/fast_samplers/curves.json, or by sweeping "
+                             "the first SDE's two mixtures when it is missing (no tables)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default: 1; more only slows these tiny batches down)")
     args = parser.parse_args(argv)
@@ -194,6 +197,11 @@ def main(argv: list[str] | None = None) -> None:
         print(line, flush=True)
 
     start = time.perf_counter()
+    if args.fast and args.plot_only:
+        from fast_samplers import plot_only
+
+        plot_only(sde_names[0], n, args.seed, args.plot, print)
+        return
     if args.fast:
         from fast_samplers import run  # bench/ is on sys.path when this file runs as a script
 

@@ -25,13 +25,13 @@ def main() -> None:
     parser.add_argument("--out", default="docs/schedules.png")
     args = parser.parse_args()
     sdes = {"linear VP (β 0.1→20)": (VPSDE(), "C0"), "cosine VP (s = 0.008)": (CosineVPSDE(), "C1")}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.4), dpi=90)
     for name, (sde, colour) in sdes.items():
         T = float(sde.T)
         t = torch.linspace(1e-3, T, 500, dtype=torch.float64)
         abar = sde.mean_coeff(t) ** 2
         ax1.plot(t, abar, color=colour, label=f"{name}, T = {T:.4g}")
-        ax2.plot(t, sde.log_snr(t), color=colour, label=name)
+        ax2.plot(t, sde.log_snr(t), color=colour)
         chain = sde.ddpm_alphas_cumprod(1000)
         if chain is not None:
             ti = torch.arange(1, 1001, dtype=torch.float64) / 1000 * T
@@ -39,11 +39,14 @@ def main() -> None:
     ax1.plot([], [], "o", ms=3, color="grey", label="discrete chain ᾱ_i (N = 1000)")
     ax1.set(title="Signal kept: ᾱ(t) = a(t)²", xlabel="t", ylabel="ᾱ(t)")
     ax2.set(title="log-SNR λ(t) = log(a(t) / s(t))", xlabel="t", ylabel="λ(t)")
-    ax1.legend(fontsize=7)
-    ax2.legend(fontsize=7)
-    for ax in (ax1, ax2):
+    fig.legend(*ax1.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=10.5, frameon=False)
+    for ax in (ax1, ax2):  # legible at README width
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+        ax.title.set_fontsize(13)
+        ax.xaxis.label.set_fontsize(12)
+        ax.yaxis.label.set_fontsize(12)
+        ax.tick_params(labelsize=10.5)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))  # one legend for both panels, beneath them
     fig.savefig(args.out)
     print(f"wrote {args.out}")
 

@@ -1,6 +1,11 @@
 """The docs' tables of config groups list exactly what ``conf/`` holds, and the contributor guide points at files
 that exist.
 
+The completeness of the documentation is carried by the configuration reference that ``docs/gen_config_reference.py``
+generates from ``conf/`` at every build of the site (``tests/test_docs_site.py`` checks every option, key and comment
+of it): its group table is read here like the hand-written ones, so every group is listed by construction. A
+hand-written group table (README.md, docs/configuration.md) is optional, but where there is one it must be exact.
+
 **The convention these tests rely on.** A *group table* is a Markdown table (in README.md or docs/*.md) whose
 header row starts with the cells ``group | options``. Each of its rows names one config group in backticks in its
 first cell (a folder of ``conf/``: ``data``, or a nested one such as ``callbacks/fid``) and every option of that
@@ -9,18 +14,21 @@ there (``(default)``) are free, and so is the rest of the row. Any table whose h
 such a table, so a group table cannot escape the check by a changed header.
 
 Checked both ways: an option missing from a row, and a listed option without its yaml file, fail with the page,
-line, group, file and option named. Every group of ``conf/`` must be listed in some group table (or in
-:data:`UNLISTED`, with the reason).
+line, group, file and option named. Every group of ``conf/`` must be listed in some group table (the generated
+reference's lists them all), or in :data:`UNLISTED`, with the reason.
 
 The extension table of docs/contributing.md (header ``kind | ...``) must name files that exist: every path in it
 (``src/...``, ``conf/...``, ``tests/...``, ``tests/x.py::name``) without a ``<placeholder>`` exists (with the named
 test or constant), a placeholder path lies in a folder that exists, every ``scorelab.`` name in it imports, and
-the group named in its "table line" column is a row of README's group table.
+the group named in its "table line" column is a row of the group table of docs/configuration.md (of the generated
+reference when that page has none).
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,10 +38,23 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 CONTRIBUTING = "docs/contributing.md"
+CONFIGURATION = "docs/configuration.md"  # the page whose group table the extension table's "table line" names
+GENERATED = "docs/reference/config.md (generated from conf/)"
 
-# Groups of conf/ that no group table lists, each with the reason. Empty today: README lists every group, Hydra's
-# own (`hydra`, `hydra/launcher`) and `paths` included.
+# Groups of conf/ that no group table lists, each with the reason. Empty: the generated reference lists every group,
+# Hydra's own (`hydra`, `hydra/launcher`) and `paths` included.
 UNLISTED: dict[str, str] = {}
+
+
+def generated_reference() -> str:
+    """The configuration reference of the site, rendered from the real conf/ by docs/gen_config_reference.py."""
+    name = "scorelab_docs_gen_config_reference"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "gen_config_reference.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].render(CONF)
 
 
 # --------------------------------------------------------------------------------------------- the checker
@@ -131,19 +152,22 @@ def check_rows(rows: list[GroupRow], groups: dict[str, set[str]]) -> list[str]:
 def unlisted_groups(rows: list[GroupRow], groups: dict[str, set[str]], unlisted: dict[str, str]) -> list[str]:
     """The groups of conf/ that no row lists and :data:`UNLISTED` does not excuse, as messages."""
     listed = {row.group for row in rows}
-    return [f"conf/{group}/ ({', '.join(sorted(options))}) is in no group table of README.md or docs/*.md; add a "
-            f"row `{group}` | options | description to README's table (or the group to UNLISTED, with the reason)"
+    return [f"conf/{group}/ ({', '.join(sorted(options))}) is in no group table of README.md, docs/*.md or the "
+            f"generated reference (docs/gen_config_reference.py lists every folder of conf/: has it changed?)"
             for group, options in sorted(groups.items()) if group not in listed and group not in unlisted]
 
 
 def all_group_rows() -> list[GroupRow]:
-    return [row for page in PAGES for row in group_rows((ROOT / page).read_text(), page)]
+    """The rows of every group table: README.md's, docs/*.md's and the generated reference's."""
+    rows = [row for page in PAGES for row in group_rows((ROOT / page).read_text(), page)]
+    return rows + group_rows(generated_reference(), GENERATED)
 
 
 # ------------------------------------------------------------------------------------------ the docs today
-def test_readme_has_a_group_table():
-    assert {row.group for row in all_group_rows() if row.page == "README.md"} >= {"data", "sde", "model", "loss",
-                                                                                 "sampler"}
+def test_the_generated_reference_has_a_row_for_every_group():
+    generated = [row for row in all_group_rows() if row.page == GENERATED]
+    assert sorted(row.group for row in generated) == sorted(conf_groups())
+    assert not check_rows(generated, conf_groups())
 
 
 def test_every_group_table_lists_exactly_the_options_of_its_group():
@@ -281,15 +305,18 @@ def test_the_extension_table_names_files_that_exist():
     assert not problems, "\n".join(problems)
 
 
-def test_the_extension_table_names_rows_of_the_readme_group_table():
-    readme_groups = {row.group for row in all_group_rows() if row.page == "README.md"}
+def test_the_extension_table_names_rows_of_the_configuration_group_table():
+    rows = all_group_rows()
+    table_groups = ({row.group for row in rows if row.page == CONFIGURATION}
+                    or {row.group for row in rows if row.page == GENERATED})
     for number, row in extension_table():
         line_cell = next(v for k, v in row.items() if "table" in k.lower())
         yaml_cell = next(v for k, v in row.items() if "yaml" in k.lower())
         named = [g for g in re.findall(r"`([^`]+)`", line_cell) if g in conf_groups()]
         assert named, f"{CONTRIBUTING}:{number}: the table-line cell names no conf group: {line_cell!r}"
         for group in named:
-            assert group in readme_groups, f"{CONTRIBUTING}:{number}: `{group}` is no row of README's group table"
+            assert group in table_groups, (f"{CONTRIBUTING}:{number}: `{group}` is no row of the group table of "
+                                           f"{CONFIGURATION}")
             assert f"conf/{group}/" in yaml_cell, f"{CONTRIBUTING}:{number}: the yaml is not in conf/{group}/"
 
 

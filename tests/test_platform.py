@@ -49,7 +49,9 @@ def test_every_config_option_composes_and_instantiates(tmp_path, group, option):
     if group == "model" and option not in TOY_MODELS + ["oracle"]:
         overrides += ["data=cifar10"]  # image networks need image data (sample_shape only; no file is read)
     if group == "model" and option.startswith("noisy_classifier"):
-        overrides += ["model.net.num_classes=10"]  # the classifier experiments set the data's classes
+        # a classifier trains in a classifier experiment (the default toy experiment configures a score model's
+        # output); those experiments set the data's classes
+        overrides += ["experiment=toy_eight_gaussians_classifier", "model.net.num_classes=10"]
     if group == "loss" and option == "ddpm":
         overrides += ["sde=vp"]
     cfg = make_cfg(tmp_path, overrides)

@@ -36,7 +36,7 @@ from .platform_utils import PRELOAD, ROOT
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 DRY_TAGS = {"[GPU]": "needs a GPU", "[SLURM]": "needs a SLURM cluster", "[download]": "needs a download",
             "[CI]": "is the test suite itself"}
-HYDRA_SCRIPTS = ("train.py", "sample.py", "likelihood.py", "fid.py", "ema.py")
+HYDRA_SCRIPTS = ("train.py", "sample.py", "likelihood.py", "fid.py", "ema.py", "fit_grid.py")
 BLOCK_TIMEOUT = 900
 SHARED_DATA = Path(os.environ.get("SCORELAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

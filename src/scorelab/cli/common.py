@@ -27,11 +27,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def progress_bar(total: int, desc: str, enabled: bool = True):
-    """A tqdm bar (to stderr) and its ``update(n)``; a no-op when disabled."""
-    from tqdm.auto import tqdm
+def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "image"):
+    """A progress bar with an ETA (:class:`scorelab.core.console.Progress`: tqdm on a terminal, a line every 10 %
+    otherwise; rank 0 only) and its ``update(n)``; silent when disabled. It closes itself when ``total`` is
+    reached."""
+    from ..core.console import Progress
 
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
+    bar = Progress(total, desc, unit, enabled)
     return bar, bar.update
 
 

@@ -419,6 +419,9 @@ def run_job(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     Sweep job: any exception is printed (one line, or the traceback of a bug), recorded in the job's ``job.json``,
     and the job returns ``None`` so that the sweep goes on.
     """
+    from .console import start_job
+
+    start_job()  # scorelab's and Lightning's messages into <run folder>/<command>.log; known noise filtered
     sweep = _in_sweep()
     folder = _output_dir(cfg)
     try:

@@ -23,6 +23,7 @@ number of processes: under ``torchrun`` each rank solves its own batches and the
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -79,6 +80,7 @@ class Options:
     vlb_alphas: torch.Tensor | None = None  # method=vlb: the chain's alpha_bar_1..N
     vlb_timesteps: int | None = None
     vlb_variance: str = "beta"
+    progress: bool = True  # a progress bar with an ETA (rank 0)
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -275,11 +277,11 @@ def solve_shard(score, sde, x: torch.Tensor, batches: list[int], opts: Options) 
     Returns:
         ``[(batch index, values [B, repeats], [nfe per repeat], {part: [B, repeats]}), ...]``.
     """
-    from tqdm.auto import tqdm
+    from ..core.console import Progress
 
     label = "likelihood" if world_size() == 1 else f"likelihood (rank 0 of {world_size()})"
     out = []
-    with tqdm(total=len(batches) * opts.repeats, desc=label, unit="solve", disable=not is_main_process()) as bar:
+    with Progress(len(batches) * opts.repeats, label, "solve", opts.progress and is_main_process()) as bar:
         for b in batches:
             index = range(b * opts.batch_size, min((b + 1) * opts.batch_size, len(x)))
             columns, nfes, parts = [], [], []
@@ -288,7 +290,7 @@ def solve_shard(score, sde, x: torch.Tensor, batches: list[int], opts: Options) 
                 columns.append(values)
                 nfes.append(nfe)
                 parts.append(part)
-                bar.set_postfix(nfe=nfe)
+                bar.set_postfix_str(f"nfe {nfe}")
                 bar.update(1)
             stacked = {k: torch.stack([p[k] for p in parts], dim=1).numpy() for k in parts[0]}
             out.append((b, torch.stack(columns, dim=1).numpy(), nfes, stacked))
@@ -390,6 +392,7 @@ def likelihood(cfg: DictConfig) -> dict[str, Any]:
     score, sde, datamodule, ckpt = load_source(cfg)
     x = load_split(datamodule, cfg.split, cfg.n, cfg.seed)
     opts = resolve_options(cfg, score, sde, datamodule, x, device, oracle=ckpt is None)
+    opts = dataclasses.replace(opts, progress=bool(cfg.get("progress", True)))
     score = score.to(device).eval()
     with process_group(device):
         start = time.perf_counter()

@@ -17,6 +17,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..lit.module import ScoreModule
+from ..sampling.fitted import TABLE_KEY, check_table
 from .common import build_core, check_module_keys, check_state_dict
 from .restore import read_stored_run, standalone_config
 from .safety import SCORE_MODULE
@@ -31,6 +32,7 @@ class Run(NamedTuple):
     module: L.LightningModule
     parts: dict[str, Any]
     path: str | None = None  # the checkpoint it was restored from
+    fitted_grids: dict | None = None  # time grids fit_grid.py stored in that checkpoint (checked on load)
 
     @property
     def sampler_cfg(self) -> DictConfig | None:
@@ -80,7 +82,8 @@ def restore_run(value: Any, cfg: DictConfig | None = None, key: str = "ckpt_path
     if not stored.config.get("classifier_module"):
         check_module_keys({k: v for k, v in stored.config.get("module", {}).items() if k != "_target_"},
                           ScoreModule, stored.path, given=("score_model", "sde", "loss", "optimizer", "scheduler"))
+    fitted = check_table(stored.checkpoint.get(TABLE_KEY), stored.path)  # a hostile grid: one line, nothing built
     run = build_run(stored.config)
     check_state_dict(run.module, stored.checkpoint["state_dict"], stored.path)
     run.module.load_state_dict(stored.checkpoint["state_dict"])
-    return run._replace(path=stored.path)
+    return run._replace(path=stored.path, fitted_grids=fitted)

@@ -50,6 +50,8 @@ RENAMED_TARGETS = {
     **{f"scorelab.losses.{name}": (f"scorelab.objectives.{name}", {})
        for name in ("DSMLoss", "ISMLoss", "SSMLoss", "DDPMLoss")},
     "scorelab.hybrid.HybridLoss": ("scorelab.objectives.HybridLoss", {}),
+    # runs before the console work checkpointed with Lightning's own class (no ranking without validation)
+    "lightning.pytorch.callbacks.ModelCheckpoint": ("scorelab.lit.console.ValidatedCheckpoint", {}),
 }
 
 

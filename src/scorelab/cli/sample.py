@@ -17,8 +17,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..core.console import SamplingProgress, say
 from ..core.distributed import (
     device_for_rank,
     env_world_size,
@@ -33,12 +34,14 @@ from ..core.io import save_npz_atomic, write_text_atomic
 from ..data.sample_files import write_npz_shard, write_png_images
 from ..metrics.evaluation import mean_and_stderr, to_uint8
 from ..metrics.label_accuracy import LabelAccuracy, label_accuracy
+from ..sampling.base import describe_sampler
+from ..sampling.fitted import read_table_file, with_fitted_grid
 from ..sampling.seeded import SeededBatch, seeded_batches
 from ..tasks import ClassRequest, ImageTask, Sample, Task
 from ..viz.plotting import save_class_grid, save_image_grid
 from ..viz.teaching import write_teaching_pictures
 from .classifier import classifier_request, refuse_score_as_classifier
-from .common import build_object, compose_group, progress_bar, resolve_device
+from .common import build_object, compose_group, resolve_device
 from .errors import UserError
 from .evaluate import build_evaluator, build_extractor
 from .runs import restore_run
@@ -56,6 +59,7 @@ class Trained(NamedTuple):
     datamodule: Any
     sampler_cfg: DictConfig | None
     config: DictConfig
+    fitted_grids: dict | None = None  # time grids fit_grid.py stored in the checkpoint
 
 
 def load_trained(ckpt_path: str, use_ema: bool = True, cfg: DictConfig | None = None,
@@ -71,7 +75,8 @@ def load_trained(ckpt_path: str, use_ema: bool = True, cfg: DictConfig | None = 
         data_dir: outside a command, the data folder (default ``$SCORELAB_DATA``, else ``./data``).
     """
     run = restore_run(ckpt_path, cfg, data_dir=data_dir, check=refuse_score_as_classifier)
-    return Trained(run.module.score_fn(use_ema), run.sde, run.datamodule, run.sampler_cfg, run.config)
+    return Trained(run.module.score_fn(use_ema), run.sde, run.datamodule, run.sampler_cfg, run.config,
+                   run.fitted_grids)
 
 
 def load_score_model(ckpt_path: str, use_ema: bool = True, cfg: DictConfig | None = None,
@@ -83,8 +88,11 @@ def load_score_model(ckpt_path: str, use_ema: bool = True, cfg: DictConfig | Non
 def _check(cfg: DictConfig) -> Task:
     """Refuse bad top-level values, and build the task (whose class checks its own options)."""
     for key in ("n_samples", "batch_size"):
+        if key == "batch_size" and cfg[key] == "auto":
+            continue
         if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
+            raise UserError(f"{key} must be a positive integer{' or auto' if key == 'batch_size' else ''}, got "
+                            f"{cfg[key]!r}")
     if cfg.get("format", "npz") not in FORMATS:
         raise UserError(f"format must be one of {FORMATS}, got {cfg.format!r}")
     if cfg.eval.protocol not in PROTOCOLS:
@@ -200,8 +208,9 @@ def sample(cfg: DictConfig) -> Path:
         trained, sampler_cfg = _source(cfg)
         shape = tuple(trained.datamodule.sample_shape)
         task.check_model(shape, trained.datamodule.domain.kind)
-        sampler = instantiate(sampler_cfg)
+        sampler = use_fitted_grid(cfg, trained, instantiate(sampler_cfg))
         score = trained.score.to(device).eval()
+        resolve_batch_size(cfg, shape, trained.datamodule.domain.kind, device)
         classes = _class_request(task, cfg, trained, score, device)
         out = Path(gather(str(cfg.paths.output_dir))[0])  # rank 0's run folder, the only one of the job
         if is_main_process():
@@ -214,6 +223,22 @@ def sample(cfg: DictConfig) -> Path:
         if cfg.eval.fid:
             raise UserError("eval.fid is for images; toy data get exact metrics (metrics.json) without it")
         return _sample_points(cfg, trained, sampler, score, shape, device, out, classes)
+
+
+def use_fitted_grid(cfg: DictConfig, trained: Trained, sampler):
+    """``sampler`` on the time grid ``fit_grid.py`` fitted for exactly this solver and step count, when there is one
+    (``fitted_grids``: ``auto`` the checkpoint's, ``false`` none, or a ``fitted_grids.json``), saying so; else as is."""
+    setting = cfg.get("fitted_grids", "auto")
+    if setting is False or setting in ("none", "false"):
+        return sampler
+    if setting in (None, "auto", True):
+        table = trained.fitted_grids
+    else:
+        table = read_table_file(str(setting))
+    sampler, note = with_fitted_grid(sampler, table, trained.sde)
+    if note and is_main_process():
+        print(note, flush=True)
+    return sampler
 
 
 def _class_request(task: Sample, cfg: DictConfig, trained: Trained, score, device) -> ClassRequest | None:
@@ -239,13 +264,49 @@ def my_batches(seeds: range | list[int], batch_size: int, rank: int | None = Non
 
 
 def _draw(sampler, score, sde, shape, batches: list[tuple[int, list[int]]], device,
-          classes: ClassRequest | None = None) -> Any:
+          classes: ClassRequest | None = None, bar: SamplingProgress | None = None) -> Any:
     """Yield this rank's :class:`SeededBatch` es, each positioned in the whole seed range (and, with ``classes``,
-    drawn with the guided score of its positions' labels)."""
+    drawn with the guided score of its positions' labels); ``bar`` moves with every sampler step."""
     for start, chunk in batches:
         fn = score if classes is None else classes.score_for(score, start, len(chunk))
-        for batch in seeded_batches(sampler, fn, sde, shape, chunk, len(chunk), device):
+        for batch in seeded_batches(sampler, fn, sde, shape, chunk, len(chunk), device,
+                                    on_step=bar.on_step if bar is not None else None):
+            if bar is not None:
+                bar.batch_done(len(batch.seeds))
             yield SeededBatch(start, batch.seeds, batch.x, batch.nfe)
+
+
+AUTO_BATCH = {"points": 10_000, "images_cpu": 256, "images_gpu": 1000}
+"""``batch_size=auto``: samples per sampler call for 2-D points, and for images of up to 3 x 32 x 32 values on the
+CPU and on a GPU (larger images: proportionally fewer, at least 8). The samples do not depend on it."""
+
+
+def auto_batch_size(shape: tuple[int, ...], kind: str, device: torch.device | str) -> int:
+    """The batch ``batch_size=auto`` picks (:data:`AUTO_BATCH`): all toy points at once, a memory-bounded number of
+    images."""
+    if kind != "images":
+        return AUTO_BATCH["points"]
+    base = AUTO_BATCH["images_gpu" if torch.device(device).type == "cuda" else "images_cpu"]
+    values = math.prod(shape)
+    return max(8, int(base * min(1.0, 3 * 32 * 32 / max(1, values))))
+
+
+def resolve_batch_size(cfg: DictConfig, shape: tuple[int, ...], kind: str, device) -> int:
+    """Replace ``batch_size: auto`` in ``cfg`` by :func:`auto_batch_size`; return the batch size."""
+    if cfg.batch_size == "auto":
+        with open_dict(cfg):
+            cfg.batch_size = auto_batch_size(shape, kind, device)
+    return int(cfg.batch_size)
+
+
+def _sampling_cost(cfg, sampler, n: int, what: str, runs: int = 1) -> str:
+    """``sampling 64 images: 1 batch of 64 (batch_size=auto) x 40 sampler steps (DPM-Solver++...)``."""
+    batches = math.ceil(n / cfg.batch_size)
+    steps = getattr(sampler, "steps", None)
+    per = f" x {steps} sampler steps" if steps else ""
+    total = f" x {runs} seed ranges (eval.protocol=edm)" if runs > 1 else ""
+    return (f"sampling {n} {what}{total}: {batches} batch{'es' if batches > 1 else ''} of up to {cfg.batch_size} "
+            f"(batch_size){per}, {describe_sampler(sampler)}; fewer: n_samples=..., sampler.steps=...")
 
 
 def _sample_count(cfg, classes: ClassRequest | None) -> int:
@@ -259,8 +320,10 @@ def _sample_points(cfg, trained: Trained, sampler, score, shape, device, out: Pa
     batches = my_batches(seeds, cfg.batch_size)
 
     def solve() -> list[tuple[int, torch.Tensor, int]]:
-        return [(b.start, b.x.cpu(), b.nfe) for b in _draw(sampler, score, trained.sde, shape, batches, device,
-                                                           classes)]
+        with SamplingProgress(sum(len(c) for _, c in batches), len(batches), getattr(sampler, "steps", None),
+                              f"sampling {len(seeds)} points", cfg.get("progress", True) and is_main_process()) as bar:
+            return [(b.start, b.x.cpu(), b.nfe) for b in _draw(sampler, score, trained.sde, shape, batches, device,
+                                                               classes, bar)]
 
     parts = sorted((item for part in run_and_gather(solve) for item in part), key=lambda item: item[0])
     path = out / "samples.npz"
@@ -271,7 +334,7 @@ def _sample_points(cfg, trained: Trained, sampler, score, shape, device, out: Pa
     path = save_npz_atomic(path, x=x.numpy(), seeds=np.asarray(list(seeds)), nfe=np.array(nfe["nfe"]),
                            nfe_total=np.array(nfe["nfe_total"]), **extra)
     domain = trained.datamodule.domain
-    domain.preview(x, out / "samples.png", title=f"{type(sampler).__name__}, NFE {nfe['nfe']}")
+    domain.preview(x, out / "samples.png", title=f"{describe_sampler(sampler)}, NFE {nfe['nfe']}")
     metrics = domain.sample_metrics(x, cfg.seed)
     if metrics is not None:
         metrics.update(nfe, sampler=repr(sampler), processes=world_size())
@@ -321,9 +384,10 @@ def _solve_images(cfg, trained: Trained, sampler, score, shape, batches, device,
     data_range = tuple(trained.datamodule.data_range)
     grid, nfes, verdicts, began = [], [], [], time.perf_counter()
     keep = math.inf if classes is not None and classes.per_class else GRID
-    bar, update = progress_bar(sum(len(c) for _, c in batches), desc, cfg.get("progress", True) and is_main_process())
+    bar = SamplingProgress(sum(len(c) for _, c in batches), len(batches), getattr(sampler, "steps", None), desc,
+                           cfg.get("progress", True) and is_main_process())
     try:
-        for batch in _draw(sampler, score, trained.sde, shape, batches, device, classes):
+        for batch in _draw(sampler, score, trained.sde, shape, batches, device, classes, bar):
             images = to_uint8(batch.x, data_range)
             labels = classes.labels[batch.start:batch.start + len(batch.seeds)] if classes is not None else None
             if cfg.format == "png":
@@ -337,7 +401,6 @@ def _solve_images(cfg, trained: Trained, sampler, score, shape, batches, device,
             if batch.start < keep:
                 grid.append((batch.start, images[: int(min(keep - batch.start, len(images)))].cpu()))
             nfes.append((batch.start, batch.nfe))
-            update(len(batch.seeds))
     finally:
         bar.close()
     return {"grid": grid, "nfes": nfes, "verdicts": verdicts, "seconds": time.perf_counter() - began}
@@ -349,6 +412,7 @@ def _sample_images(cfg, trained: Trained, sampler, score, shape, device, out: Pa
     judge = _build_judge(cfg, trained, classes, device)
     n = _sample_count(cfg, classes)
     starts = [cfg.seed] if cfg.eval.protocol == "single" else [cfg.seed + k * n for k in range(3)]
+    say(_sampling_cost(cfg, sampler, n, "images", len(starts)))
     runs, folders = [], []
     for base in starts:
         folder = out / ("samples" if len(starts) == 1 else f"samples_seeds_{base}-{base + n - 1}")

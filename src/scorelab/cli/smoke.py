@@ -44,6 +44,7 @@ _CAPS: dict[str, list[tuple[str, float, str]]] = {
         ("n", 4, "all"), ("batch_size", 4, "none"), ("repeats", 2, "none"), ("vlb.num_steps", 25, "none"),
         ("vlb.timesteps", 4, "none"),
     ],
+    "fit_grid": [("n_fit", 8, "none"), ("n_holdout", 8, "none"), ("max_evals", 12, "none")],
     "fid": [
         ("n", 16, "all"), ("ref_count", 64, "all"), ("batch_size", 32, "none"), ("kid_subsets", 2, "none"),
         ("kid_subset_size", 8, "none"), ("kid_reference_features", 64, "none"),
@@ -57,6 +58,7 @@ _SETS: dict[str, list[tuple[str, Any]]] = {
               ("callbacks.likelihood.rtol", 1e-3), ("callbacks.likelihood.atol", 1e-3)],
     "likelihood": [("rtol", 1e-3), ("atol", 1e-3)],
     "sample": [("task.rtol", 1e-3), ("task.atol", 1e-3)],
+    "fit_grid": [("reference.rtol", 1e-3), ("reference.atol", 1e-3)],
 }
 SAMPLER_STEPS = 10
 

@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,20 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
+from ..core.console import say
 from ..core.io import write_text_atomic
 from ..lit.checkpointing import AtomicCheckpointIO, PreemptionCallback
+from ..lit.console import CompactModelSummary, StepProgressBar
 from ..lit.fid_callback import domain_mismatch
 from ..objectives.base import loss_lr_scale
 from .common import check_state_dict, load_checkpoint
+from .console import say_training_summary
 from .errors import UserError
 from .resume import resolve_ckpt_path
 from .runs import build_module, build_run  # noqa: F401  (build_module: re-exported for scripts)
@@ -52,41 +57,91 @@ def train(cfg: DictConfig) -> float | None:
     check_trainer_config(cfg.trainer)
     resume_from = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     ckpt_path, ckpt = load_checkpoint(resume_from) if resume_from else (None, None)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     run = build_run(cfg)
     parts, module = run.parts, run.module
     parts["datamodule"].check_available()  # missing data: one line before loggers and checkpoints write anything
+    first_step = 0
     if ckpt is not None:
         check_state_dict(module, ckpt["state_dict"], ckpt_path)
+        first_step = int(ckpt.get("global_step", 0) or 0)
         del ckpt
     loggers = _instantiate_group(cfg.get("logger"))
     callbacks = _instantiate_group(cfg.get("callbacks"), skip=_unfitting_callbacks(cfg.get("callbacks"),
                                                                                    parts["datamodule"]))
     if not loggers:  # the LR monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks = _console_callbacks(callbacks, cfg.trainer)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)  # saved in checkpoints for sample.py
     # First in line, so last.ckpt of the final step is written before the end-of-training evaluations run.
     callbacks.insert(0, PreemptionCallback(_checkpoint_dir(cfg, callbacks), save_at_end=_saves_last(callbacks)))
+    # enable_model_summary=False: the summary is the callback above (Lightning would add its own and say so)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     plugins=[AtomicCheckpointIO()])
+                                     plugins=[AtomicCheckpointIO()], enable_model_summary=False)
     batch = global_batch(trainer, parts["datamodule"].batch_size)
     for logger in loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "global_batch": batch["global_batch"]})
-    rank_zero_info(f"run folder: {cfg.paths.output_dir}")
-    rank_zero_info(describe_global_batch(batch, cfg.optimizer.get("lr"), loss_lr_scale(getattr(module, "loss", None))))
+    say(f"run folder: {cfg.paths.output_dir}")
+    say(describe_global_batch(batch, cfg.optimizer.get("lr"), loss_lr_scale(getattr(module, "loss", None))))
+    began, summary = time.perf_counter(), None
     try:
         with _sweep_job_as_single_run(trainer, cfg):
             trainer.fit(module, datamodule=parts["datamodule"], ckpt_path=ckpt_path, weights_only=True)
         metrics = _final_metrics(trainer, callbacks)
         if trainer.is_global_zero:
             write_text_atomic(Path(cfg.paths.output_dir) / "final_metrics.json", json.dumps(metrics, indent=2))
+            summary = _summary(trainer, callbacks, metrics, cfg, time.perf_counter() - began, first_step)
     finally:
         if any(isinstance(lg, WandbLogger) for lg in loggers):
             import wandb
 
             wandb.finish()  # one W&B run per job: Lightning never finishes it, so each job must
+    if summary is not None:  # the last lines of the job (after W&B's own)
+        say_training_summary(**summary)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+def _console_callbacks(callbacks: list, trainer_cfg: DictConfig) -> list:
+    """The progress bar and model summary of :mod:`scorelab.lit.console`: added when the callbacks config has none,
+    left out when the trainer turns them off (``trainer.enable_progress_bar`` / ``enable_model_summary`` false)."""
+    bar_on = trainer_cfg.get("enable_progress_bar", True) is not False
+    summary_on = trainer_cfg.get("enable_model_summary", True) is not False
+    kept = [c for c in callbacks if not ((isinstance(c, ProgressBar) and not bar_on)
+                                         or (isinstance(c, ModelSummary) and not summary_on))]
+    if bar_on and not any(isinstance(c, ProgressBar) for c in kept):
+        kept.append(StepProgressBar())
+    if summary_on and not any(isinstance(c, ModelSummary) for c in kept):
+        kept.append(CompactModelSummary())
+    # the bar first: it closes at the end of training before the end-of-training evaluations speak
+    return sorted(kept, key=lambda c: not isinstance(c, ProgressBar))
+
+
+def _summary(trainer: L.Trainer, callbacks: list, metrics: dict[str, Any], cfg: DictConfig, seconds: float,
+             first_step: int) -> dict[str, Any]:
+    """What the lines training ends with say (:func:`scorelab.cli.console.training_summary`): key metrics, the
+    picture, the checkpoint and the next command."""
+    from ..lit.callbacks import SampleCallback, ToyMetricsCallback
+
+    toy = next((cb.metrics for cb in callbacks if isinstance(cb, ToyMetricsCallback) and cb.metrics), None)
+    if toy is None:
+        path = Path(cfg.paths.output_dir) / "metrics.json"
+        if path.is_file() and any(isinstance(cb, ToyMetricsCallback) for cb in callbacks):
+            with contextlib.suppress(ValueError, OSError):
+                toy = json.loads(path.read_text())
+    picture = next((cb.last_path for cb in callbacks if isinstance(cb, SampleCallback) and cb.last_path), None)
+    folder = _checkpoint_dir(cfg, callbacks)
+    checkpoint = folder / "last.ckpt" if (folder / "last.ckpt").is_file() else None
+    if checkpoint is None and folder.is_dir():
+        found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        checkpoint = found[-1] if found else None
+    images = getattr(getattr(trainer.datamodule, "domain", None), "kind", None) == "images"
+    stopped = f"resumed from step {first_step}" if first_step else None
+    if trainer.max_steps and trainer.max_steps > 0 and trainer.global_step < trainer.max_steps:
+        stopped = ", ".join(filter(None, [stopped, f"stopped before max_steps={trainer.max_steps}"]))
+    return dict(steps=trainer.global_step, seconds=seconds, metrics=metrics, toy=toy, picture=picture,
+                checkpoint=checkpoint, images=images, stopped_early=stopped,
+                classifier=bool(cfg.get("classifier_module")))
 
 
 def _unfitting_callbacks(cfg: DictConfig | None, datamodule) -> tuple[str, ...]:

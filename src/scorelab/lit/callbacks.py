@@ -10,8 +10,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..core.console import SamplingProgress
 from ..core.distributed import run_and_gather
 from ..core.io import write_text_atomic
+from ..sampling.base import describe_sampler
 from ..sampling.seeded import NonFiniteSamplesError, draw_seeded
 
 
@@ -21,7 +23,7 @@ def run_dir(trainer: L.Trainer) -> Path:
 
 
 def draw_finite(pl_module, sampler: Callable, seeds: Sequence[int],
-                shape: Sequence[int] | None = None) -> tuple[torch.Tensor, int]:
+                shape: Sequence[int] | None = None, progress: str | None = None) -> tuple[torch.Tensor, int]:
     """Samples of the EMA weights, sample ``k`` from seed ``seeds[k]`` (as ``sample.py`` draws them,
     :func:`~scorelab.sampling.seeded.draw_seeded`), refusing samples that hold NaN/Inf.
 
@@ -30,6 +32,7 @@ def draw_finite(pl_module, sampler: Callable, seeds: Sequence[int],
         sampler: a scorelab sampler.
         seeds: one seed per sample.
         shape: of one sample (default: the trainer's data module's ``sample_shape``).
+        progress: a description: show a progress bar per sampler step under it (rank 0 of the trainer).
 
     Returns:
         ``(samples [len(seeds), ...], nfe)``.
@@ -43,7 +46,11 @@ def draw_finite(pl_module, sampler: Callable, seeds: Sequence[int],
     try:
         with torch.no_grad():
             shape = tuple(shape) if shape is not None else pl_module._sample_shape()
-            x, nfe, watch = draw_seeded(sampler, model, pl_module.sde, shape, seeds, pl_module.device)
+            bar = SamplingProgress(len(seeds), 1, getattr(sampler, "steps", None), progress or "",
+                                   enabled=progress is not None and _shows_progress(pl_module), every=25)
+            with bar:
+                x, nfe, watch = draw_seeded(sampler, model, pl_module.sde, shape, seeds, pl_module.device,
+                                            on_step=bar.on_step)
     finally:
         model.train(was_training)
     where = watch.where(x, "sampler step")
@@ -53,7 +60,14 @@ def draw_finite(pl_module, sampler: Callable, seeds: Sequence[int],
     return x, nfe
 
 
-def draw_shared(trainer: L.Trainer, pl_module, sampler: Callable, n: int, seed: int) -> tuple[torch.Tensor, int]:
+def _shows_progress(pl_module) -> bool:
+    """Whether the trainer of ``pl_module`` shows progress (its progress bar is on) on this rank (rank 0)."""
+    trainer = getattr(pl_module, "_trainer", None)
+    return trainer is not None and trainer.is_global_zero and trainer.progress_bar_callback is not None
+
+
+def draw_shared(trainer: L.Trainer, pl_module, sampler: Callable, n: int, seed: int,
+                progress: str | None = None) -> tuple[torch.Tensor, int]:
     """``n`` samples with seeds ``seed .. seed + n - 1`` (:func:`draw_finite`), split over the data-parallel ranks
     and gathered on every rank (CPU tensor ``[n, ...]``).
 
@@ -63,12 +77,14 @@ def draw_shared(trainer: L.Trainer, pl_module, sampler: Callable, n: int, seed: 
     rank samples, none waits for minutes at the next collective while another one samples, and the work is ``W``
     times faster. A failure on any rank (NaN/Inf samples included) is raised on every rank.
 
+    ``progress``: a description, for a progress bar on rank 0 (of its share).
+
     Returns:
         ``(samples [n, ...] on the CPU, NFE)``.
     """
     world, rank = trainer.world_size, trainer.global_rank
     if world <= 1:
-        x, nfe = draw_finite(pl_module, sampler, range(seed, seed + n))
+        x, nfe = draw_finite(pl_module, sampler, range(seed, seed + n), progress=progress)
         return x.cpu(), nfe
     rows = list(range(rank, n, world))
 
@@ -76,7 +92,7 @@ def draw_shared(trainer: L.Trainer, pl_module, sampler: Callable, n: int, seed: 
         if not rows:
             return None, 0, None
         try:
-            x, nfe = draw_finite(pl_module, sampler, [seed + r for r in rows])
+            x, nfe = draw_finite(pl_module, sampler, [seed + r for r in rows], progress=progress)
         except NonFiniteSamplesError as exc:  # every rank must take the same decision: sent to all
             return None, 0, str(exc)
         return x.cpu(), nfe, None
@@ -127,14 +143,16 @@ class SampleCallback(L.Callback):
 
     def _draw(self, trainer: L.Trainer, pl_module, tag: str) -> None:
         try:
-            x, _ = draw_shared(trainer, pl_module, self.sampler, self.n_samples, self.seed)
+            x, _ = draw_shared(trainer, pl_module, self.sampler, self.n_samples, self.seed,
+                               progress=f"sample picture ({self.n_samples} samples)")
         except NonFiniteSamplesError as exc:
             rank_zero_warn(f"{exc}; samples/{tag}.png was not written")
             return
         if not trainer.is_global_zero:
             return
         path = run_dir(trainer) / "samples" / f"{tag}.png"
-        trainer.datamodule.domain.preview(x, path, title=f"{tag}, step {trainer.global_step}")
+        trainer.datamodule.domain.preview(x, path, title=f"{tag}, step {trainer.global_step}: "
+                                                         f"{describe_sampler(self.sampler)}")
         self.last_path = path
         log_picture(trainer, "samples", path, trainer.global_step)
 
@@ -171,7 +189,8 @@ class ToyMetricsCallback(L.Callback):
             return
         path = run_dir(trainer) / "metrics.json"
         try:
-            x, nfe = draw_shared(trainer, pl_module, self.sampler, self.n_samples, self.seed)
+            x, nfe = draw_shared(trainer, pl_module, self.sampler, self.n_samples, self.seed,
+                                 progress=f"toy metrics ({self.n_samples} samples)")
         except NonFiniteSamplesError as exc:
             rank_zero_warn(f"{exc}; {path} records the error instead of metrics")
             if trainer.is_global_zero:

@@ -9,9 +9,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from ..core.console import SamplingProgress, cost_line, say
 from ..metrics.evaluation import SampleEvaluator, to_uint8
 from ..metrics.frechet import FeatureStats
 from ..metrics.reference import DEFAULT_KEEP_FEATURES, reference_stats
+from ..sampling.fitted import TABLE_KEY, check_table, read_table_file, with_fitted_grid
 from ..sampling.seeded import seeded_batches
 from ..viz.plotting import save_image_grid
 from .callbacks import PeriodicEvaluation, log_picture, run_dir
@@ -74,12 +76,15 @@ class FIDCallback(PeriodicEvaluation):
         ref_count: reference images (None: the whole split).
         cache_dir: where reference statistics are cached (default ``$SCORELAB_CACHE`` or ``~/.cache/scorelab``).
         kid: also compute KID (needs raw reference features; costs memory on every rank).
+        fitted_grids: a ``fitted_grids.json`` or checkpoint whose time grids ``fit_grid.py`` fitted; None: those of
+            the checkpoint training resumes from. A grid fitted for exactly this sampler and step count replaces its
+            own grid (said once in the log).
     """
 
     def __init__(self, sampler: Callable, features: nn.Module, n_samples: int = 2000, every_n_epochs: int = 1,
                  every_n_steps: int = 0, at_end: bool = True, batch_size: int = 250, seed: int = 0,
                  split: str = "train", ref: str | None = None, ref_count: int | None = None,
-                 cache_dir: str | None = None, kid: bool = False):
+                 cache_dir: str | None = None, kid: bool = False, fitted_grids: str | None = None):
         super().__init__(every_n_epochs, every_n_steps, at_end)
         if n_samples < 2 or batch_size < 1:
             raise ValueError(f"FIDCallback needs n_samples >= 2 and batch_size >= 1, got n_samples={n_samples}, "
@@ -89,6 +94,21 @@ class FIDCallback(PeriodicEvaluation):
         self.cache_dir, self.kid = cache_dir, kid
         self.evaluator: SampleEvaluator | None = None
         self.off = False  # set in setup when the extractor's domain is not this data's
+        self.fitted_grids = read_table_file(fitted_grids) if fitted_grids else None
+        self._grid_note: str | None = None
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """Keep the time grids ``fit_grid.py`` stored in the checkpoint training resumes from (checked first)."""
+        if self.fitted_grids is None:
+            self.fitted_grids = check_table(checkpoint.get(TABLE_KEY), "the checkpoint training resumed from")
+
+    def sampler_for(self, sde, say_it: bool = True):
+        """The sampler of an evaluation: on the grid fitted for it and its step count when there is one (said once)."""
+        sampler, note = with_fitted_grid(self.sampler, self.fitted_grids, sde)
+        if note and note != self._grid_note and say_it:
+            print(f"FID callback: {note}", flush=True)
+        self._grid_note = note
+        return sampler
 
     def evaluate(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
         """As :meth:`PeriodicEvaluation.evaluate`; nothing while the callback is off."""
@@ -136,14 +156,26 @@ class FIDCallback(PeriodicEvaluation):
         model.eval()
         grid = []
         data_range = tuple(trainer.datamodule.domain.data_range)
+        sampler = self.sampler_for(pl_module.sde, trainer.is_global_zero)
+        steps = getattr(sampler, "steps", None)
+        if trainer.is_global_zero and not self.history:  # once: what each evaluation costs, and how to stop it
+            say(cost_line(f"FID callback ({self.name})", f"{self.n_samples} samples x {steps or '?'} sampler steps "
+                          f"in batches of {self.batch_size} per evaluation (every_n_epochs={self.every_n_epochs}, "
+                          f"every_n_steps={self.every_n_steps}, at_end={self.at_end})",
+                          off="callbacks/fid=null, or fewer: callbacks.fid.n_samples=..."))
+        bar = SamplingProgress(len(seeds), -(-len(seeds) // self.batch_size), steps,
+                               f"{self.name} at step {trainer.global_step}",
+                               trainer.is_global_zero and trainer.progress_bar_callback is not None, every=25)
         try:
-            for batch in seeded_batches(self.sampler, model, pl_module.sde, pl_module._sample_shape(), seeds,
-                                        self.batch_size, pl_module.device):
+            for batch in seeded_batches(sampler, model, pl_module.sde, pl_module._sample_shape(), seeds,
+                                        self.batch_size, pl_module.device, on_step=bar.on_step):
+                bar.batch_done(len(batch.seeds))
                 images = to_uint8(batch.x, data_range)
                 self.evaluator.update(images)
                 if rank == 0 and sum(len(g) for g in grid) < 64:
                     grid.append(images[:64].cpu())
         finally:
+            bar.close()
             model.train(was_training)
         result = self.evaluator.compute(seed=self.seed)  # all-reduce: every rank calls it
         self.evaluator.reset()

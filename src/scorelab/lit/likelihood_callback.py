@@ -7,6 +7,7 @@ import math
 import lightning as L
 import torch
 
+from ..core.console import Progress, cost_line, say
 from ..core.distributed import run_and_gather
 from ..metrics.likelihood import batch_nll
 from .callbacks import PeriodicEvaluation
@@ -53,6 +54,12 @@ class LikelihoodCallback(PeriodicEvaluation):
         """Solve this rank's share, then gather every rank's values (the one collective); the mean NLL."""
         x_all, images = self._examples(trainer)
         mine = list(range(trainer.global_rank, len(x_all), trainer.world_size))
+        if trainer.is_global_zero and not self.history:  # once: what each evaluation costs, and how to stop it
+            say(cost_line(f"likelihood callback ({'bpd' if images else 'nll'}@{len(x_all)})",
+                          f"{len(x_all)} validation examples through the adaptive {self.method} ODE solver (rtol "
+                          f"{self.rtol:g}) in batches of {self.batch_size} per evaluation (every_n_epochs="
+                          f"{self.every_n_epochs}, every_n_steps={self.every_n_steps}, at_end={self.at_end})",
+                          off="callbacks/likelihood=null, or fewer: callbacks.likelihood.n=..."))
         every = [v for part in run_and_gather(self._solve_share, trainer, pl_module, x_all, mine, images) for v in part]
         return {f"{'bpd' if images else 'nll'}@{len(every)}": float(sum(every) / len(every))}
 
@@ -61,11 +68,15 @@ class LikelihoodCallback(PeriodicEvaluation):
         was_training = model.training
         model.eval()
         values = []
+        bar = Progress(len(mine), f"{'bpd' if images else 'nll'}@{len(x_all)} at step {trainer.global_step}",
+                       "example", trainer.is_global_zero and trainer.progress_bar_callback is not None, every=25)
         try:
             for start in range(0, len(mine), self.batch_size):
                 index = mine[start:start + self.batch_size]
                 values += self._solve(model, pl_module, x_all[index], index, images, trainer)
+                bar.update(len(index))
         finally:
+            bar.close()
             model.train(was_training)
         return values
 

@@ -61,5 +61,8 @@ def wandb_logger(project: str = "scorelab", save_dir: str = ".", mode: str = "au
     if mode == "offline":
         rank_zero_info(f"W&B: offline ({reason}). Upload later with: "
                        f"wandb sync {save_dir}/wandb/offline-run-*")
-    return WandbLogger(project=project, save_dir=save_dir, name=name or job_name, group=group or job_group,
-                       tags=tags, entity=entity, log_model=log_model, mode=mode)
+    logger = WandbLogger(project=project, save_dir=save_dir, name=name or job_name, group=group or job_group,
+                         tags=tags, entity=entity, log_model=log_model, mode=mode)
+    if logger._wandb_init.get("anonymous") is None:  # Lightning passes anonymous=None, which W&B warns is ignored
+        logger._wandb_init.pop("anonymous", None)
+    return logger

@@ -11,7 +11,6 @@ that loads with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import time
@@ -188,7 +187,7 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
 
 def fit_mnist_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, batch_size: int = 128,
                          lr: float = 3e-3, max_shift: int = 2, seed: int = 0, device: str = "cpu",
-                         log: Callable[[str], None] | None = None) -> MNISTClassifier:
+                         log: Callable[[str], None] | None = None, progress: bool = True) -> MNISTClassifier:
     """Train a :class:`MNISTClassifier` with AdamW and a one-cycle learning rate, on randomly shifted digits.
 
     Args:
@@ -198,10 +197,13 @@ def fit_mnist_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int
         max_shift: largest random translation in pixels (generated digits are rarely centred exactly).
         seed: seeds the initial weights, the data order and the shifts (the global RNG is left as it was).
         log: called with one line per epoch.
+        progress: a progress bar over all batches with an ETA (:class:`scorelab.core.console.Progress`).
 
     Returns:
         The trained classifier, in eval mode, on ``device``.
     """
+    from ..core.console import Progress
+
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -211,6 +213,7 @@ def fit_mnist_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.2)
     model.train()
+    bar = Progress(epochs * steps, "training the fd_mnist classifier", "batch", progress)
     for epoch in range(epochs):
         start, total = time.perf_counter(), 0.0
         for idx in torch.randperm(images.shape[0], generator=gen)[: steps * batch_size].view(steps, batch_size):
@@ -221,8 +224,11 @@ def fit_mnist_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int
             opt.step()
             sched.step()
             total += float(loss.detach())
+            bar.update(1)
+            bar.set_postfix_str(f"epoch {epoch + 1}/{epochs}")
         if log is not None:
             log(f"epoch {epoch + 1}/{epochs}: train loss {total / steps:.4f} ({time.perf_counter() - start:.0f} s)")
+    bar.close()
     return model.eval()
 
 
@@ -298,14 +304,20 @@ def mnist_features(path: str | os.PathLike | None = None, data_dir: str | os.Pat
     """
     target = Path(path).expanduser() if path is not None else default_path()
     if not target.is_file() and train_if_missing and data_dir is not None:
-        _print_now(f"fd_mnist: no classifier at {target}; training it once on {data_dir} (cached for later runs)")
+        _print_now(f"fd_mnist: no classifier at {target}; training it once on {data_dir}: 3 epochs over "
+                   f"{max_train_images or 60000} MNIST images, a few CPU minutes, cached for later runs (make "
+                   "mnist-features does it ahead; features=inception avoids it)")
         train_mnist_classifier(data_dir, target, max_train_images=max_train_images)
     return load_mnist_features(target, device)
 
 
 mnist_features.domain = DOMAIN  # read from the config's _target_ before anything is built (or trained)
 
-_print_now = functools.partial(print, flush=True)
+def _print_now(message: str) -> None:
+    """Say ``message`` now (console and the command's log; rank 0)."""
+    from ..core.console import say
+
+    say(message)
 
 
 def train_mnist_classifier(data_dir: str | os.PathLike, out: str | os.PathLike | None = None, epochs: int = 3,

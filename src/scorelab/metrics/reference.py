@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.console import Progress, say
 from ..core.errors import UserError
 from ..core.io import cache_dir
 from .evaluation import extract_features
@@ -47,7 +48,7 @@ def reference_stats(datamodule, split: str, extractor: nn.Module, count: int | N
                     cache: str | os.PathLike | None = None, batch_size: int = 100,
                     device: torch.device | str = "cpu", keep_features: int = DEFAULT_KEEP_FEATURES,
                     rebuild: bool = False, progress_factory: Callable[[int, str], Callable] | None = None,
-                    log: Callable[[str], None] = print) -> tuple[FeatureStats, Path]:
+                    log: Callable[[str], None] = say) -> tuple[FeatureStats, Path]:
     """Load a data module split's statistics from the cache, or compute and cache them.
 
     Args:
@@ -59,8 +60,9 @@ def reference_stats(datamodule, split: str, extractor: nn.Module, count: int | N
         batch_size, device: for the feature pass.
         keep_features: raw features kept for KID.
         rebuild: recompute even if a cached file exists.
-        progress_factory: ``(total, description) -> update(n)`` for a progress bar.
-        log: where to say what happened.
+        progress_factory: ``(total, description) -> update(n)`` for a progress bar (default: a bar with an ETA on
+            rank 0, :class:`~scorelab.core.console.Progress`).
+        log: where to say what happened (and, before a pass over the split, what it costs).
 
     Returns:
         ``(stats, path of the cached file)``.
@@ -80,8 +82,12 @@ def reference_stats(datamodule, split: str, extractor: nn.Module, count: int | N
         raise UserError(f"asked for {count} reference images but {datamodule.dataset_name} {split} has {len(images)}")
     n = len(images) if count is None else count
     log(f"computing reference statistics of {n} {datamodule.dataset_name} {split} images "
-        f"({extractor.extractor_id}) -> {path}")
-    update = progress_factory(n, "reference features") if progress_factory else None
+        f"({extractor.extractor_id}) -> {path}: one pass of {-(-n // batch_size)} batches of {batch_size}, once "
+        "(cached for later runs; a statistics .npz as the reference, e.g. eval.ref=<file>, skips it)")
+    if progress_factory is None:
+        update = Progress(n, "reference features", "image").update
+    else:
+        update = progress_factory(n, "reference features")
     stats = compute_stats(extractor, images, batch_size, device, keep_features, datamodule.dataset_name, split,
                           progress=update, n=n)
     stats.save(path)

@@ -53,6 +53,12 @@ class Sampler(abc.ABC):
             ``(samples [B, ...], nfe)``: NFE counts batched score evaluations.
         """
 
+    def describe(self) -> str:
+        """What this sampler is, in words, for titles and messages: e.g. ``"PC: reverse diffusion + Langevin
+        (snr 0.16), 1000 steps"`` (subclasses name their method; this default gives the class and its steps)."""
+        steps = getattr(self, "steps", None)
+        return type(self).__name__ + (f", {steps} steps" if steps is not None else "")
+
     def inpainting_refusal(self) -> str:
         """Why ``project=`` cannot be used (only read when :attr:`supports_inpainting` is False)."""
         return "its steps do not take a project= hook"
@@ -79,6 +85,11 @@ class GridSampler(Sampler):
         self.grid = as_grid(grid)
         self.grid.check(steps, eps)
         self.steps, self.eps, self.denoise = steps, eps, bool(denoise)
+
+
+def describe_sampler(sampler) -> str:
+    """:meth:`Sampler.describe` of ``sampler``, or its class name when it is some other callable."""
+    return sampler.describe() if isinstance(sampler, Sampler) else type(sampler).__name__
 
 
 def refuse_project(sampler) -> None:

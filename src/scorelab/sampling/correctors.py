@@ -35,6 +35,14 @@ class Corrector(abc.ABC):
         args = ", ".join(f"{k}={v}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
 
+    def describe(self) -> str:
+        """The corrector in words: its name, its snr and its iterations per step when more than one."""
+        name = {"NoCorrector": "no corrector", "Langevin": "Langevin",
+                "AnnealedLangevin": "annealed Langevin"}.get(type(self).__name__, type(self).__name__)
+        snr = getattr(self, "snr", None)
+        repeat = f" x{self.n_steps}" if self.n_steps > 1 else ""
+        return name + repeat + (f" (snr {snr:g})" if snr is not None else "")
+
 
 class NoCorrector(Corrector):
     """No correction: the identity."""

@@ -43,5 +43,8 @@ class DDIMSampler(SigmaSampler):
             y = report(i, y, y_mean)
         return y
 
+    def describe(self) -> str:
+        return f"DDIM (eta {self.eta:g}), {self.steps} steps"
+
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", eta={self.eta})"

@@ -78,5 +78,9 @@ class DEISSampler(SigmaSampler):
             y = report(i, y)
         return y
 
+    def describe(self) -> str:
+        name = f"DEIS rhoAB-{self.order}" if self.variant == "rhoab" else f"iPNDM-{self.order}"
+        return f"{name}, {self.steps} steps"
+
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", order={self.order}, variant={self.variant!r})"

@@ -137,6 +137,10 @@ class DPMSolverPP(SigmaSampler):
             y = report(i, y, y_mean)
         return y
 
+    def describe(self) -> str:
+        name = "SDE-DPM-Solver++(2M)" if self.variant == "2m_sde" else f"DPM-Solver++({self.variant.upper()})"
+        return f"{name}, {self.steps} steps"
+
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", variant={self.variant!r})"
 
@@ -190,6 +194,9 @@ class UniPCSampler(SigmaSampler):
                 lambdas, ds = (lambdas + [lam_next])[-self.order:], (ds + [d_next])[-self.order:]
             y = report(i, y)
         return y
+
+    def describe(self) -> str:
+        return f"UniPC-{self.order} ({self.variant}), {self.steps} steps"
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", order={self.order}, variant={self.variant!r})"

@@ -63,6 +63,10 @@ class EDMSampler(SigmaSampler):
             y = report(i, y)
         return y
 
+    def describe(self) -> str:
+        churn = f", churn {self.s_churn:g}" if self.s_churn else ""
+        return f"EDM Heun{churn}, {self.steps} steps"
+
     def __repr__(self) -> str:
         churn = f", s_churn={self.s_churn}" if self.s_churn else ""
         return super().__repr__()[:-1] + churn + ")"

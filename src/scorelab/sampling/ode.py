@@ -78,5 +78,11 @@ class ODESampler(GridSampler):
         return (f"an adaptive solver chooses its own steps and rejects some; use a fixed-step method "
                 f"({', '.join(FIXED)})")
 
+    def describe(self) -> str:
+        """``"probability-flow ODE, rk4, 100 steps"`` (adaptive methods: their tolerances)."""
+        if self.method in FIXED:
+            return f"probability-flow ODE, {self.method}, {self.steps} steps"
+        return f"probability-flow ODE, {self.method} (rtol {self.rtol:g}, atol {self.atol:g})"
+
     def __repr__(self) -> str:
         return f"ODESampler(method={self.method!r}, steps={self.steps}, eps={self.eps})"

@@ -66,5 +66,15 @@ class PCSampler(GridSampler):
                 callback({"i": i, "t": float(ts[i + 1]), "x": x, "x_mean": x_mean})
         return (x_mean if self.denoise else x), counted.nfe
 
+    def describe(self) -> str:
+        """``"PC: reverse diffusion + Langevin (snr 0.16), 1000 steps"``; a lone predictor or corrector is named
+        with what is missing (``"Euler–Maruyama, no corrector, 1000 steps"``)."""
+        predictor, corrector = self.predictor.describe(), self.corrector.describe()
+        if isinstance(self.corrector, NoCorrector):
+            return f"{predictor}, no corrector, {self.steps} steps"
+        if isinstance(self.predictor, NoPredictor):
+            return f"{corrector}, no predictor, {self.steps} steps"
+        return f"PC: {predictor} + {corrector}, {self.steps} steps"
+
     def __repr__(self) -> str:
         return f"PCSampler({self.predictor}, {self.corrector}, steps={self.steps}, eps={self.eps})"

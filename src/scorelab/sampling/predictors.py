@@ -15,7 +15,9 @@ from .base import ScoreFn, noise_like
 
 
 class Predictor(abc.ABC):
-    """Base predictor; ``step`` returns ``(x, x_mean)``."""
+    """Base predictor; ``step`` returns ``(x, x_mean)``; ``label`` names it in titles."""
+
+    label = ""
 
     @abc.abstractmethod
     def step(self, score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
@@ -25,9 +27,15 @@ class Predictor(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
+    def describe(self) -> str:
+        """The predictor in words (``label``, else the class name)."""
+        return self.label or type(self).__name__
+
 
 class NoPredictor(Predictor):
     """The identity predictor: time jumps to ``t_next`` and the corrector does the work (NCSN's annealed Langevin)."""
+
+    label = "no predictor"
 
     def step(self, score_fn, sde, x, t, t_next, generator=None):
         return x, x
@@ -36,6 +44,8 @@ class NoPredictor(Predictor):
 class EulerMaruyama(Predictor):
     """Euler–Maruyama on the reverse SDE (docs/math.md §4; Song et al. 2021, Eq. 6):
     ``x <- x - [f - g^2 s] |dt| + g sqrt(|dt|) z``."""
+
+    label = "Euler–Maruyama"
 
     def step(self, score_fn, sde, x, t, t_next, generator=None):
         dt = append_dims(t - t_next, x.ndim)  # > 0
@@ -49,6 +59,8 @@ class ReverseDiffusion(Predictor):
     """Reverse-diffusion predictor from the SDE's own discretisation (Song et al. 2021, Eq. 46):
     ``x <- x - f_i + G_i^2 s + G_i z``."""
 
+    label = "reverse diffusion"
+
     def step(self, score_fn, sde, x, t, t_next, generator=None):
         f, G = sde.reverse(score_fn).discretize(x, t, t_next)
         x_mean = x - f
@@ -60,6 +72,8 @@ class Ancestral(Predictor):
 
     Undefined for sub-VP, which has no discrete Markov chain: the SDE raises a ``ValueError`` saying so.
     """
+
+    label = "ancestral sampling"
 
     def step(self, score_fn, sde, x, t, t_next, generator=None):
         return sde.ancestral_step(x, t, t_next, score_fn(x, t), noise_like(x, generator))

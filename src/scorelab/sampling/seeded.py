@@ -50,25 +50,33 @@ class FiniteWatch:
 
 
 def draw_seeded(sampler: Callable, score_fn: ScoreFn, sde: SDE, sample_shape: Sequence[int], seeds: Sequence[int],
-                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-                ) -> tuple[torch.Tensor, int, FiniteWatch]:
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                on_step: Callable[[dict], None] | None = None) -> tuple[torch.Tensor, int, FiniteWatch]:
     """Draw one batch, sample ``k`` from seed ``seeds[k]`` alone (:class:`~scorelab.core.rng.PerSampleGenerator`):
     the one seeded drawing of ``sample.py``, the FID callback and the training-time pictures and metrics, so a seed
     range gives the same samples in all of them, at any batch size and on any number of processes.
+
+    ``on_step`` (e.g. a progress bar's) is called after every sampler step with the sampler's callback dict.
 
     Returns:
         ``(samples [len(seeds), ...], nfe, watch)``; ``watch.bad_step`` names the first non-finite step, if any.
     """
     watch = FiniteWatch()
+    callback = watch
+    if on_step is not None:
+        def callback(info: dict) -> None:
+            watch(info)
+            on_step(info)
     x, nfe = sampler(score_fn, sde, (len(seeds), *sample_shape), generator=PerSampleGenerator([int(s) for s in seeds],
                                                                                             device),
-                     device=device, dtype=dtype, callback=watch)
+                     device=device, dtype=dtype, callback=callback)
     return x, nfe, watch
 
 
 def seeded_batches(sampler: Callable, score_fn: ScoreFn, sde: SDE, sample_shape: Sequence[int],
                    seeds: Sequence[int], batch_size: int, device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32) -> Iterator[SeededBatch]:
+                   dtype: torch.dtype = torch.float32, on_step: Callable[[dict], None] | None = None
+                   ) -> Iterator[SeededBatch]:
     """Yield batches of samples, sample ``k`` drawn with seed ``seeds[k]`` whatever the batching.
 
     Args:
@@ -79,6 +87,7 @@ def seeded_batches(sampler: Callable, score_fn: ScoreFn, sde: SDE, sample_shape:
         seeds: one seed per sample (e.g. ``range(seed, seed + n)``).
         batch_size: samples per sampler call.
         device, dtype: where and in what precision to sample.
+        on_step: called after every sampler step (a progress bar).
 
     Raises:
         NonFiniteSamplesError: a batch became NaN/Inf; nothing of that batch is yielded.
@@ -86,7 +95,7 @@ def seeded_batches(sampler: Callable, score_fn: ScoreFn, sde: SDE, sample_shape:
     seeds = [int(s) for s in seeds]
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
-        x, nfe, watch = draw_seeded(sampler, score_fn, sde, sample_shape, chunk, device, dtype)
+        x, nfe, watch = draw_seeded(sampler, score_fn, sde, sample_shape, chunk, device, dtype, on_step)
         where = watch.where(x)
         if where is not None:
             raise NonFiniteSamplesError(

@@ -1,7 +1,8 @@
 """The image tasks of ``sample.py``: ``task=inpaint | colorize | interpolate`` (Song et al. 2021, App. I.2, I.3,
 Sec. 4.3) on any trained image model (docs/conditional_tasks.md).
 
-Each task writes ``<task>.png`` (a grid: one row per observed image), ``<task>.npz`` (the tensors, in the model's
+Each task writes ``<task>.png`` (a labelled grid, :mod:`scorelab.viz.image_tasks`: one row per observed image),
+``<task>.npz`` (the tensors, in the model's
 units) and ``<task>.json`` (a summary) into the run folder, atomically. The mathematics is
 :mod:`scorelab.tasks.conditional`.
 """
@@ -17,8 +18,11 @@ import torch
 from hydra.utils import instantiate
 
 from ..core.errors import UserError
-from ..core.io import atomic_path, save_npz_atomic, write_text_atomic
+from ..core.io import save_npz_atomic, write_text_atomic
 from ..core.rng import PerSampleGenerator
+from ..ops.flow import FIXED
+from ..sampling.base import describe_sampler
+from ..viz import image_tasks as pictures
 from .base import Task, positive_int
 from .conditional import FLOW_METHODS, colorize, decode, encode, grey_level, inpaint, slerp
 
@@ -108,16 +112,6 @@ def hole_mask(mask: str | None, box: Any, size: tuple[int, int]) -> torch.Tensor
     return hole[None, None]
 
 
-def _save_grid(tiles: torch.Tensor, path: Path, columns: int, data_range: Sequence[float]) -> Path:
-    """Write ``tiles [N, C, H, W]`` (model units) as a PNG grid of ``columns`` columns, atomically."""
-    from torchvision.utils import save_image
-
-    lo, hi = data_range
-    with atomic_path(path) as tmp:
-        save_image(((tiles.float().cpu() - lo) / (hi - lo)).clamp(0, 1), tmp, nrow=columns, padding=2, format="png")
-    return path
-
-
 def _seeds(seed: int, rows: int, per_row: int) -> list[list[int]]:
     return [[seed + r * per_row + j for j in range(per_row)] for r in range(rows)]
 
@@ -149,8 +143,9 @@ class ImageTask(Task):
         self.image = image
 
     def solve(self, score, sde, datamodule, sampler_cfg, shape, device, data_range, seed: int
-              ) -> tuple[dict[str, np.ndarray], torch.Tensor, int, dict[str, Any]]:
-        """``(arrays for the .npz, tiles [N, C, H, W] of the picture, its columns, the summary)``."""
+              ) -> tuple[dict[str, np.ndarray], Any, dict[str, Any]]:
+        """``(arrays for the .npz, the picture (a matplotlib figure, :mod:`scorelab.viz.image_tasks`), the
+        summary)``."""
         raise NotImplementedError(f"{type(self).__name__} does not define solve(): every image task does")
 
     def run(self, score, sde, datamodule, sampler_cfg, device, out: Path, seed: int = 0,
@@ -162,10 +157,9 @@ class ImageTask(Task):
         data_range = tuple(datamodule.data_range)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        arrays, tiles, columns, summary = self.solve(score, sde, datamodule, sampler_cfg, shape, device, data_range,
-                                                     seed)
+        arrays, figure, summary = self.solve(score, sde, datamodule, sampler_cfg, shape, device, data_range, seed)
         npz = save_npz_atomic(out / f"{self.name}.npz", data_range=np.asarray(data_range, dtype=np.float32), **arrays)
-        picture = _save_grid(tiles, out / f"{self.name}.png", columns, data_range)
+        picture = pictures.save_figure(figure, out / f"{self.name}.png")
         summary.update(task=self.name, ckpt_path=ckpt_path, picture=str(picture), tensors=str(npz))
         write_text_atomic(out / f"{self.name}.json", json.dumps(summary, indent=2))
         print(json.dumps(summary))
@@ -214,15 +208,14 @@ class Inpaint(_Completions):
             x, nfe = inpaint(sampler, score, sde, batch, ~hole, PerSampleGenerator(seeds[row], device))
             results.append(x.cpu())
         samples = torch.stack(results)  # [N, k, C, H, W]
-        mid = 0.5 * (data_range[0] + data_range[1])
-        shown = torch.where(hole, torch.full_like(observed, mid), observed).cpu()
-        mask_tile = torch.where(hole, data_range[1], data_range[0]).float().expand(1, *shape).cpu()
-        tiles = torch.cat([torch.cat([shown[r:r + 1], mask_tile, samples[r]]) for r in range(len(samples))])
+        # the input is a whole image, so what lies under the hole is known: the truth column
+        figure = pictures.inpaint_figure(observed.cpu(), hole.cpu(), samples, data_range, names,
+                                         truth=observed.cpu(), sampler=f"{describe_sampler(sampler)}, NFE {nfe}")
         arrays = {"observed": observed.cpu().numpy(), "known": (~hole).cpu().numpy(), "samples": samples.numpy(),
                   "seeds": np.asarray(seeds), "nfe": np.array(nfe)}
         summary = {"images": names, "per_image": k, "sampler": repr(sampler), "nfe": nfe,
                    "hole_pixels": int(hole.sum())}
-        return arrays, tiles, k + 2, summary
+        return arrays, figure, summary
 
 
 class Colorize(_Completions):
@@ -253,13 +246,16 @@ class Colorize(_Completions):
                               PerSampleGenerator(seeds[row], device))
             results.append(x.cpu())
         samples = torch.stack(results)
-        grey_rgb = grey.expand(-1, 3, -1, -1).cpu()
-        tiles = torch.cat([torch.cat([observed[r:r + 1].cpu(), grey_rgb[r:r + 1], samples[r]])
-                           for r in range(len(samples))])
+        truth = observed.cpu()
+        truth = truth[[r for r in range(len(truth)) if not bool((truth[r] == truth[r, :1]).all())]]
+        # a grey input hides its colours: the truth column only when every input has colour
+        figure = pictures.colorize_figure(grey.cpu(), samples, data_range, names,
+                                          truth=observed.cpu() if len(truth) == len(observed) else None,
+                                          sampler=f"{describe_sampler(sampler)}, NFE {nfe}")
         arrays = {"observed": observed.cpu().numpy(), "grey": grey.cpu().numpy(), "samples": samples.numpy(),
                   "seeds": np.asarray(seeds), "nfe": np.array(nfe)}
         summary = {"images": names, "per_image": k, "sampler": repr(sampler), "nfe": nfe}
-        return arrays, tiles, k + 2, summary
+        return arrays, figure, summary
 
 
 class Interpolate(ImageTask):
@@ -305,7 +301,9 @@ class Interpolate(ImageTask):
         decoded = decoded.cpu()
         lerp = torch.stack([(1 - a) * x[0].cpu() + a * x[1].cpu() for a in alphas.float()])
         x = x.cpu()
-        tiles = torch.cat([x[:1], decoded, x[1:], x[:1], lerp, x[1:]])
+        how = (f"{self.method}, {self.steps} steps each way" if self.method in FIXED
+               else f"{self.method}, rtol {self.rtol:g}, atol {self.atol:g}")
+        figure = pictures.interpolate_figure(x, decoded, lerp, alphas.tolist(), data_range, names, how)
         errors = [float((decoded[0] - x[0]).abs().max()), float((decoded[-1] - x[1]).abs().max())]
         arrays = {"observed": x.numpy(), "latents": z.cpu().numpy(), "alphas": alphas.numpy(),
                   "path_latents": path.cpu().numpy(), "decoded": decoded.numpy(), "pixel_lerp": lerp.numpy(),
@@ -313,4 +311,4 @@ class Interpolate(ImageTask):
         summary = {"images": names, "points": self.points, "solver": solver, "eps": self.eps,
                    "nfe_encode": nfe_encode, "nfe_decode": nfe_decode, "reconstruction_max_abs_error": errors,
                    "latent_norms": [float(v) for v in z.flatten(1).norm(dim=1)]}
-        return arrays, tiles, self.points + 2, summary
+        return arrays, figure, summary

@@ -210,6 +210,7 @@ def write_teaching_pictures(settings: TeachSettings, seed: int, trained, sampler
         UserError: data that are neither 2-D points nor images.
     """
     from ..core.distributed import is_main_process
+    from ..sampling.base import describe_sampler
     from . import teaching_plots as plots
 
     shape, domain = tuple(shape), trained.datamodule.domain
@@ -224,7 +225,7 @@ def write_teaching_pictures(settings: TeachSettings, seed: int, trained, sampler
         recording = record_paths(sampler, score_fn, sde, shape, seeds, device, strip_times(sde.T, settings.columns))
         progression = denoising_progression(recording, score_fn, sde, device)
         paths = [plots.draw_denoising_strip(progression, out / "denoising_strip.png",
-                                            tuple(trained.datamodule.data_range))]
+                                            tuple(trained.datamodule.data_range), describe_sampler(sampler))]
     else:
         recording = record_paths(sampler, score_fn, sde, shape, seeds, device)
         truth = domain.reference(5000)  # true points of a known mixture, else None
@@ -236,7 +237,7 @@ def write_teaching_pictures(settings: TeachSettings, seed: int, trained, sampler
                             exact.to(device) if exact is not None else None, device)
         paths = [plots.draw_score_field(field, out / "score_field.png", exact),
                  plots.draw_trajectories(recording, out / "trajectories.png", limit, settings.paths, reference,
-                                         judge.predict if judge is not None else None),
+                                         judge.predict if judge is not None else None, describe_sampler(sampler)),
                  plots.write_marginals_gif(recording, out / "marginals.gif", limit, settings.frames, reference)]
     if len(recording.times) <= 3:
         print(f"teach: {sampler!r} reported {len(recording.times) - 2} intermediate state(s); the pictures show "

@@ -34,19 +34,38 @@ def epsilon_error(field) -> torch.Tensor:
     return (field.std.view(-1, 1, 1, 1) * (field.model - field.exact)).norm(dim=-1)
 
 
+EXACT_TOLERANCE = 1e-5  # a noise-prediction error below this everywhere: the model is the exact score
+
+
+def model_is_exact(field) -> bool:
+    """Whether the model's score equals the exact one on the whole grid (``model=oracle``): its error panels would
+    be empty, so they are left out."""
+    return field.exact is not None and float(epsilon_error(field).max()) <= EXACT_TOLERANCE
+
+
 def draw_score_field(field, path: Path, exact_fn=None) -> Path:
+    """Write :func:`score_field_figure` to ``path``."""
+    return _save(score_field_figure(field, exact_fn), path)
+
+
+def score_field_figure(field, exact_fn=None):
     """Arrows of ``s(t) * score`` (minus the predicted noise: it points to the data, and is of order one at every
     ``t``) for the model, and for the exact score with the model's error beneath when there is one. Arrows longer
     than the exact field's 75th percentile are shortened to it (the direction is kept), so the small arrows near the
-    data stay visible. The grey background is the exact ``log p_t`` when known."""
+    data stay visible. The grey background is the exact ``log p_t`` when known. When the model is the exact score
+    (:func:`model_is_exact`) only its row is drawn, and the title says so: no duplicate row, no empty error panels."""
     plt = _pyplot()
     times = field.times.tolist()
-    rows = [("model", field.model)] + ([("exact", field.exact)] if field.exact is not None else [])
-    n_rows = len(rows) + (1 if field.exact is not None else 0)
+    exact_model = model_is_exact(field)
+    compare = field.exact is not None and not exact_model
+    rows = [("exact" if exact_model else "model", field.model)] + ([("exact", field.exact)] if compare else [])
+    n_rows = len(rows) + (1 if compare else 0)
     xs = field.xs.numpy()
     limit = float(xs[-1])
-    fig, axes = plt.subplots(n_rows, len(times), figsize=(2.6 * len(times), 2.6 * n_rows), dpi=80, squeeze=False)
-    error = epsilon_error(field) if field.exact is not None else None
+    fig, axes = plt.subplots(n_rows, len(times), figsize=(2.6 * len(times), 2.6 * n_rows + (0.3 if exact_model
+                                                                                              else 0.0)),
+                             dpi=80, squeeze=False)
+    error = epsilon_error(field) if compare else None
     for k, t in enumerate(times):
         background = None
         if exact_fn is not None:
@@ -67,30 +86,37 @@ def draw_score_field(field, path: Path, exact_fn=None) -> Path:
                           alpha=0.35)
             ax.quiver(xs, xs, v[..., 0].numpy(), v[..., 1].numpy(), angles="xy", scale_units="xy",
                       scale=cap / (0.9 * cell), width=0.008, color="tab:blue" if name == "model" else "tab:red")
-            ax.set_title(f"{name} score, t = {_short(t)}", fontsize=9)
+            ax.set_title(f"{'model = exact' if exact_model else name} score, t = {_short(t)}", fontsize=9)
         if error is not None:
             ax = axes[len(rows), k]
-            top = float(error.max())
             im = ax.imshow(error[k].numpy(), extent=(-limit, limit, -limit, limit), origin="lower", cmap="magma",
-                           vmin=0.0, vmax=top if top > 0 else 1.0)
+                           vmin=0.0, vmax=float(error.max()))
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-            ax.set_title(f"noise-prediction error, mean {float(error[k].mean()):.3g}" if top > 0
-                         else "no error: the model is exact", fontsize=8)
+            ax.set_title(f"noise-prediction error, mean {float(error[k].mean()):.3g}", fontsize=8)
         for ax in axes[:, k]:
             ax.set_xlim(-limit, limit)
             ax.set_ylim(-limit, limit)
             ax.set_aspect("equal")
             ax.tick_params(labelsize=7)
-    fig.suptitle("s(t) x score: arrows point to where p_t has more mass", fontsize=10)
-    return _save(fig, path)
+    note = ("\nthe model is the exact score (error below 1e-5 everywhere): no exact row or error panels to show"
+            if exact_model else "")
+    fig.suptitle("s(t) x score: arrows point to where p_t has more mass" + note, fontsize=10)
+    return fig
 
 
 def draw_trajectories(recording, path: Path, limit: float, points: int, reference: torch.Tensor | None = None,
-                      classify=None) -> Path:
+                      classify=None, sampler: str | None = None) -> Path:
+    """Write :func:`trajectories_figure` to ``path``."""
+    return _save(trajectories_figure(recording, limit, points, reference, classify, sampler), path)
+
+
+def trajectories_figure(recording, limit: float, points: int, reference: torch.Tensor | None = None, classify=None,
+                        sampler: str | None = None):
     """The reverse paths of the first ``points`` recorded samples, from a dot at ``x(T)`` to a cross at the sample,
     coloured by the class ``classify(samples) -> [N]`` sees (the mixture component a sample lands in; without one,
     by the sample's angle), over the
-    data in grey; a few paths, one per component first, are drawn boldly so single paths can be followed."""
+    data in grey; a few paths, one per component first, are drawn boldly so single paths can be followed. The title
+    names the ``sampler`` (its :meth:`~scorelab.sampling.Sampler.describe`) when given."""
     plt = _pyplot()
     from matplotlib.collections import LineCollection
 
@@ -114,9 +140,10 @@ def draw_trajectories(recording, path: Path, limit: float, points: int, referenc
     ax.set_ylim(-limit, limit)
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(f"{len(paths)} reverse paths, {len(recording.times)} recorded states, NFE {recording.nfe}",
+    head = f"{sampler}\n" if sampler else ""
+    ax.set_title(f"{head}{len(paths)} reverse paths, {len(recording.times)} recorded states, NFE {recording.nfe}",
                  fontsize=9)
-    return _save(fig, path)
+    return fig
 
 
 def highlighted(labels: np.ndarray, count: int) -> np.ndarray:
@@ -173,8 +200,10 @@ def strip_grid(progression, data_range: tuple[float, float], padding: int = 2) -
     return make_grid(((rows - lo) / (hi - lo)).clamp(0, 1), nrow=columns, padding=padding, pad_value=1.0)
 
 
-def draw_denoising_strip(progression, path: Path, data_range: tuple[float, float]) -> Path:
-    """``denoising_strip.png``: :func:`strip_grid` with the time of each column and the kind of each row."""
+def draw_denoising_strip(progression, path: Path, data_range: tuple[float, float], sampler: str | None = None
+                         ) -> Path:
+    """``denoising_strip.png``: :func:`strip_grid` with the time of each column and the kind of each row (and the
+    ``sampler``'s description in the title when given)."""
     plt = _pyplot()
     grid = strip_grid(progression, data_range)
     image = grid.permute(1, 2, 0).numpy()
@@ -189,5 +218,6 @@ def draw_denoising_strip(progression, path: Path, data_range: tuple[float, float
     ax.set_yticks([2 + (height + 2) * r + height / 2 for r in range(2 * n)])
     ax.set_yticklabels(["x_t", "E[x0|x_t]"] * n, fontsize=8)
     ax.tick_params(length=0)
-    ax.set_title("denoising: the state x_t and the network's estimate of the clean image", fontsize=9)
+    ax.set_title("denoising: the state x_t and the network's estimate of the clean image"
+                 + (f"\n{sampler}" if sampler else ""), fontsize=9)
     return _save(fig, path)
