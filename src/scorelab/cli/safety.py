@@ -2,7 +2,7 @@
 
 A checkpoint stores the config of the run that wrote it, and ``sample.py``, ``likelihood.py`` and classifier guidance
 rebuild the run from it with Hydra's ``instantiate``. Whoever wrote the file chose those values, so three rules
-hold before anything from it is built (README, "Loading other people's files safely"):
+hold before anything from it is built (docs/guarantees.md, "Safe loading"):
 
 1. **Only shipped targets, and only where they are shipped.** Every ``_target_`` of a stored config must be one that
    scorelab's own ``conf/`` tree names in the same top-level section (``data``, ``sde``, ``model``, ``loss``,
@@ -172,8 +172,8 @@ def shipped_targets(conf: Path = CONF_DIR) -> dict[str, frozenset[str]]:
 # ----------------------------------------------------------------------------------------------- the checks
 def _refuse(source: str, what: str) -> UnsafeFileError:
     return UnsafeFileError(f"refused {source}: {what}. A config read from a file may only name what scorelab's own "
-                           "conf/ names there, and is used as written, never resolved (README: Loading other "
-                           "people's files safely)")
+                           "conf/ names there, and is used as written, never resolved (docs/guarantees.md, "
+                           "Safe loading)")
 
 
 def _check_interpolations(node: Any, source: str, where: str) -> None:
