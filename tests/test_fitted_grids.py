@@ -179,8 +179,8 @@ def test_fit_grid_py_writes_into_a_checkpoint_and_a_hostile_grid_there_is_refuse
                         cwd=tmp_path, timeout=240)
     assert fitted.returncode == 0, fitted.stdout + fitted.stderr
     stored = torch.load(ckpt, map_location="cpu", weights_only=True)
-    if "nothing written" in fitted.stdout:  # a 2-step-trained model: the own grid may already be as good
-        pytest.skip("the fitted grid did not beat the own grid on held-out noise")
+    # training and fitting are seeded: this model's fitted grid beats its own on held-out noise, so it is written
+    assert "nothing written" not in fitted.stdout, fitted.stdout
     (key,) = stored[TABLE_KEY]
     assert key.startswith("DPMSolverPP(") and key.endswith("steps=4")
     used = run_script("sample.py", [f"ckpt_path={ckpt}", "sampler=dpmpp_2m", "sampler.steps=4", "n_samples=16",
