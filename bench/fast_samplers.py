@@ -44,6 +44,7 @@ from scorelab.sampling import (
     TimeGrid,
     UniPCSampler,
 )
+from scorelab.sampling.fitted import FittedGrid, fit_time_grid, reference_solution
 from scorelab.sde import VESDE, VPSDE, SubVPSDE
 
 SDES = {"vp": (VPSDE, 1e-3), "subvp": (SubVPSDE, 1e-3), "ve": (VESDE, 1e-5)}
@@ -78,6 +79,11 @@ LINEUP: Lineup = {
     # the best sampler scorelab had before, for context (its own uniform-t grid)
     "ODE RK4 (uniform t)": (4, 0, lambda k, e, g: ODESampler("rk4", steps=k, eps=e), "uniform"),
 }
+# Samplers whose grid is also fitted to each mixture in the targets table (``fit_grid.py``'s fit, docs/fitted_grids.md):
+# from their sweep grid, on FIT_DRAWS prior draws of their own (seeds 1000 / 1001 held out), at most FIT_EVALS solver
+# runs. The fitted grids are the sampler's at 10 NFE only (a grid is fitted for one step count).
+FITTED = ("DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3", "iPNDM-4")
+FIT_DRAWS, FIT_EVALS = 2048, 600
 GRID_STUDY = {  # the grids at 10 NFE for two samplers
     "uniform": "uniform", "quadratic": "quadratic", "logsnr": "logsnr", "edm rho=7": "edm",
     "logsnr sigma <= 20 (FLOW)": FLOW, "logsnr sigma in [0.1, 8] (FEW)": FEW,
@@ -222,9 +228,25 @@ def target_cells(p: Problem, sampler) -> tuple[int, list[str], bool]:
     return nfe, [f"{m['mode']:.4f} {marks[0]}", f"{m['gap']:+.3f} {marks[1]}", f"{ratio:.2f} {marks[2]}"], all(oks)
 
 
-def report_targets(sde_names, n: int, seed: int, emit, budgets=(8, 10, 12)) -> list[str]:
-    """Every sampler at 10 NFE on its sweep grid and on the tuned FEW grid, on fresh seeds, against the targets;
-    the rows where all targets hold are repeated at ``budgets`` NFE. Returns the labels where all hold."""
+def fitted_grid(p: Problem, sampler, fit_draws: int = FIT_DRAWS, max_evals: int = FIT_EVALS) -> tuple:
+    """``sampler``'s grid fitted to problem ``p``'s exact score (noise seeds 1000 to fit, 1001 held out; never the
+    seeds of the table), and a note: held-out distance before -> after, solver runs and seconds."""
+    if not hasattr(p, "fit_data"):
+        x_fit, x_hold = (p.sde.prior_sampling((fit_draws, 2), generator=torch.Generator().manual_seed(s),
+                                              dtype=torch.float64) for s in (1000, 1001))
+        p.fit_data = [(x, reference_solution(p.oracle, p.sde, x, p.eps, False, 1e-7, 1e-7)) for x in (x_fit, x_hold)]
+    (x_fit, ref_fit), (x_hold, ref_hold) = p.fit_data
+    result = fit_time_grid(sampler, p.oracle, p.sde, x_fit, ref_fit, x_hold, ref_hold, max_evals=max_evals)
+    note = (f"{result.holdout_before:.2e} -> {result.holdout_after:.2e} ({result.evaluations} runs, "
+            f"{result.seconds:.0f} s)")
+    return FittedGrid(result.ts), note
+
+
+def report_targets(sde_names, n: int, seed: int, emit, budgets=(8, 10, 12), fitted=FITTED,
+                   fit_draws: int = FIT_DRAWS, fit_evals: int = FIT_EVALS) -> list[str]:
+    """Every sampler at 10 NFE on its sweep grid and on the tuned FEW grid, on fresh seeds, against the targets,
+    and the samplers in ``fitted`` on a grid fitted to each mixture; the rows where all targets hold are repeated at
+    ``budgets`` NFE (not the fitted ones: a fitted grid has one step count). Returns the labels where all hold."""
     held = []
     for sde_name in sde_names:
         problems = [Problem(sde_name, m, n, seed, with_bars=False) for m in MIXTURES]
@@ -243,22 +265,35 @@ def report_targets(sde_names, n: int, seed: int, emit, budgets=(8, 10, 12)) -> l
         # do, from the SDE's prior N(0, c^2 I) instead of the true p_T (mean a(T) E[x0]), which costs ED at large n.
         flow = [target_cells(p, ODESampler("dopri5", eps=p.eps, rtol=1e-6, atol=1e-6)) for p in problems]
         emit(row(["exact flow map (dopri5 1e-6)", "-", flow[0][0]] + [c for f in flow for c in f[1]]))
-        passing = []
+        passing, fit_notes = [], []
         for name, (per_step, extra, make, grid) in LINEUP.items():
             if grid is FEW:  # the FEW row of the sampler itself
                 continue
-            for glabel, g in (("sweep", grid), ("FEW", FEW)):
+            for glabel, g in (("sweep", grid), ("FEW", FEW)) + ((("fitted", None),) if name in fitted else ()):
                 if glabel == "FEW" and name.startswith("ODE"):
                     continue
                 out, ok_all, nfe = [], True, None
                 for p in problems:
-                    nfe, cells_, ok = target_cells(p, make(steps_for(10, per_step, extra), p.eps, g))
+                    steps = steps_for(10, per_step, extra)
+                    if glabel == "fitted":
+                        g, note = fitted_grid(p, make(steps, p.eps, grid), fit_draws, fit_evals)
+                        fit_notes.append(f"{name} on {p.name.split(' / ')[1]}: held-out distance {note}; times "
+                                         + ", ".join(f"{t:.4g}" for t in g.points))
+                    nfe, cells_, ok = target_cells(p, make(steps, p.eps, g))
                     out += cells_
                     ok_all &= ok
                 emit(row([name, glabel, nfe] + out))
-                if ok_all:
+                if ok_all and glabel == "fitted":
+                    held.append(f"{name} (fitted grid, {sde_name})")
+                elif ok_all:
                     passing.append((name, glabel, per_step, extra, make, g))
         emit("")
+        if fit_notes:
+            emit(f"Fitted grids (`fit_time_grid` from the sweep grid, {fit_draws} prior draws of seed 1000, held out "
+                 f"on seed 1001, {fit_evals} solver runs at most):")
+            emit("")
+            emit("\n".join(f"- {note}" for note in fit_notes))
+            emit("")
         if passing:
             emit("Rows where every target holds, at neighbouring budgets (is 10 NFE a plateau or a crossing?):")
             emit("")
@@ -274,6 +309,11 @@ def report_targets(sde_names, n: int, seed: int, emit, budgets=(8, 10, 12)) -> l
                     emit(row([name, glabel, nfe] + out))
             emit("")
     return held
+
+
+def smoke_fit() -> dict:
+    """Fewer fitting draws and runs in a smoke run (``SCORELAB_SMOKE=1``)."""
+    return {"fit_draws": 64, "fit_evals": 12} if smoke_active() else {}
 
 
 def report_grids(problems: list[Problem], emit) -> None:
@@ -394,14 +434,20 @@ def plot_only(sde_name: str, n: int, seed: int, path, emit) -> None:
     emit(f"Plot: {path}" + ("" if smoke_active() else f" (curves cached in {CURVES_CACHE})"))
 
 
-def run(sde_names, n: int, seed: int, target_n: int, target_seed: int, plot_path, emit) -> None:
-    """The whole few-step benchmark: sweep, grid study, targets and the plot."""
+def run(sde_names, n: int, seed: int, target_n: int, target_seed: int, plot_path, emit,
+        targets_only: bool = False) -> None:
+    """The whole few-step benchmark: sweep, grid study, targets and the plot (``targets_only``: the targets)."""
     start = time.perf_counter()
+    if targets_only:
+        held = report_targets(sde_names, target_n, target_seed, emit, **smoke_fit())
+        emit(f"All three targets hold on both mixtures at 10 NFE for: {'; '.join(held) if held else 'no sampler'}.")
+        emit(f"Targets wall time: {time.perf_counter() - start:.0f} s.")
+        return
     problems = [Problem(s, m, n, seed) for s in sde_names for m in MIXTURES]
     curves = {p.name: sweep(p, LINEUP) for p in problems}
     report_sweep(problems, curves, emit)
     report_grids([p for p in problems if p.name.startswith(sde_names[0])], emit)
-    held = report_targets(sde_names, target_n, target_seed, emit)
+    held = report_targets(sde_names, target_n, target_seed, emit, **smoke_fit())
     emit(f"All three targets hold on both mixtures at 10 NFE for: {'; '.join(held) if held else 'no sampler'}.")
     emit("")
     if plot_path is not None:

@@ -21,6 +21,10 @@ same classifier features), the sampling seconds and the histogram of predicted d
     python bench/recipes.py [--out-dir logs/bench/recipes] [--data-dir DIR] [--steps 1977] [--recipes edm flow]
     python bench/recipes.py --phase report --table docs/bench_recipes.md --plot docs/bench_recipes.png
 
+Then (``--phase fitted``) each recipe's best solver gets a time grid fitted to its checkpoint by ``fit_grid.py``
+at 10 NFE, and the default recipe also at 8 and 6 NFE (with its own grid at those NFE, and the 40-NFE
+SDE-DPM-Solver++(2M) row that the fitted grids' target compares with); fitted rows go to a second table.
+
 Last, the best recipe at 10 NFE is sampled again with post-hoc EMA lengths rebuilt from its snapshots by ``ema.py``
 (``--phase ema``): the EMA length chosen by looking, without retraining.
 
@@ -34,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -62,6 +67,9 @@ SOLVERS: dict[str, list[str]] = {
     "dpmpp_2m_edm": ["sampler=dpmpp_2m", "sampler.grid=edm"],
 }
 NFES = (10, 20, 40)
+FIT_NFES = (10, 8, 6)  # fitted grids: every recipe at the first, the default recipe (DEFAULT_RECIPE) at each
+FIT = {"n_fit": 32, "max_evals": 60, "reference.steps": 100}  # fit_grid.py options (docs/fitted_grids.md)
+SDE_BASELINE = ("dpmpp_2m_sde", ["sampler=dpmpp_2m_sde"], 40)  # the fitted grids' target row
 SIGMA_RELS = (0.03, 0.05, 0.08, 0.12, 0.18)  # post-hoc EMA lengths tried on the winner
 
 
@@ -117,10 +125,115 @@ def evaluate(recipes: list[str], out: Path, n: int, data_dir: str, nfes: tuple[i
     return results
 
 
+def _best_solver(results: dict, recipe: str, n: int, nfe: int) -> str | None:
+    rows = [r for r in results.values() if r["recipe"] == recipe and r["n"] == n and r["nfe"] == nfe
+            and "sigma_rel" not in r and "grid" not in r]
+    return min(rows, key=lambda r: r["fd_mnist"])["solver"] if rows else None
+
+
+def _record(recipe: str, solver: str, run: dict, n: int, **extra) -> dict:
+    return {"recipe": recipe, "solver": solver, "nfe": run["nfe"], "n": n, "fd_mnist": run["fd_mnist"],
+            "precision": run.get("precision_mnist"), "recall": run.get("recall_mnist"), "seconds": run["seconds"],
+            "classes": run.get("class_histogram", []), **extra}
+
+
+def fit_grid(ckpt: Path, solver: str, steps: int, out: Path, data_dir: str) -> dict:
+    """``fit_grid.py`` for ``solver`` at ``steps`` steps, written into ``ckpt`` (a copy of the recipe's
+    checkpoint); its summary line, whether the grid was written, and its wall time."""
+    cmd = [sys.executable, str(ROOT / "fit_grid.py"), f"ckpt_path={ckpt}", *SOLVERS[solver], f"steps={steps}",
+           f"n_fit={smoke_cap(FIT['n_fit'], 4)}", f"n_holdout={smoke_cap(FIT['n_fit'], 4)}",
+           f"batch_size={smoke_cap(FIT['n_fit'], 4)}", f"max_evals={smoke_cap(FIT['max_evals'], 6)}",
+           f"reference.steps={smoke_cap(FIT['reference.steps'], 8)}", "progress=false",
+           f"paths.data_dir={data_dir}", f"hydra.run.dir={out / 'fit' / ckpt.parent.name / str(steps)}"]
+    began = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"fit_grid.py failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("mean ")), "")
+    return {"line": line, "written": "wrote the fitted grid" in proc.stdout,
+            "seconds": time.perf_counter() - began}
+
+
+def fitted_rows(recipes: list[str], results: dict, out: Path, n: int, data_dir: str, nfes: tuple[int, ...],
+                fit_nfes: tuple[int, ...] = FIT_NFES) -> None:
+    """Rows of each recipe's best solver on a grid fitted to its checkpoint (cached in ``results.json``)."""
+    save = lambda: (out / "results.json").write_text(json.dumps(results, indent=1))  # noqa: E731
+    for recipe in recipes:
+        ckpt = out / recipe / "checkpoints" / "last.ckpt"
+        solver = _best_solver(results, recipe, n, nfes[0])
+        if not ckpt.exists() or solver is None:
+            print(f"{recipe}: not evaluated yet, no fitted rows", flush=True)
+            continue
+        copy = out / "fitted" / recipe / "fitted.ckpt"
+        if not copy.exists():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ckpt, copy)
+        for nfe in fit_nfes if recipe == DEFAULT_RECIPE else fit_nfes[:1]:
+            spec = " ".join([*SOLVERS[solver], f"sampler.steps={nfe - 1}"]).removeprefix("sampler=")
+            own = f"{recipe}/{solver}/{nfe}/{n}/own"
+            if f"{recipe}/{solver}/{nfe}/{n}" not in results and own not in results:  # not in the main table
+                run = run_sampler(spec + " fitted_grids=false", str(ckpt), n, min(n, 500), data_dir,
+                                  out / "samples" / recipe)["runs"][0]
+                results[own] = _record(recipe, solver, run, n, grid="own")
+                save()
+            fit_key, key = f"{recipe}/{solver}/{nfe}/fit", f"{recipe}/{solver}/{nfe}/{n}/fitted"
+            if fit_key not in results:
+                results[fit_key] = {"recipe": recipe, "fit": fit_grid(copy, solver, nfe - 1, out, data_dir),
+                                    "nfe": nfe, "n": None}
+                save()
+            if key not in results:
+                run = run_sampler(spec + " fitted_grids=auto", str(copy), n, min(n, 500), data_dir,
+                                  out / "samples" / f"{recipe}_fitted")["runs"][0]
+                results[key] = _record(recipe, solver, run, n, grid="fitted", fit=results[fit_key]["fit"])
+                save()
+        name, overrides, nfe = SDE_BASELINE
+        key = f"{recipe}/{name}/{nfe}/{n}/baseline"
+        if recipe == DEFAULT_RECIPE and key not in results:
+            spec = " ".join([*overrides, f"sampler.steps={nfe - 1}"]).removeprefix("sampler=")
+            run = run_sampler(spec, str(ckpt), n, min(n, 500), data_dir, out / "samples" / recipe)["runs"][0]
+            results[key] = _record(recipe, name, run, n, grid="own (SDE baseline)")
+            save()
+
+
+def fitted_table(results: dict, n: int) -> list[str]:
+    """The second table: per recipe and NFE its best solver on its own grid and on the fitted one, then the SDE
+    baseline."""
+    extra = [r for r in results.values() if r.get("n") == n and "grid" in r]
+    if not extra:
+        return []
+    lines = ["", "Time grids fitted to each checkpoint (`fit_grid.py`, docs/fitted_grids.md: "
+             f"{FIT['n_fit']} noise draws, as many held out, {FIT['max_evals']} solver runs, against the same solver "
+             f"at {FIT['reference.steps']} log-SNR steps). fit s: the whole `fit_grid.py` command; held-out: the mean "
+             "distance to that reference, own grid -> fitted grid.", "",
+             "| recipe | solver | grid | NFE | fd_mnist | precision | recall | sampling s | class share min-max | fit s "
+             "| held-out |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for recipe in RECIPES:
+        fitted = sorted((r for r in extra if r["recipe"] == recipe and r["grid"] == "fitted"), key=lambda r: -r["nfe"])
+        ordered = []
+        for r in fitted:
+            own = [x for x in results.values() if x.get("n") == n and x["recipe"] == recipe and
+                   x["solver"] == r["solver"] and x["nfe"] == r["nfe"] and x.get("grid", "own") == "own"
+                   and "sigma_rel" not in x]
+            ordered += [dict(own[0], grid="own")] if own else []
+            ordered.append(r)
+        ordered += [r for r in extra if r["recipe"] == recipe and r["grid"].startswith("own (")]
+        for x in ordered:
+            share = torch.tensor(x["classes"], dtype=torch.float64)
+            share = share / share.sum() if len(share) else share
+            span = f"{100 * share.min():.1f}-{100 * share.max():.1f} %" if len(share) else "-"
+            fit = x.get("fit")
+            fit_cells = f"{fit['seconds']:.0f} | {fit['line'].split(': ', 1)[-1] or '-'}" if fit else "- | -"
+            lines.append(f"| {recipe} | {x['solver']} | {x['grid']} | {x['nfe']} | {x['fd_mnist']:.2f} | "
+                         f"{fmt(x['precision'])} | {fmt(x['recall'])} | {x['seconds']:.1f} | {span} | {fit_cells} |")
+    return lines
+
+
 def ema_sweep(results: dict, out: Path, n: int, data_dir: str, nfe: int) -> list[dict]:
     """The winner at ``nfe`` (lowest fd_mnist over recipes and solvers) with post-hoc EMA lengths rebuilt by
     ``ema.py`` from its snapshots: no retraining. Cached in ``results.json`` like the other rows."""
-    rows = [r for r in results.values() if r["nfe"] == nfe and r["n"] == n and "sigma_rel" not in r]
+    rows = [r for r in results.values() if r["nfe"] == nfe and r["n"] == n and "sigma_rel" not in r
+            and "grid" not in r]
     if not rows:
         return []
     best = min(rows, key=lambda r: r["fd_mnist"])
@@ -164,7 +277,8 @@ def report(results: dict, out: Path, n: int, data_dir: str, table: Path | None, 
              "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     best: dict[str, list[dict]] = {}
     for recipe in RECIPES:
-        rows = [r for r in results.values() if r["recipe"] == recipe and r["n"] == n and "sigma_rel" not in r]
+        rows = [r for r in results.values() if r["recipe"] == recipe and r["n"] == n and "sigma_rel" not in r
+                and "grid" not in r]
         if not rows:
             continue
         secs = out / recipe / "train_seconds.txt"
@@ -181,6 +295,7 @@ def report(results: dict, out: Path, n: int, data_dir: str, table: Path | None, 
             lines.append(f"| {recipe} | {steps} | {minutes} | {r['solver']}{' (best)' if r['solver'] == winner else ''}"
                          f" | {r['nfe']} | {r['fd_mnist']:.2f} | {fmt(r['precision'])} | {fmt(r['recall'])} | "
                          f"{r['seconds']:.1f} | {span} | {' '.join(str(int(c)) for c in r['classes'])} |")
+    lines += fitted_table(results, n)
     sweep = sorted((r for r in results.values() if "sigma_rel" in r and r["n"] == n), key=lambda r: r["sigma_rel"])
     if sweep:
         lines += ["", f"Post-hoc EMA of `{sweep[0]['recipe']}` ({sweep[0]['solver']}, {sweep[0]['nfe']} NFE): the same "
@@ -189,8 +304,9 @@ def report(results: dict, out: Path, n: int, data_dir: str, table: Path | None, 
                   "| sigma_rel | kernel residual | fd_mnist | precision | recall |",
                   "| ---: | ---: | ---: | ---: | ---: |"]
         for r in sweep:
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             lines.append(f"| {r['sigma_rel']:.2f} | {r['residual']:.1e} | {r['fd_mnist']:.2f} | "
-                         f"{r['precision']:.3f} | {r['recall']:.3f} |")
+                         f"{fmt(r['precision'])} | {fmt(r['recall'])} |")
     lines += ["", "Recipes: " + "; ".join(f"`{k}`: {v[0]} (`{' '.join(v[1]) or 'the defaults'}`)"
                                           for k, v in RECIPES.items()) + "."]
     text = "\n".join((["(smoke run: numbers mean nothing)", ""] if smoke_active() else []) + lines) + "\n"
@@ -279,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
                         "minutes on 2 cores)")
     parser.add_argument("--n", type=int, default=2000, help="samples per row (seeds 0..n-1)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--phase", choices=("all", "train", "evaluate", "ema", "report"), default="all")
+    parser.add_argument("--phase", choices=("all", "train", "evaluate", "fitted", "ema", "report"), default="all")
     parser.add_argument("--table", type=Path, help="write the markdown table here")
     parser.add_argument("--plot", type=Path, help="write the PNG (fd_mnist against NFE) here")
     args = parser.parse_args(argv)
@@ -297,6 +413,11 @@ def main(argv: list[str] | None = None) -> None:
         results = evaluate(args.recipes, args.out_dir, args.n, args.data_dir, nfes)
     if not results and (args.out_dir / "results.json").exists():
         results = json.loads((args.out_dir / "results.json").read_text())
+    fit_nfes = FIT_NFES
+    if smoke_active():
+        fit_nfes = nfes[:2]  # (3, 4): grids of 2 and 3 steps
+    if args.phase in ("all", "fitted"):
+        fitted_rows(args.recipes, results, args.out_dir, args.n, args.data_dir, nfes, fit_nfes)
     if args.phase in ("all", "ema"):
         ema_sweep(results, args.out_dir, args.n, args.data_dir, nfes[0])
     if args.phase in ("all", "report"):

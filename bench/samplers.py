@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, default=Path("docs/bench_fast_samplers.png"),
                         help="with --fast: where to write the PNG of quality against NFE")
     parser.add_argument("--target-n", type=int, default=20_000, help="with --fast: samples for the targets table")
+    parser.add_argument("--targets-only", action="store_true",
+                        help="with --fast: only the targets tables at 10 NFE (with the fitted grids' rows)")
     parser.add_argument("--plot-only", action="store_true",
                         help="with --fast: only the plot, from logs/bench/fast_samplers/curves.json, or by sweeping "
                              "the first SDE's two mixtures when it is missing (no tables)")
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
 
         emit(f"## Few-step samplers with the exact score (torch {torch.__version__}, {args.threads} threads)")
         emit("")
-        run(sde_names, n, args.seed, args.target_n, args.seed + 1, args.plot, emit)
+        run(sde_names, n, args.seed, args.target_n, args.seed + 1, args.plot, emit, args.targets_only)
     else:
         emit(f"## Sampler baseline with the exact score (torch {torch.__version__}, {args.threads} threads)")
         emit("")

@@ -30,3 +30,30 @@ def test_every_recipe_builds_the_run_it_names(bench, tmp_path):
         assert run.module.score_model.output == output, name
         assert run.module.loss.weighting == weighting and run.module.loss.time_distribution == times, name
         assert cfg.model.net.ch == 16 and cfg.optimizer.lr == 1e-3, name  # the same network and optimizer
+
+
+def _row(recipe, solver, nfe, fd, **extra):
+    return {"recipe": recipe, "solver": solver, "nfe": nfe, "n": 2000, "fd_mnist": fd, "precision": 0.5,
+            "recall": 0.5, "seconds": 1.0, "classes": [200] * 10, **extra}
+
+
+def test_fitted_rows_get_their_own_table_next_to_the_own_grid_and_stay_out_of_the_recipe_table(bench):
+    fit = {"line": "mean rms distance from the reference: fit 0.2 -> 0.1, held out 0.21 -> 0.11 (60 solver runs, 9 s)",
+           "written": True, "seconds": 42.0}
+    results = {
+        "flow/dpmpp_2m_edm/10/2000": _row("flow", "dpmpp_2m_edm", 10, 16.0),
+        "flow/dpmpp_2m/10/2000": _row("flow", "dpmpp_2m", 10, 19.0),
+        "flow/dpmpp_2m_edm/10/fit": {"recipe": "flow", "fit": fit, "nfe": 10, "n": None},
+        "flow/dpmpp_2m_edm/10/2000/fitted": _row("flow", "dpmpp_2m_edm", 10, 15.0, grid="fitted", fit=fit),
+        "flow/dpmpp_2m_edm/8/2000/own": _row("flow", "dpmpp_2m_edm", 8, 24.0, grid="own"),
+        "flow/dpmpp_2m_edm/8/2000/fitted": _row("flow", "dpmpp_2m_edm", 8, 13.5, grid="fitted", fit=fit),
+        "flow/dpmpp_2m_sde/40/2000/baseline": _row("flow", "dpmpp_2m_sde", 40, 9.0, grid="own (SDE baseline)"),
+    }
+    assert bench._best_solver(results, "flow", 2000, 10) == "dpmpp_2m_edm"  # the fitted 15.0 is not a candidate
+    lines = bench.fitted_table(results, 2000)
+    rows = [line.split(" | ") for line in lines if line.startswith("| flow")]
+    assert [(r[2], r[3], r[4]) for r in rows] == [("own", "10", "16.00"), ("fitted", "10", "15.00"),
+                                                 ("own", "8", "24.00"), ("fitted", "8", "13.50"),
+                                                 ("own (SDE baseline)", "40", "9.00")]
+    assert rows[1][9] == "42" and rows[1][10].startswith("fit 0.2 -> 0.1, held out 0.21 -> 0.11")
+    assert bench.fitted_table({k: v for k, v in results.items() if "grid" not in v}, 2000) == []

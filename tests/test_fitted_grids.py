@@ -213,3 +213,20 @@ def test_the_fid_callback_samples_on_the_grid_fitted_for_its_sampler(capsys):
     entry["ts"][1] = float("nan")
     with pytest.raises(UserError, match="not finite"):
         FIDCallback(sampler, torch.nn.Identity()).on_load_checkpoint(None, None, {TABLE_KEY: {entry["key"]: entry}})
+
+
+def test_the_few_step_targets_table_has_a_fitted_row_for_each_fitted_sampler():
+    from .platform_utils import load_bench
+
+    bench = load_bench("fast_samplers")
+    lines: list[str] = []
+    bench.report_targets(["vp"], 200, 1, lines.append, budgets=(), fitted=("DPM-Solver++(2M)",), fit_draws=64,
+                         fit_evals=12)
+    fitted = [line for line in lines if line.startswith("| DPM-Solver++(2M) | fitted | 10 |")]
+    assert len(fitted) == 1 and not any(line.startswith("| UniPC-3 | fitted") for line in lines)
+    notes = [line for line in "\n".join(lines).splitlines() if line.startswith("- DPM-Solver++(2M) on ")]
+    assert len(notes) == 2  # one grid per mixture
+    for note in notes:
+        times = [float(t) for t in note.split("times ")[1].split(", ")]
+        assert len(times) == 11 and times[0] == 1.0 and times[-1] == 1e-3
+        assert all(a > b for a, b in zip(times, times[1:], strict=False))
