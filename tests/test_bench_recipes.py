@@ -57,3 +57,30 @@ def test_fitted_rows_get_their_own_table_next_to_the_own_grid_and_stay_out_of_th
                                                  ("own (SDE baseline)", "40", "9.00")]
     assert rows[1][9] == "42" and rows[1][10].startswith("fit 0.2 -> 0.1, held out 0.21 -> 0.11")
     assert bench.fitted_table({k: v for k, v in results.items() if "grid" not in v}, 2000) == []
+
+
+def test_a_run_short_of_the_steps_resumes_from_its_checkpoint_and_a_finished_one_is_kept(bench, tmp_path,
+                                                                                         monkeypatch):
+    import subprocess
+
+    import torch
+
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    ckpt = tmp_path / "flow" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"global_step": 1977}, ckpt)
+    (tmp_path / "flow" / "train_seconds.txt").write_text("100.0\n")
+    assert bench.train("flow", 1977, tmp_path, "data") == ckpt and calls == []  # done: not trained again
+    bench.train("flow", 3000, tmp_path, "data")
+    assert len(calls) == 1 and f"ckpt_path={ckpt}" in calls[0] and "trainer.max_steps=3000" in calls[0]
+    assert float((tmp_path / "flow" / "train_seconds.txt").read_text()) >= 100.0  # the first part is kept
+    calls.clear()
+    with pytest.raises(SystemExit, match="train.py failed"):  # no checkpoint appears for a fresh recipe
+        bench.train("edm", 3000, tmp_path, "data")
+    assert not any(arg.startswith("ckpt_path=") for arg in calls[0])
