@@ -207,7 +207,7 @@ def fitted_table(results: dict, n: int) -> list[str]:
     extra = [r for r in results.values() if r.get("n") == n and "grid" in r]
     if not extra:
         return []
-    lines = ["", "Time grids fitted to each checkpoint (`fit_grid.py`, docs/fitted_grids.md: "
+    lines = ["", "Time grids fitted to the default recipe's checkpoint (`fit_grid.py`, docs/fitted_grids.md: "
              f"{FIT['n_fit']} noise draws, as many held out, {FIT['max_evals']} solver runs, against the same solver "
              f"at {FIT['reference.steps']} log-SNR steps). fit s: the whole `fit_grid.py` command; held-out: the mean "
              "distance to that reference, own grid -> fitted grid.", "",
