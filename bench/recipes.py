@@ -201,6 +201,15 @@ def fitted_rows(recipes: list[str], results: dict, out: Path, n: int, data_dir: 
             save()
 
 
+def class_span(classes: list) -> str:
+    """The smallest and largest share of the predicted classes, as ``"8.3-12.2 %"`` (``"-"`` when unknown)."""
+    share = torch.tensor(classes, dtype=torch.float64)
+    if not len(share):
+        return "-"
+    share = share / share.sum()
+    return f"{100 * share.min():.1f}-{100 * share.max():.1f} %"
+
+
 def fitted_table(results: dict, n: int) -> list[str]:
     """The second table: per recipe and NFE its best solver on its own grid and on the fitted one, then the SDE
     baseline."""
@@ -225,9 +234,7 @@ def fitted_table(results: dict, n: int) -> list[str]:
             ordered.append(r)
         ordered += [r for r in extra if r["recipe"] == recipe and r["grid"].startswith("own (")]
         for x in ordered:
-            share = torch.tensor(x["classes"], dtype=torch.float64)
-            share = share / share.sum() if len(share) else share
-            span = f"{100 * share.min():.1f}-{100 * share.max():.1f} %" if len(share) else "-"
+            span = class_span(x["classes"])
             fit = x.get("fit")
             fit_cells = f"{fit['seconds']:.0f} | {fit['line'].split(': ', 1)[-1] or '-'}" if fit else "- | -"
             lines.append(f"| {recipe} | {x['solver']} | {x['grid']} | {x['nfe']} | {x['fd_mnist']:.2f} | "
@@ -294,9 +301,7 @@ def report(results: dict, out: Path, n: int, data_dir: str, table: Path | None, 
         winner = min(first, key=lambda r: r["fd_mnist"])["solver"]
         best[recipe] = sorted((r for r in rows if r["solver"] == winner), key=lambda r: r["nfe"])
         for r in sorted(rows, key=lambda r: (r["nfe"], r["solver"])):
-            share = torch.tensor(r["classes"], dtype=torch.float64)
-            share = share / share.sum() if len(share) else share
-            span = f"{100 * share.min():.1f}-{100 * share.max():.1f} %" if len(share) else "-"
+            span = class_span(r["classes"])
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             lines.append(f"| {recipe} | {steps} | {minutes} | {r['solver']}{' (best)' if r['solver'] == winner else ''}"
                          f" | {r['nfe']} | {r['fd_mnist']:.2f} | {fmt(r['precision'])} | {fmt(r['recall'])} | "
